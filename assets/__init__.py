@@ -1,0 +1,1 @@
+"""Dagster asset definitions: thin wrappers over the domain logic in ``pipeline``."""

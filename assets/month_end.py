@@ -1,0 +1,254 @@
+"""Month-end assets: utilization_extract -> validated_utilization -> billable_counts."""
+
+import dagster as dg
+import pandas as pd
+
+from pipeline.billing_month import BillingMonth
+from pipeline.month_end import (
+    ReconciliationError,
+    count_billable_users,
+    extract_month,
+    validate_month,
+)
+from pipeline.partitions import monthly_partitions
+from pipeline.resources import BillingRules, DatabaseUnavailableError, ProductDatabase, StateDatabase
+from pipeline.settings import ConfigurationError, redact_url
+from pipeline.state_store import load_month_computation, load_month_validation
+
+GROUP = "month_end"
+DB_RETRY = dg.RetryPolicy(max_retries=2, delay=10, backoff=dg.Backoff.EXPONENTIAL)
+
+
+def billing_month(context: dg.AssetExecutionContext, rules: BillingRules) -> BillingMonth:
+    return BillingMonth.from_partition_key(context.partition_key, rules.timezone)
+
+
+def no_retry(exc: Exception) -> dg.Failure:
+    """A failure that a retry cannot fix (configuration, contract, reconciliation)."""
+    return dg.Failure(description=str(exc), allow_retries=False)
+
+
+def markdown_table(frame: pd.DataFrame, max_rows: int = 20) -> dg.MetadataValue:
+    if frame.empty:
+        return dg.MetadataValue.md("_none_")
+    shown = frame.head(max_rows).astype(object).where(frame.head(max_rows).notna(), "")
+    header = "| " + " | ".join(shown.columns) + " |"
+    rule = "| " + " | ".join("---" for _ in shown.columns) + " |"
+    lines = [
+        "| " + " | ".join(str(v).replace("|", "\\|") for v in row) + " |"
+        for row in shown.itertuples(index=False)
+    ]
+    more = f"\n\n_{len(frame) - max_rows} more not shown_" if len(frame) > max_rows else ""
+    return dg.MetadataValue.md("\n".join([header, rule, *lines]) + more)
+
+
+@dg.asset(
+    partitions_def=monthly_partitions,
+    group_name=GROUP,
+    kinds={"sql"},
+    retry_policy=DB_RETRY,
+    check_specs=[
+        dg.AssetCheckSpec(
+            "source_contract",
+            asset="utilization_extract",
+            blocking=True,
+            description="The utilization query returns every contract column with the right "
+            "kind of values. A broken contract always blocks the month.",
+        )
+    ],
+)
+def utilization_extract(
+    context: dg.AssetExecutionContext, product_db: ProductDatabase, billing_rules: BillingRules
+) -> dg.MaterializeResult:
+    """The month's utilization as the product database returns it through UTILIZATION_SQL
+    (bind parameters for the month window), checked against the source contract."""
+    month = billing_month(context, billing_rules)
+    try:
+        query = product_db.utilization_query()
+        with product_db.connect() as conn:
+            extract = extract_month(conn, query, month)
+    except ConfigurationError as exc:
+        raise no_retry(exc) from None
+    except DatabaseUnavailableError as exc:
+        raise dg.Failure(description=str(exc)) from None
+    violations = [str(v) for v in extract.contract_violations]
+    if violations:
+        context.log.error(f"{month.label}: the utilization query breaks the contract: " + "; ".join(violations))
+    return dg.MaterializeResult(
+        metadata={
+            "month": month.label,
+            "window_start": month.start.isoformat(),
+            "window_end": month.end.isoformat(),
+            "rows": extract.rows,
+            "columns": ", ".join(extract.columns),
+            "query_file": extract.query.path,
+            "query_sha256": extract.query.sha256,
+            "product_db": redact_url(str(product_db.engine().url)),
+        },
+        check_results=[
+            dg.AssetCheckResult(
+                check_name="source_contract",
+                passed=not violations,
+                severity=dg.AssetCheckSeverity.ERROR,
+                description="; ".join(violations) or "every contract column is present and typed",
+                metadata={"violations": len(violations), "rows_sampled": len(extract.sample)},
+            )
+        ],
+    )
+
+
+@dg.asset(
+    partitions_def=monthly_partitions,
+    group_name=GROUP,
+    kinds={"pandas", "pandera"},
+    deps=[utilization_extract],
+    retry_policy=DB_RETRY,
+    check_specs=[
+        dg.AssetCheckSpec(
+            "quarantine_within_threshold",
+            asset="validated_utilization",
+            blocking=True,
+            description="Rows failing validation are quarantined and not counted; above the "
+            "threshold share of the month's rows (QUARANTINE_THRESHOLD, default 1 %) the month "
+            "is blocked.",
+        )
+    ],
+)
+def validated_utilization(
+    context: dg.AssetExecutionContext,
+    product_db: ProductDatabase,
+    state_db: StateDatabase,
+    billing_rules: BillingRules,
+) -> dg.MaterializeResult:
+    """Every row of the month validated with the UtilizationRow pandera model, streamed in
+    chunks; failing rows go to the quarantine table with their reasons."""
+    month = billing_month(context, billing_rules)
+    try:
+        query = product_db.utilization_query()
+        with product_db.connect() as conn:
+            outcome = validate_month(
+                conn,
+                state_db.engine(),
+                query,
+                month,
+                product_db.known_skus(conn),
+                context.run_id,
+                product_db.chunk_rows,
+            )
+    except ConfigurationError as exc:
+        raise no_retry(exc) from None
+    except DatabaseUnavailableError as exc:
+        raise dg.Failure(description=str(exc)) from None
+    if outcome.contract_violations:
+        raise no_retry(
+            ValueError(
+                f"{month.label}: the utilization query breaks the contract: "
+                + "; ".join(str(v) for v in outcome.contract_violations)
+            )
+        )
+    validation = outcome.validation
+    share = validation.quarantined_share
+    threshold = billing_rules.quarantine_threshold
+    within = share <= threshold
+    if validation.rows_quarantined:
+        log = context.log.info if within else context.log.error
+        log(
+            f"{month.label}: {validation.rows_quarantined} of {validation.rows_in} rows quarantined "
+            f"({share:.2%}, threshold {threshold:.2%}): "
+            + ", ".join(f"{k}={v}" for k, v in validation.reason_counts.items())
+        )
+    sample_columns = ["row_number", "reasons", "partner_id", "company_id", "sku", "user_id",
+                      "active_from", "active_to", "billable"]
+    sample = outcome.sample[sample_columns] if len(outcome.sample) else outcome.sample
+    return dg.MaterializeResult(
+        metadata={
+            "month": month.label,
+            "rows_in": validation.rows_in,
+            "rows_valid": validation.rows_valid,
+            "rows_quarantined": validation.rows_quarantined,
+            "quarantined_share": dg.MetadataValue.float(round(share, 6)),
+            "quarantine_by_reason": dg.MetadataValue.json(validation.reason_counts),
+            "quarantine_sample": markdown_table(sample),
+            "known_skus": ", ".join(validation.known_skus),
+        },
+        check_results=[
+            dg.AssetCheckResult(
+                check_name="quarantine_within_threshold",
+                passed=within,
+                severity=dg.AssetCheckSeverity.ERROR,
+                description=(
+                    f"{validation.rows_quarantined} of {validation.rows_in} rows quarantined "
+                    f"({share:.2%}); the month is {'within' if within else 'above'} the "
+                    f"{threshold:.2%} threshold"
+                    + ("" if within else " — fix the rows listed in quarantined_rows and re-run")
+                ),
+                metadata={
+                    "rows_quarantined": validation.rows_quarantined,
+                    "quarantined_share": dg.MetadataValue.float(round(share, 6)),
+                    "threshold": dg.MetadataValue.float(threshold),
+                },
+            )
+        ],
+    )
+
+
+@dg.asset(
+    partitions_def=monthly_partitions,
+    group_name=GROUP,
+    kinds={"sql"},
+    deps=[validated_utilization],
+    retry_policy=DB_RETRY,
+)
+def billable_counts(
+    context: dg.AssetExecutionContext,
+    product_db: ProductDatabase,
+    state_db: StateDatabase,
+    billing_rules: BillingRules,
+) -> dg.MaterializeResult:
+    """Distinct billable users per partner x company x service for the month, counted by the
+    product database and stored in the state database (delete-then-insert per month)."""
+    month = billing_month(context, billing_rules)
+    state = state_db.engine()
+    validation = load_month_validation(state, month.month)
+    if validation is None:
+        raise no_retry(
+            ValueError(f"{month.label} has not been validated; materialize validated_utilization first.")
+        )
+    previous = load_month_computation(state, month.previous().month)
+    try:
+        query = product_db.utilization_query()
+        with product_db.connect() as conn:
+            counts, computation = count_billable_users(
+                conn, state, query, month, validation, context.run_id
+            )
+    except (ConfigurationError, ReconciliationError) as exc:
+        raise no_retry(exc) from None
+    except DatabaseUnavailableError as exc:
+        raise dg.Failure(description=str(exc)) from None
+    metadata: dict[str, object] = {
+        "month": month.label,
+        "rows_in": computation.rows_in,
+        "rows_quarantined": computation.rows_quarantined,
+        "rows_counted": computation.rows_counted,
+        "partners": computation.partners,
+        "companies": computation.companies,
+        "billable_users": computation.billable_users,
+        "dagster/row_count": len(counts),
+        "counts_fingerprint": computation.counts_fingerprint,
+        "counts_preview": markdown_table(counts),
+    }
+    if previous is not None:
+        delta = computation.billable_users - previous.billable_users
+        metadata["billable_users_previous_month"] = previous.billable_users
+        metadata["billable_users_change"] = delta
+        if previous.billable_users:
+            metadata["billable_users_change_pct"] = dg.MetadataValue.float(
+                round(100 * delta / previous.billable_users, 2)
+            )
+    if computation.rows_in == 0:
+        context.log.warning(f"{month.label}: the source returned no utilization at all for the month.")
+    context.log.info(
+        f"{month.label}: {computation.billable_users} billable users across "
+        f"{computation.partners} partners and {computation.companies} companies"
+    )
+    return dg.MaterializeResult(metadata=metadata)

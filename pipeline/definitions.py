@@ -1,0 +1,16 @@
+"""The code location: one ``Definitions`` object, ``defs``."""
+
+from __future__ import annotations
+
+import dagster as dg
+
+from assets import month_end
+from pipeline.jobs import monthly_billing_job
+from pipeline.resources import default_resources
+
+defs = dg.Definitions(
+    assets=dg.load_assets_from_modules([month_end]),
+    asset_checks=dg.load_asset_checks_from_modules([month_end]),
+    jobs=[monthly_billing_job],
+    resources=default_resources(),
+)

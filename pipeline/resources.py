@@ -1,0 +1,115 @@
+"""Dagster resources: the product database (read only), the state database, the billing rules.
+
+URLs come from ``PRODUCT_DB_URL`` / ``STATE_DB_URL`` as ``EnvVar`` when set, so Dagster shows
+the variable's name and never a password; otherwise from the local SQLite defaults.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from pathlib import Path
+
+import dagster as dg
+import sqlalchemy as sa
+from sqlalchemy.engine import make_url
+
+from pipeline import settings
+from pipeline.state_store import ensure_state_schema
+from pipeline.utilization import SourceQuery, load_known_skus, utilization_query
+
+
+class DatabaseUnavailableError(RuntimeError):
+    """A database could not be reached; the message names which one and what to check."""
+
+
+@functools.lru_cache(maxsize=None)
+def engine_for(url: str) -> sa.Engine:
+    """One pooled engine per URL per process."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
+        Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+        return sa.create_engine(url, connect_args={"timeout": 60})
+    return sa.create_engine(url, pool_pre_ping=True)
+
+
+def connect_or_explain(engine: sa.Engine, what: str, setting: str) -> sa.Connection:
+    try:
+        return engine.connect()
+    except sa.exc.OperationalError as exc:
+        first_line = str(exc.orig).strip().splitlines()[0] if exc.orig else type(exc).__name__
+        raise DatabaseUnavailableError(
+            f"the {what} at {settings.redact_url(str(engine.url))} is unreachable ({first_line}). "
+            f"Check {setting} and that the database is up; re-running the month completes it."
+        ) from None
+
+
+class ProductDatabase(dg.ConfigurableResource):
+    """The vendor's product database, read through the configured contract queries."""
+
+    url: str
+    utilization_sql: str | None = None
+    services_sql: str | None = None
+    chunk_rows: int = 50_000
+
+    def engine(self) -> sa.Engine:
+        return engine_for(self.url)
+
+    def connect(self) -> sa.Connection:
+        return connect_or_explain(self.engine(), "product database", "PRODUCT_DB_URL")
+
+    def utilization_query(self) -> SourceQuery:
+        return utilization_query(self.utilization_sql, self.engine().dialect.name)
+
+    def known_skus(self, conn: sa.Connection) -> list[str]:
+        return load_known_skus(conn, self.services_sql)
+
+
+_ensured: set[str] = set()
+
+
+class StateDatabase(dg.ConfigurableResource):
+    """The pipeline's own database: counts, quarantine, ledger."""
+
+    url: str
+
+    def engine(self) -> sa.Engine:
+        engine = engine_for(self.url)
+        if self.url not in _ensured:
+            try:
+                ensure_state_schema(engine)
+            except sa.exc.OperationalError as exc:
+                first_line = str(exc.orig).strip().splitlines()[0] if exc.orig else type(exc).__name__
+                raise DatabaseUnavailableError(
+                    f"the state database at {settings.redact_url(self.url)} is unreachable "
+                    f"({first_line}). Check STATE_DB_URL and that the database is up."
+                ) from None
+            _ensured.add(self.url)
+        return engine
+
+
+class BillingRules(dg.ConfigurableResource):
+    """The billing time zone and how much quarantine a month may carry and still go on."""
+
+    timezone: str = settings.DEFAULT_BILLING_TIMEZONE
+    quarantine_threshold: float = settings.DEFAULT_QUARANTINE_THRESHOLD
+
+
+def _env_or(name: str, default: str | None) -> str | dg.EnvVar | None:
+    return dg.EnvVar(name) if os.environ.get(name) else default
+
+
+def default_resources() -> dict[str, object]:
+    """The resources of the code location, configured from the environment."""
+    return {
+        "product_db": ProductDatabase(
+            url=_env_or("PRODUCT_DB_URL", settings.default_product_db_url()),
+            utilization_sql=settings.utilization_sql_path(),
+            services_sql=os.environ.get("SERVICES_SQL") or None,
+        ),
+        "state_db": StateDatabase(url=_env_or("STATE_DB_URL", settings.default_state_db_url())),
+        "billing_rules": BillingRules(
+            timezone=settings.billing_timezone(),
+            quarantine_threshold=settings.quarantine_threshold(),
+        ),
+    }

@@ -1,0 +1,114 @@
+"""Configuration from the environment.
+
+Every setting has a default that needs no service: local SQLite files under ``var/`` in the
+repository (or ``GBS_DATA_DIR``), so a fresh clone runs end to end as it is.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from sqlalchemy.engine import make_url
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_BILLING_TIMEZONE = "America/New_York"
+DEFAULT_QUARANTINE_THRESHOLD = 0.01
+PACKAGE_SQL_DIR = Path(__file__).resolve().parent / "sql"
+
+
+class ConfigurationError(ValueError):
+    """A setting is missing or malformed; the message names the variable and the fix."""
+
+
+def data_dir() -> Path:
+    return Path(os.environ.get("GBS_DATA_DIR") or REPO_ROOT / "var")
+
+
+def default_product_db_url() -> str:
+    return f"sqlite:///{data_dir() / 'product.db'}"
+
+
+def default_state_db_url() -> str:
+    return f"sqlite:///{data_dir() / 'state.db'}"
+
+
+def product_db_url() -> str:
+    return os.environ.get("PRODUCT_DB_URL") or default_product_db_url()
+
+
+def state_db_url() -> str:
+    return os.environ.get("STATE_DB_URL") or default_state_db_url()
+
+
+def billing_timezone() -> str:
+    name = os.environ.get("BILLING_TIMEZONE") or DEFAULT_BILLING_TIMEZONE
+    return validate_timezone(name)
+
+
+def validate_timezone(name: str) -> str:
+    try:
+        ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError) as exc:
+        raise ConfigurationError(
+            f"BILLING_TIMEZONE={name!r} is not an IANA time zone; use a name such as "
+            "'America/New_York' or 'Europe/London'."
+        ) from exc
+    return name
+
+
+def quarantine_threshold() -> float:
+    raw = os.environ.get("QUARANTINE_THRESHOLD")
+    if not raw:
+        return DEFAULT_QUARANTINE_THRESHOLD
+    try:
+        value = float(raw)
+    except ValueError as exc:
+        raise ConfigurationError(
+            f"QUARANTINE_THRESHOLD={raw!r} is not a number; give a share such as 0.01 for 1 %."
+        ) from exc
+    if not 0 <= value <= 1:
+        raise ConfigurationError(
+            f"QUARANTINE_THRESHOLD={raw!r} must be a share between 0 and 1 (0.01 = 1 %)."
+        )
+    return value
+
+
+def utilization_sql_path() -> str | None:
+    """The vendor's own query file, or None for the reference schema's query."""
+    return os.environ.get("UTILIZATION_SQL") or None
+
+
+def redact_url(url: str) -> str:
+    """A database URL safe for logs and metadata (password hidden)."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:
+        return "<unparseable database URL>"
+
+
+def reference_sql(dialect: str, name: str) -> Path:
+    """Path of a reference-schema query for a SQLAlchemy dialect name."""
+    folder = "postgresql" if dialect.startswith("postgres") else "sqlite"
+    return PACKAGE_SQL_DIR / folder / name
+
+
+@dataclass(frozen=True)
+class Settings:
+    product_db_url: str
+    state_db_url: str
+    billing_timezone: str
+    utilization_sql: str | None
+    quarantine_threshold: float
+
+    @classmethod
+    def from_env(cls) -> "Settings":
+        return cls(
+            product_db_url=product_db_url(),
+            state_db_url=state_db_url(),
+            billing_timezone=billing_timezone(),
+            utilization_sql=utilization_sql_path(),
+            quarantine_threshold=quarantine_threshold(),
+        )

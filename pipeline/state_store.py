@@ -1,0 +1,269 @@
+"""The pipeline's own database: billable counts, quarantine and month computations.
+
+SQLite file by default, PostgreSQL in production (``STATE_DB_URL``). Writes for a month are
+delete-then-insert in one transaction, so re-running a month is idempotent.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import date, datetime, timezone
+
+import pandas as pd
+import sqlalchemy as sa
+
+metadata = sa.MetaData()
+
+billable_counts = sa.Table(
+    "billable_counts",
+    metadata,
+    sa.Column("month", sa.Date, primary_key=True),
+    sa.Column("partner_id", sa.Text, primary_key=True),
+    sa.Column("company_id", sa.Text, primary_key=True),
+    sa.Column("sku", sa.Text, primary_key=True),
+    sa.Column("company_name", sa.Text, nullable=False),
+    sa.Column("billable_users", sa.Integer, nullable=False),
+    sa.Column("run_id", sa.Text, nullable=False),
+    sa.Column("computed_at", sa.DateTime(timezone=True), nullable=False),
+)
+
+quarantined_rows = sa.Table(
+    "quarantined_rows",
+    metadata,
+    sa.Column("month", sa.Date, primary_key=True),
+    sa.Column("row_number", sa.Integer, primary_key=True),
+    sa.Column("partner_id", sa.Text),
+    sa.Column("company_id", sa.Text),
+    sa.Column("company_name", sa.Text),
+    sa.Column("sku", sa.Text),
+    sa.Column("user_id", sa.Text),
+    sa.Column("active_from", sa.Text),
+    sa.Column("active_to", sa.Text),
+    sa.Column("billable", sa.Text),
+    sa.Column("reason_codes", sa.Text, nullable=False),
+    sa.Column("reasons", sa.Text, nullable=False),
+    sa.Column("run_id", sa.Text, nullable=False),
+    sa.Column("quarantined_at", sa.DateTime(timezone=True), nullable=False),
+)
+
+month_computations = sa.Table(
+    "month_computations",
+    metadata,
+    sa.Column("month", sa.Date, primary_key=True),
+    sa.Column("rows_in", sa.Integer, nullable=False),
+    sa.Column("rows_quarantined", sa.Integer, nullable=False),
+    sa.Column("rows_counted", sa.Integer, nullable=False),
+    sa.Column("partners", sa.Integer, nullable=False),
+    sa.Column("companies", sa.Integer, nullable=False),
+    sa.Column("billable_users", sa.Integer, nullable=False),
+    # sha256 over the month's counts: what late-data detection compares against the source
+    sa.Column("counts_fingerprint", sa.Text, nullable=False),
+    sa.Column("query_sha256", sa.Text, nullable=False),
+    sa.Column("run_id", sa.Text, nullable=False),
+    sa.Column("computed_at", sa.DateTime(timezone=True), nullable=False),
+)
+
+
+month_validations = sa.Table(
+    "month_validations",
+    metadata,
+    sa.Column("month", sa.Date, primary_key=True),
+    sa.Column("rows_in", sa.Integer, nullable=False),
+    sa.Column("rows_valid", sa.Integer, nullable=False),
+    sa.Column("rows_quarantined", sa.Integer, nullable=False),
+    sa.Column("reason_counts", sa.Text, nullable=False),  # JSON {reason_code: rows}
+    sa.Column("known_skus", sa.Text, nullable=False),  # JSON list the rows were checked against
+    sa.Column("query_sha256", sa.Text, nullable=False),
+    sa.Column("run_id", sa.Text, nullable=False),
+    sa.Column("validated_at", sa.DateTime(timezone=True), nullable=False),
+)
+
+
+def ensure_state_schema(engine: sa.Engine) -> None:
+    metadata.create_all(engine)
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class QuarantineWriter:
+    """Replaces a month's quarantine chunk by chunk inside one transaction."""
+
+    def __init__(self, conn: sa.Connection, month: date, run_id: str) -> None:
+        self.conn = conn
+        self.month = month
+        self.run_id = run_id
+        self.written = 0
+        conn.execute(sa.delete(quarantined_rows).where(quarantined_rows.c.month == month))
+
+    def write(self, frame: pd.DataFrame) -> None:
+        if frame.empty:
+            return
+        now = utcnow()
+        records = [
+            {**{k: (None if pd.isna(v) else v) for k, v in row.items()},
+             "month": self.month, "run_id": self.run_id, "quarantined_at": now}
+            for row in frame.to_dict("records")
+        ]
+        self.conn.execute(quarantined_rows.insert(), records)
+        self.written += len(records)
+
+
+def counts_fingerprint(counts: pd.DataFrame) -> str:
+    """Order-independent fingerprint of a month's counts (partner, company, sku, users)."""
+    digest = hashlib.sha256()
+    for row in counts.sort_values(["partner_id", "company_id", "sku"]).itertuples(index=False):
+        digest.update(f"{row.partner_id}\x1f{row.company_id}\x1f{row.sku}\x1f{row.billable_users}\n".encode())
+    return digest.hexdigest()
+
+
+@dataclass(frozen=True)
+class MonthComputation:
+    month: date
+    rows_in: int
+    rows_quarantined: int
+    rows_counted: int
+    partners: int
+    companies: int
+    billable_users: int
+    counts_fingerprint: str
+    query_sha256: str
+    run_id: str
+    computed_at: datetime
+
+
+def replace_billable_counts(
+    engine: sa.Engine,
+    month: date,
+    counts: pd.DataFrame,
+    *,
+    rows_in: int,
+    rows_quarantined: int,
+    query_sha256: str,
+    run_id: str,
+) -> MonthComputation:
+    """Store a month's counts (delete-then-insert) and its computation record, atomically."""
+    now = utcnow()
+    records = [
+        {
+            "month": month,
+            "partner_id": r.partner_id,
+            "company_id": r.company_id,
+            "sku": r.sku,
+            "company_name": r.company_name,
+            "billable_users": int(r.billable_users),
+            "run_id": run_id,
+            "computed_at": now,
+        }
+        for r in counts.itertuples(index=False)
+    ]
+    computation = MonthComputation(
+        month=month,
+        rows_in=rows_in,
+        rows_quarantined=rows_quarantined,
+        rows_counted=rows_in - rows_quarantined,
+        partners=int(counts["partner_id"].nunique()) if len(counts) else 0,
+        companies=int(counts[["partner_id", "company_id"]].drop_duplicates().shape[0]) if len(counts) else 0,
+        billable_users=int(counts["billable_users"].sum()) if len(counts) else 0,
+        counts_fingerprint=counts_fingerprint(counts),
+        query_sha256=query_sha256,
+        run_id=run_id,
+        computed_at=now,
+    )
+    with engine.begin() as conn:
+        conn.execute(sa.delete(billable_counts).where(billable_counts.c.month == month))
+        for i in range(0, len(records), 10_000):
+            conn.execute(billable_counts.insert(), records[i : i + 10_000])
+        conn.execute(sa.delete(month_computations).where(month_computations.c.month == month))
+        conn.execute(month_computations.insert(), [computation.__dict__])
+    return computation
+
+
+def load_billable_counts(engine: sa.Engine, month: date) -> pd.DataFrame:
+    query = (
+        sa.select(
+            billable_counts.c.partner_id,
+            billable_counts.c.company_id,
+            billable_counts.c.company_name,
+            billable_counts.c.sku,
+            billable_counts.c.billable_users,
+        )
+        .where(billable_counts.c.month == month)
+        .order_by(billable_counts.c.partner_id, billable_counts.c.company_id, billable_counts.c.sku)
+    )
+    with engine.connect() as conn:
+        rows = conn.execute(query).all()
+    return pd.DataFrame.from_records(
+        rows, columns=["partner_id", "company_id", "company_name", "sku", "billable_users"]
+    )
+
+
+def load_month_computation(engine: sa.Engine, month: date) -> MonthComputation | None:
+    with engine.connect() as conn:
+        row = conn.execute(
+            sa.select(month_computations).where(month_computations.c.month == month)
+        ).mappings().first()
+    return MonthComputation(**row) if row else None
+
+
+def load_month_computations(engine: sa.Engine, months: Iterable[date] | None = None) -> list[MonthComputation]:
+    query = sa.select(month_computations).order_by(month_computations.c.month)
+    if months is not None:
+        query = query.where(month_computations.c.month.in_(list(months)))
+    with engine.connect() as conn:
+        return [MonthComputation(**row) for row in conn.execute(query).mappings()]
+
+
+def load_quarantine(engine: sa.Engine, month: date, limit: int | None = None) -> pd.DataFrame:
+    query = (
+        sa.select(quarantined_rows)
+        .where(quarantined_rows.c.month == month)
+        .order_by(quarantined_rows.c.row_number)
+    )
+    if limit:
+        query = query.limit(limit)
+    with engine.connect() as conn:
+        rows = conn.execute(query).mappings().all()
+    return pd.DataFrame.from_records([dict(r) for r in rows], columns=[c.name for c in quarantined_rows.columns])
+
+
+@dataclass(frozen=True)
+class MonthValidation:
+    month: date
+    rows_in: int
+    rows_valid: int
+    rows_quarantined: int
+    reason_counts: dict[str, int]
+    known_skus: list[str]
+    query_sha256: str
+    run_id: str
+    validated_at: datetime
+
+    @property
+    def quarantined_share(self) -> float:
+        return self.rows_quarantined / self.rows_in if self.rows_in else 0.0
+
+
+def save_month_validation(conn: sa.Connection, validation: MonthValidation) -> None:
+    record = dict(validation.__dict__)
+    record["reason_counts"] = json.dumps(validation.reason_counts, sort_keys=True)
+    record["known_skus"] = json.dumps(validation.known_skus)
+    conn.execute(sa.delete(month_validations).where(month_validations.c.month == validation.month))
+    conn.execute(month_validations.insert(), [record])
+
+
+def load_month_validation(engine: sa.Engine, month: date) -> MonthValidation | None:
+    with engine.connect() as conn:
+        row = conn.execute(
+            sa.select(month_validations).where(month_validations.c.month == month)
+        ).mappings().first()
+    if row is None:
+        return None
+    record = dict(row)
+    record["reason_counts"] = json.loads(record["reason_counts"])
+    record["known_skus"] = json.loads(record["known_skus"])
+    return MonthValidation(**record)

@@ -1,0 +1,212 @@
+"""The source contract: running the configured utilization query for a billing month.
+
+The vendor's query (``UTILIZATION_SQL``) returns the contract columns for a month window
+given as bind parameters ``:month_start`` / ``:month_end`` (never string-formatted). The
+pipeline reads it two ways, both without holding the month's rows in memory:
+
+* ``stream_utilization`` yields the rows in chunks for validation with pandera;
+* ``aggregate_billable_users`` wraps the query and lets the database count distinct billable
+  users per partner x company x sku, applying the same row-validity rules in SQL
+  (``valid_row_sql``) and the month overlap. The two are reconciled row for row
+  (``accepted_rows``) so a drift between the SQL rules and the pandera model cannot pass.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+import sqlalchemy as sa
+
+from pipeline.billing_month import BillingMonth
+from pipeline.settings import ConfigurationError, reference_sql
+
+CONTRACT_COLUMNS: tuple[str, ...] = (
+    "partner_id",
+    "company_id",
+    "company_name",
+    "sku",
+    "user_id",
+    "active_from",
+    "active_to",
+    "billable",
+)
+ID_COLUMNS = ("partner_id", "company_id", "company_name", "sku", "user_id")
+TIMESTAMP_COLUMNS = ("active_from", "active_to")
+
+
+@dataclass(frozen=True)
+class SourceQuery:
+    """A contract query read from a file: its text, where it came from and its fingerprint."""
+
+    sql: str
+    path: str
+    sha256: str
+
+    @classmethod
+    def load(cls, path: str | Path) -> "SourceQuery":
+        file = Path(path)
+        try:
+            raw = file.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise ConfigurationError(
+                f"cannot read the SQL file {str(file)!r} ({exc.strerror}); point the setting at a "
+                "readable file or unset it to use the reference schema's query."
+            ) from exc
+        # Whole-line comments go: text() would read a ":name" in a comment as a parameter.
+        lines = [line for line in raw.splitlines() if not line.lstrip().startswith("--")]
+        sql = "\n".join(lines).strip().rstrip(";").strip()
+        if not sql:
+            raise ConfigurationError(f"the SQL file {str(file)!r} is empty.")
+        return cls(sql=sql, path=str(file), sha256=hashlib.sha256(sql.encode()).hexdigest())
+
+
+def utilization_query(configured_path: str | None, dialect_name: str) -> SourceQuery:
+    """The vendor's query when configured, else the reference schema's for the dialect."""
+    return SourceQuery.load(configured_path or reference_sql(dialect_name, "utilization.sql"))
+
+
+def month_parameters(month: BillingMonth, dialect_name: str) -> dict[str, object]:
+    """Bind parameters for the month window: UTC instants (ISO-8601 text on SQLite)."""
+    if dialect_name == "sqlite":
+        return {
+            "month_start": month.start_utc.isoformat(sep=" "),
+            "month_end": month.end_utc.isoformat(sep=" "),
+        }
+    return {"month_start": month.start_utc, "month_end": month.end_utc}
+
+
+def stream_utilization(
+    conn: sa.Connection, query: SourceQuery, month: BillingMonth, chunk_rows: int = 50_000
+) -> Iterator[pd.DataFrame]:
+    """The month's contract rows in chunks of at most ``chunk_rows`` (server-side cursor)."""
+    params = month_parameters(month, conn.dialect.name)
+    result = conn.execution_options(stream_results=True, yield_per=chunk_rows).execute(
+        sa.text(query.sql), params
+    )
+    columns = list(result.keys())
+    emitted = False
+    for rows in result.partitions(chunk_rows):
+        emitted = True
+        yield pd.DataFrame.from_records(rows, columns=columns, coerce_float=False)
+    if not emitted:
+        yield pd.DataFrame(columns=columns)
+
+
+def _text_present(column: str) -> str:
+    return f"({column} IS NOT NULL AND TRIM({column}) <> '')"
+
+
+def _sqlite_timestamp_ok(column: str) -> str:
+    # Text that SQLite can read as a date-time and whose date part is a real calendar date
+    # (julianday('2026-02-30') would silently roll over to March).
+    return (
+        f"(typeof({column}) = 'text' AND julianday({column}) IS NOT NULL"
+        f" AND date(substr({column}, 1, 10)) = substr({column}, 1, 10))"
+    )
+
+
+def _ts(column: str, dialect_name: str) -> str:
+    return f"julianday({column})" if dialect_name == "sqlite" else column
+
+
+def valid_row_sql(dialect_name: str) -> str:
+    """The row-validity rules of ``pipeline.validation`` expressed in SQL (``:known_skus``)."""
+    parts = [_text_present(c) for c in ID_COLUMNS]
+    parts.append("sku IN :known_skus")
+    if dialect_name == "sqlite":
+        parts.append("billable IN (0, 1)")
+        parts.append(_sqlite_timestamp_ok("active_from"))
+        parts.append(f"(active_to IS NULL OR {_sqlite_timestamp_ok('active_to')})")
+    else:
+        parts.append("billable IS NOT NULL")
+        parts.append("active_from IS NOT NULL")
+    parts.append(
+        f"(active_to IS NULL OR {_ts('active_to', dialect_name)} >= {_ts('active_from', dialect_name)})"
+    )
+    return "\n      AND ".join(parts)
+
+
+def overlap_sql(dialect_name: str) -> str:
+    """Half-open overlap of ``[active_from, active_to)`` with ``[:month_start, :month_end)``."""
+    ts = lambda c: _ts(c, dialect_name)  # noqa: E731
+    return (
+        f"({ts('active_from')} < {ts(':month_end')}"
+        f" AND (active_to IS NULL OR {ts('active_to')} > {ts(':month_start')}))"
+    )
+
+
+def aggregation_sql(query: SourceQuery, dialect_name: str) -> str:
+    billable = "billable = 1" if dialect_name == "sqlite" else "billable IS TRUE"
+    overlap = overlap_sql(dialect_name)
+    return f"""
+SELECT
+    partner_id,
+    company_id,
+    MAX(company_name) AS company_name,
+    sku,
+    COUNT(DISTINCT CASE WHEN {billable} AND {overlap} THEN user_id END) AS billable_users,
+    SUM(CASE WHEN {overlap} THEN 1 ELSE 0 END) AS rows_in_month,
+    COUNT(*) AS accepted_rows
+FROM (
+{query.sql}
+) AS utilization
+WHERE {valid_row_sql(dialect_name)}
+GROUP BY partner_id, company_id, sku
+"""
+
+
+@dataclass(frozen=True)
+class MonthAggregate:
+    """Billable users per partner x company x sku, and how many rows the database accepted."""
+
+    counts: pd.DataFrame  # partner_id, company_id, company_name, sku, billable_users
+    accepted_rows: int
+
+
+def aggregate_billable_users(
+    conn: sa.Connection, query: SourceQuery, month: BillingMonth, known_skus: Sequence[str]
+) -> MonthAggregate:
+    """Let the database count the month's distinct billable users per group.
+
+    Groups with valid rows but none overlapping the month are dropped; groups whose rows
+    overlap the month but hold no billable user stay, with 0.
+    """
+    dialect = conn.dialect.name
+    params = month_parameters(month, dialect)
+    params["known_skus"] = list(known_skus)
+    clause = sa.text(aggregation_sql(query, dialect)).bindparams(
+        sa.bindparam("known_skus", expanding=True)
+    )
+    rows = conn.execute(clause, params).all()
+    frame = pd.DataFrame.from_records(
+        rows,
+        columns=[
+            "partner_id", "company_id", "company_name", "sku",
+            "billable_users", "rows_in_month", "accepted_rows",
+        ],
+    )
+    accepted = int(frame["accepted_rows"].sum()) if len(frame) else 0
+    frame = frame[frame["rows_in_month"] > 0]
+    counts = (
+        frame[["partner_id", "company_id", "company_name", "sku", "billable_users"]]
+        .astype({"billable_users": "int64"})
+        .sort_values(["partner_id", "company_id", "sku"])
+        .reset_index(drop=True)
+    )
+    return MonthAggregate(counts=counts, accepted_rows=accepted)
+
+
+def load_known_skus(conn: sa.Connection, services_sql_path: str | None) -> list[str]:
+    """The vendor's service SKUs from ``SERVICES_SQL`` (reference query by default)."""
+    query = SourceQuery.load(services_sql_path or reference_sql(conn.dialect.name, "services.sql"))
+    result = conn.execute(sa.text(query.sql))
+    if "sku" not in result.keys():
+        raise ConfigurationError(
+            f"the services query {query.path!r} returns no 'sku' column; it must return "
+            "sku, name, description, category, subcategory."
+        )
+    return sorted({str(row.sku) for row in result if row.sku is not None})

@@ -1,0 +1,307 @@
+"""Validation of the source contract with pandera.
+
+Two levels:
+
+* the **contract** of the query result as a whole (``check_contract``): every contract column
+  is there and no column comes back as the wrong kind of value (integer ids, text booleans,
+  numeric timestamps). A broken contract always blocks the month.
+* the **rows** (``validate_chunk``): the ``UtilizationRow`` pandera model flags each row that
+  cannot be billed, with a reason a person can act on. Flagged rows are quarantined, never
+  counted, never dropped silently. ``pipeline.utilization.valid_row_sql`` holds the same rules
+  for the database-side aggregation; the two are reconciled on every run.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+import pandera.pandas as pa
+from pandera.typing import Series
+
+from pipeline.utilization import CONTRACT_COLUMNS, ID_COLUMNS, TIMESTAMP_COLUMNS
+
+UTC = "UTC"
+
+
+# --------------------------------------------------------------------------- contract
+
+
+@dataclass(frozen=True)
+class ContractViolation:
+    column: str
+    problem: str
+
+    def __str__(self) -> str:
+        return f"{self.column}: {self.problem}"
+
+
+_TEXT_OK = {"string", "empty", "mixed", "unicode"}
+_TS_OK = {"datetime", "datetime64", "string", "empty", "mixed", "date", "unicode"}
+_BOOL_OK = {"boolean", "empty", "mixed", "integer", "mixed-integer-float", "floating"}
+
+
+def check_contract(columns: Iterable[str], sample: pd.DataFrame) -> list[ContractViolation]:
+    """What makes the query result unusable as a whole; empty when the contract holds."""
+    present = set(columns)
+    violations = [
+        ContractViolation(c, "missing from the query result — UTILIZATION_SQL must return it")
+        for c in CONTRACT_COLUMNS
+        if c not in present
+    ]
+    if violations or sample.empty:
+        return violations
+    for column in ID_COLUMNS:
+        kind = pd.api.types.infer_dtype(sample[column], skipna=True)
+        if kind not in _TEXT_OK:
+            violations.append(
+                ContractViolation(
+                    column, f"comes back as {kind}, not text — cast it to text in UTILIZATION_SQL"
+                )
+            )
+    for column in TIMESTAMP_COLUMNS:
+        kind = pd.api.types.infer_dtype(sample[column], skipna=True)
+        if kind not in _TS_OK:
+            violations.append(
+                ContractViolation(
+                    column,
+                    f"comes back as {kind}, not a timestamp — return timestamp with time zone "
+                    "(ISO-8601 text on SQLite)",
+                )
+            )
+    kind = pd.api.types.infer_dtype(sample["billable"], skipna=True)
+    values = set(sample["billable"].dropna().unique().tolist())
+    if kind not in _BOOL_OK or (kind in {"integer", "floating"} and not values <= {0, 1}):
+        violations.append(
+            ContractViolation(
+                "billable", f"comes back as {kind}, not boolean — return true/false (1/0 on SQLite)"
+            )
+        )
+    return violations
+
+
+# --------------------------------------------------------------------------- rows
+
+
+REASONS: dict[str, str] = {
+    "partner_missing": "company {company_id} belongs to no partner (partner_id is empty or names "
+    "no partner) — assign the company to a partner in the product",
+    "company_missing": "the enrollment names no company (company_id is empty) — fix the enrollment",
+    "company_name_missing": "company {company_id} has no name, or is not in the companies table — "
+    "a Gradient account needs a name; fix the company row",
+    "sku_missing": "the enrollment names no service (sku is empty) — fix the enrollment",
+    "sku_unknown": "sku {sku!r} is not a service the vendor sells — add it to the services "
+    "(SERVICES_SQL) or correct the enrollment",
+    "user_missing": "the enrollment names no user (user_id is empty) — fix the enrollment",
+    "billable_invalid": "billable is {billable!r}, not true/false — the user {user_id} is missing "
+    "from the users table or has no billable flag",
+    "active_from_invalid": "active_from {active_from!r} is not a timestamp — store ISO-8601 with a "
+    "time zone",
+    "active_to_invalid": "active_to {active_to!r} is not a timestamp — store ISO-8601 with a time "
+    "zone, or null while the user is still active",
+    "span_reversed": "the span ends ({active_to}) before it starts ({active_from}) — fix the "
+    "enrollment's dates",
+}
+
+
+def _present(values: pd.Series) -> pd.Series:
+    """Non-null text that is not blank (SQL: ``x IS NOT NULL AND TRIM(x) <> ''``)."""
+    text = values.where(values.map(lambda v: isinstance(v, str)), None)
+    return text.notna() & (text.fillna("").str.strip(" ") != "")
+
+
+def _as_text(values: pd.Series) -> pd.Series:
+    """Ids as text: numbers become their text (as the database's TRIM would read them)."""
+    out = values.astype(object)
+    mask = out.notna() & ~out.map(lambda v: isinstance(v, str))
+    if mask.any():
+        out[mask] = out[mask].map(str)
+    return out.where(out.notna(), None)
+
+
+def parse_timestamps(values: pd.Series) -> tuple[pd.Series, pd.Series]:
+    """(UTC timestamps with NaT where absent or unreadable, mask of unreadable non-null values).
+
+    Text must be ISO-8601 with a real calendar date; naive values are read as UTC (as SQLite
+    reads them). Aware datetimes from the driver are converted to UTC.
+    """
+    if isinstance(values.dtype, pd.DatetimeTZDtype):
+        parsed = values.dt.tz_convert(UTC)
+        return parsed, pd.Series(False, index=values.index)
+    if pd.api.types.is_datetime64_dtype(values.dtype):
+        parsed = values.dt.tz_localize(UTC)
+        return parsed, pd.Series(False, index=values.index)
+    parsed = pd.Series(pd.NaT, index=values.index, dtype=f"datetime64[ns, {UTC}]")
+    present = values.notna()
+    is_text = values.map(lambda v: isinstance(v, str)) & present
+    if is_text.any():
+        text = values[is_text].astype(str)
+        converted = pd.to_datetime(text, utc=True, format="ISO8601", errors="coerce")
+        calendar_ok = pd.to_datetime(text.str.slice(0, 10), format="%Y-%m-%d", errors="coerce").notna()
+        converted = converted.where(calendar_ok)
+        parsed.loc[is_text] = converted
+    is_datetime = values.map(lambda v: isinstance(v, pd.Timestamp) or hasattr(v, "tzinfo")) & present & ~is_text
+    if is_datetime.any():
+        parsed.loc[is_datetime] = pd.to_datetime(values[is_datetime], utc=True, errors="coerce")
+    unreadable = present & parsed.isna()
+    return parsed, unreadable
+
+
+def parse_billable(values: pd.Series) -> pd.Series:
+    """Nullable boolean: True/False and 1/0 are read; anything else is missing."""
+    def read(v: object) -> object:
+        if isinstance(v, (bool, np.bool_)):
+            return bool(v)
+        if isinstance(v, (int, float, np.integer, np.floating)) and not pd.isna(v) and v in (0, 1):
+            return bool(v)
+        return pd.NA
+
+    return values.map(read).astype("boolean")
+
+
+def prepare_chunk(raw: pd.DataFrame, known_skus: frozenset[str]) -> pd.DataFrame:
+    """Typed columns for the pandera model, keeping what the source returned readable."""
+    frame = pd.DataFrame(index=raw.index)
+    for column in ID_COLUMNS:
+        frame[column] = _as_text(raw[column])
+    frame["active_from"], frame["active_from_unreadable"] = parse_timestamps(raw["active_from"])
+    frame["active_to"], frame["active_to_unreadable"] = parse_timestamps(raw["active_to"])
+    frame["billable"] = parse_billable(raw["billable"])
+    frame["sku_known"] = frame["sku"].isin(known_skus)
+    return frame
+
+
+class UtilizationRow(pa.DataFrameModel):
+    """One row of the source contract that can be billed. Check names are reason codes."""
+
+    partner_id: Series[object] = pa.Field(nullable=True)
+    company_id: Series[object] = pa.Field(nullable=True)
+    company_name: Series[object] = pa.Field(nullable=True)
+    sku: Series[object] = pa.Field(nullable=True)
+    user_id: Series[object] = pa.Field(nullable=True)
+    active_from: Series[pd.DatetimeTZDtype] = pa.Field(nullable=True, dtype_kwargs={"unit": "ns", "tz": UTC})
+    active_to: Series[pd.DatetimeTZDtype] = pa.Field(nullable=True, dtype_kwargs={"unit": "ns", "tz": UTC})
+    billable: Series[pd.BooleanDtype] = pa.Field(nullable=True)
+    active_from_unreadable: Series[bool]
+    active_to_unreadable: Series[bool]
+    sku_known: Series[bool]
+
+    class Config:
+        name = "UtilizationRow"
+        strict = True
+
+    @pa.dataframe_check(name="partner_missing")
+    def partner_present(cls, df: pd.DataFrame) -> Series[bool]:
+        return _present(df["partner_id"])
+
+    @pa.dataframe_check(name="company_missing")
+    def company_present(cls, df: pd.DataFrame) -> Series[bool]:
+        return _present(df["company_id"])
+
+    @pa.dataframe_check(name="company_name_missing")
+    def company_name_present(cls, df: pd.DataFrame) -> Series[bool]:
+        return _present(df["company_name"])
+
+    @pa.dataframe_check(name="sku_missing")
+    def sku_present(cls, df: pd.DataFrame) -> Series[bool]:
+        return _present(df["sku"])
+
+    @pa.dataframe_check(name="sku_unknown")
+    def sku_known_service(cls, df: pd.DataFrame) -> Series[bool]:
+        return df["sku_known"] | ~_present(df["sku"])
+
+    @pa.dataframe_check(name="user_missing")
+    def user_present(cls, df: pd.DataFrame) -> Series[bool]:
+        return _present(df["user_id"])
+
+    @pa.dataframe_check(name="billable_invalid")
+    def billable_known(cls, df: pd.DataFrame) -> Series[bool]:
+        return df["billable"].notna().astype(bool)
+
+    @pa.dataframe_check(name="active_from_invalid")
+    def active_from_readable(cls, df: pd.DataFrame) -> Series[bool]:
+        return df["active_from"].notna()
+
+    @pa.dataframe_check(name="active_to_invalid")
+    def active_to_readable(cls, df: pd.DataFrame) -> Series[bool]:
+        return ~df["active_to_unreadable"]
+
+    @pa.dataframe_check(name="span_reversed")
+    def span_in_order(cls, df: pd.DataFrame) -> Series[bool]:
+        both = df["active_from"].notna() & df["active_to"].notna()
+        return ~both | (df["active_to"] >= df["active_from"])
+
+
+UTILIZATION_SCHEMA = UtilizationRow.to_schema()
+RULE_NAMES = tuple(REASONS)
+
+
+def _display(value: object) -> object:
+    if value is None or (not isinstance(value, str) and pd.isna(value)):
+        return None
+    return value if isinstance(value, str) else str(value)
+
+
+def describe(codes: list[str], raw_row: dict[str, object]) -> str:
+    """The reasons of one quarantined row, in words a person can act on."""
+    values = {k: ("(empty)" if (v := _display(raw)) is None else v) for k, raw in raw_row.items()}
+    return "; ".join(REASONS[code].format(**values) for code in codes)
+
+
+@dataclass
+class ChunkValidation:
+    rows: int
+    valid_rows: int
+    quarantined: pd.DataFrame  # raw contract columns as text + row_number, reason_codes, reasons
+    reason_counts: dict[str, int] = field(default_factory=dict)
+
+
+def validate_chunk(raw: pd.DataFrame, known_skus: frozenset[str], first_row_number: int) -> ChunkValidation:
+    """Validate one chunk of contract rows; row numbers continue across chunks."""
+    raw = raw.reset_index(drop=True)
+    prepared = prepare_chunk(raw, known_skus)
+    codes_by_row: dict[int, list[str]] = {}
+    try:
+        UTILIZATION_SCHEMA.validate(prepared, lazy=True)
+    except pa.errors.SchemaErrors as errors:
+        cases = errors.failure_cases
+        structural = cases[cases["index"].isna()]
+        if len(structural):
+            raise ValueError(
+                "the prepared utilization frame does not match the UtilizationRow model: "
+                + "; ".join(f"{r.column}: {r.check}" for r in structural.itertuples())
+            ) from None
+        for case in cases.itertuples():
+            codes_by_row.setdefault(int(case.index), []).append(str(case.check))
+    bad_index = sorted(codes_by_row)
+    quarantined = _quarantine_frame(raw, bad_index, codes_by_row, first_row_number)
+    reason_counts: dict[str, int] = {}
+    for codes in codes_by_row.values():
+        for code in dict.fromkeys(codes):
+            reason_counts[code] = reason_counts.get(code, 0) + 1
+    return ChunkValidation(
+        rows=len(raw),
+        valid_rows=len(raw) - len(bad_index),
+        quarantined=quarantined,
+        reason_counts=reason_counts,
+    )
+
+
+def _quarantine_frame(
+    raw: pd.DataFrame, bad_index: list[int], codes_by_row: dict[int, list[str]], first_row_number: int
+) -> pd.DataFrame:
+    records = []
+    for index in bad_index:
+        raw_row = {c: raw.at[index, c] for c in CONTRACT_COLUMNS}
+        codes = sorted(dict.fromkeys(codes_by_row[index]), key=RULE_NAMES.index)
+        record = {c: _display(v) for c, v in raw_row.items()}
+        record.update(
+            row_number=first_row_number + index,
+            reason_codes=",".join(codes),
+            reasons=describe(codes, raw_row),
+        )
+        records.append(record)
+    columns = ["row_number", *CONTRACT_COLUMNS, "reason_codes", "reasons"]
+    return pd.DataFrame.from_records(records, columns=columns)
