@@ -1,0 +1,97 @@
+"""Shared fixtures: real SQLite files and real PostgreSQL databases.
+
+PostgreSQL comes from ``TEST_POSTGRES_URL`` (default: trust auth on 127.0.0.1:5432). Each
+test gets its own freshly created database. When PostgreSQL is unreachable, tests that need
+it fail loudly under CI (``CI=true``) and are skipped with the reason elsewhere.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.engine import make_url
+
+POSTGRES_ADMIN_URL = os.environ.get(
+    "TEST_POSTGRES_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres"
+)
+_postgres_problem: str | None = None
+_postgres_checked = False
+
+
+def postgres_problem() -> str | None:
+    """None when PostgreSQL is reachable, else why not."""
+    global _postgres_checked, _postgres_problem
+    if not _postgres_checked:
+        _postgres_checked = True
+        try:
+            engine = sa.create_engine(POSTGRES_ADMIN_URL, connect_args={"connect_timeout": 5})
+            with engine.connect() as conn:
+                conn.execute(sa.text("SELECT 1"))
+            engine.dispose()
+        except Exception as exc:  # noqa: BLE001 - any failure means "not available"
+            _postgres_problem = f"PostgreSQL at {make_url(POSTGRES_ADMIN_URL).render_as_string(hide_password=True)} unreachable: {type(exc).__name__}"
+    return _postgres_problem
+
+
+def require_postgres() -> None:
+    problem = postgres_problem()
+    if problem is None:
+        return
+    if os.environ.get("CI", "").lower() in {"1", "true", "yes"}:
+        pytest.fail(f"{problem} — CI must have PostgreSQL (.ci/run starts it)", pytrace=False)
+    pytest.skip(f"{problem}; start it to run the PostgreSQL tests")
+
+
+@pytest.fixture
+def postgres_url() -> Iterator[str]:
+    """A fresh, empty PostgreSQL database for one test; dropped afterwards."""
+    require_postgres()
+    name = f"gbs_test_{uuid.uuid4().hex[:12]}"
+    admin = sa.create_engine(POSTGRES_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    url = make_url(POSTGRES_ADMIN_URL).set(database=name).render_as_string(hide_password=False)
+    try:
+        yield url
+    finally:
+        from pipeline.resources import engine_for
+
+        engine_for.cache_clear()
+        with admin.connect() as conn:
+            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+@pytest.fixture
+def sqlite_url(tmp_path) -> str:
+    return f"sqlite:///{tmp_path / f'db-{uuid.uuid4().hex[:8]}.db'}"
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def product_url(request, tmp_path) -> Iterator[str]:
+    """A fresh product database, once on SQLite and once on PostgreSQL."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'product.db'}"
+    else:
+        yield request.getfixturevalue("postgres_url")
+
+
+@pytest.fixture
+def product_engine(product_url) -> Iterator[sa.Engine]:
+    engine = sa.create_engine(product_url)
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture
+def state_engine(sqlite_url) -> Iterator[sa.Engine]:
+    from pipeline.state_store import ensure_state_schema
+
+    engine = sa.create_engine(sqlite_url)
+    ensure_state_schema(engine)
+    yield engine
+    engine.dispose()
