@@ -1,0 +1,794 @@
+"""Async client for Gradient MSP's "Synthesize" vendor API.
+
+One ``GradientClient`` per process/run owns one pooled ``httpx.AsyncClient``, one rate
+limiter and one concurrency semaphore shared by every call, whatever the partner. Each
+partner's calls go through a ``PartnerSession`` that binds that partner's token, so a
+partner's counts can only ever carry its own token.
+
+Rate limiting: ``AsyncLimiter(1, 1 / rate)`` -- a leaky bucket of capacity one, i.e. one
+request every ``1 / rate`` seconds with no burst. ``AsyncLimiter(rate, 1)`` was measured to
+let 199 requests through in one 1-second window at rate 100 (a full bucket at start plus
+the drain), above Gradient's 100/s; the capacity-one bucket measured 98. The limit holds per
+client, i.e. per process: concurrent runs each get their own budget.
+
+Retries: tenacity, on 429, 5xx and ``httpx.TransportError`` (except the deterministic
+``UnsupportedProtocol`` / ``LocalProtocolError``), with full-jitter exponential backoff
+(``wait_random_exponential``) and a numeric ``Retry-After`` as the minimum wait. Every
+attempt goes through the limiter again. Other statuses are never retried. POSTs are
+retried too: unit counts overwrite (idempotent); a retried bulk account creation whose
+first attempt landed may answer 409 (duplicate ids), which the caller resolves by reading
+the accounts again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import logging
+import math
+import re
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import datetime
+from decimal import Decimal
+from types import TracebackType
+from typing import Any, Literal
+from urllib.parse import quote
+
+import httpx
+from aiolimiter import AsyncLimiter
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
+from tenacity.wait import wait_random_exponential
+
+from pipeline.gradient.errors import (
+    GradientAuthError,
+    GradientError,
+    GradientForbiddenError,
+    GradientNotFoundError,
+    GradientRateLimitedError,
+    GradientRequestError,
+    GradientServerError,
+    GradientUnavailableError,
+)
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_BASE_URL = "https://app.usegradient.com"
+API_PREFIX = "/api/vendor-api"
+TOKEN_HEADER = "GRADIENT-TOKEN"
+INTEGRATION_STATUSES = frozenset({"active", "inactive", "pending", "disabled", "error"})
+# A Retry-After larger than this is treated as this: one answer must not stall a run for long.
+RETRY_AFTER_CAP_SECONDS = 120.0
+_MAX_DETAIL_CHARS = 500
+_MASK = "********"
+_NOT_RETRIED_TRANSPORT_ERRORS = (httpx.UnsupportedProtocol, httpx.LocalProtocolError)
+
+CountOutcome = Literal["delivered", "unmapped"]
+
+
+class Secret:
+    """Holds a key or token; its str/repr never show the value."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def get_secret_value(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return f"Secret('{_MASK}')"
+
+    __str__ = __repr__
+
+
+def partner_token(vendor_api_key: str, partner_api_key: str) -> str:
+    """The ``GRADIENT-TOKEN`` value: standard base64 (padded) of UTF-8 ``"vendor:partner"``."""
+    raw = f"{vendor_api_key}:{partner_api_key}".encode("utf-8")
+    return base64.b64encode(raw).decode("ascii")
+
+
+@dataclass(frozen=True)
+class CountResult:
+    """Outcome of one set-unit-count call: 2xx = delivered, 404 = unmapped by the partner."""
+
+    status_code: int
+    outcome: CountOutcome
+    message: str | None = None
+
+
+@dataclass(frozen=True)
+class _Call:
+    """One logical API call (retried as a whole); holds secrets only as ``Secret``."""
+
+    method: str
+    path: str
+    token: Secret
+    secrets: tuple[Secret, ...]
+    partner_id: str
+    params: dict[str, str] | None = None
+    body: Any = None
+
+    @property
+    def where(self) -> str:
+        return f"{self.method} {self.path}"
+
+    def redact(self, text: str) -> str:
+        for secret in self.secrets:
+            value = secret.get_secret_value()
+            if value:
+                text = text.replace(value, _MASK)
+        return text
+
+
+class _RetryableStatus(Exception):
+    """Internal: a 429/5xx answer, raised so tenacity retries it."""
+
+    def __init__(self, status_code: int, retry_after: float | None, detail: str | None) -> None:
+        super().__init__(f"HTTP {status_code}")
+        self.status_code = status_code
+        self.retry_after = retry_after
+        self.detail = detail
+
+
+@dataclass
+class _Stats:
+    requests_sent: int = 0
+    retries: int = 0
+    transport_errors: int = 0
+    by_status: Counter[int] = field(default_factory=Counter)
+
+    def snapshot(self) -> dict[str, Any]:
+        return {
+            "requests_sent": self.requests_sent,
+            "retries": self.retries,
+            "transport_errors": self.transport_errors,
+            "by_status": {str(code): n for code, n in sorted(self.by_status.items())},
+        }
+
+
+class _BackoffWait:
+    """Full-jitter exponential backoff, never shorter than a numeric ``Retry-After``."""
+
+    def __init__(self, initial_seconds: float, max_seconds: float) -> None:
+        self._jitter = wait_random_exponential(multiplier=initial_seconds, max=max_seconds)
+
+    def __call__(self, retry_state: RetryCallState) -> float:
+        delay = float(self._jitter(retry_state))
+        outcome = retry_state.outcome
+        if outcome is not None and outcome.failed:
+            error = outcome.exception()
+            if isinstance(error, _RetryableStatus) and error.retry_after is not None:
+                delay = max(delay, error.retry_after)
+        return delay
+
+
+class GradientClient:
+    """Async Gradient client; use as ``async with GradientClient(...) as client``."""
+
+    def __init__(
+        self,
+        base_url: str,
+        vendor_api_key: str | Secret,
+        max_requests_per_second: float = 100.0,
+        timeout_seconds: float = 30.0,
+        max_attempts: int = 6,
+        backoff_initial_seconds: float = 0.5,
+        backoff_max_seconds: float = 30.0,
+        max_concurrency: int = 32,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        _require_positive(
+            max_requests_per_second=max_requests_per_second,
+            timeout_seconds=timeout_seconds,
+            max_attempts=max_attempts,
+            backoff_max_seconds=backoff_max_seconds,
+            max_concurrency=max_concurrency,
+        )
+        if backoff_initial_seconds < 0:
+            raise ValueError("backoff_initial_seconds must be >= 0")
+        key = vendor_api_key if isinstance(vendor_api_key, Secret) else Secret(vendor_api_key)
+        if not key.get_secret_value():
+            raise ValueError("The Gradient vendor API key is empty: set GRADIENT_VENDOR_API_KEY")
+        self.base_url = base_url.rstrip("/")
+        self._vendor_key = key
+        self._max_requests_per_second = float(max_requests_per_second)
+        self._timeout_seconds = timeout_seconds
+        self._max_attempts = int(max_attempts)
+        self._wait = _BackoffWait(backoff_initial_seconds, backoff_max_seconds)
+        self._max_concurrency = int(max_concurrency)
+        self._transport = transport
+        self._limiter = AsyncLimiter(1, 1.0 / self._max_requests_per_second)
+        self._semaphore = asyncio.Semaphore(self._max_concurrency)
+        self._stats = _Stats()
+        self._http: httpx.AsyncClient | None = None
+
+    async def __aenter__(self) -> GradientClient:
+        if self._http is not None:
+            raise RuntimeError("GradientClient is already open")
+        self._http = httpx.AsyncClient(
+            base_url=self.base_url,
+            headers={"Accept": "application/json"},
+            timeout=httpx.Timeout(self._timeout_seconds),
+            limits=httpx.Limits(
+                max_connections=self._max_concurrency,
+                max_keepalive_connections=self._max_concurrency,
+            ),
+            transport=self._transport,
+        )
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        http, self._http = self._http, None
+        if http is not None:
+            await http.aclose()
+
+    def __repr__(self) -> str:
+        return (
+            f"GradientClient(base_url={self.base_url!r}, vendor_api_key={self._vendor_key!r}, "
+            f"max_requests_per_second={self._max_requests_per_second!r})"
+        )
+
+    @property
+    def stats(self) -> dict[str, Any]:
+        """Counters for run metadata: requests_sent, retries, transport_errors, by_status."""
+        return self._stats.snapshot()
+
+    def partner(self, partner_id: str, partner_api_key: str | Secret) -> PartnerSession:
+        """A session whose every call carries this partner's token, and only this one."""
+        key = partner_api_key if isinstance(partner_api_key, Secret) else Secret(partner_api_key)
+        if not key.get_secret_value():
+            raise ValueError(f"Partner {partner_id!r} has an empty Gradient API key")
+        return PartnerSession(self, partner_id, key)
+
+    async def _send(self, call: _Call) -> httpx.Response:
+        """Send ``call`` with retries; returns any non-retryable response."""
+        retrying = AsyncRetrying(
+            stop=stop_after_attempt(self._max_attempts),
+            wait=self._wait,
+            retry=retry_if_exception(_is_retryable),
+            before_sleep=lambda state: self._before_sleep(call, state),
+            reraise=True,
+        )
+        failure: GradientError
+        try:
+            return await retrying(self._attempt, call)
+        except _RetryableStatus as error:
+            failure = _exhausted_status_error(call, error, self._attempts(retrying))
+        except httpx.TransportError as error:
+            failure = self._unavailable_error(call, error, self._attempts(retrying))
+        except httpx.HTTPError as error:
+            detail = _describe(call, error)
+            failure = _error(GradientError, call, None, f"Gradient call {call.where} failed: {detail}")
+        # Raised outside the except blocks: no __context__ chains to httpx objects (headers).
+        raise failure
+
+    async def _attempt(self, call: _Call) -> httpx.Response:
+        http = self._require_open()
+        async with self._semaphore:
+            await self._limiter.acquire()
+            self._stats.requests_sent += 1
+            try:
+                response = await http.request(
+                    call.method,
+                    call.path,
+                    params=call.params,
+                    json=call.body,
+                    headers={TOKEN_HEADER: call.token.get_secret_value()},
+                )
+            except httpx.TransportError:
+                self._stats.transport_errors += 1
+                raise
+        self._stats.by_status[response.status_code] += 1
+        if _is_retryable_status(response.status_code):
+            raise _RetryableStatus(
+                response.status_code, _retry_after_seconds(response), _gradient_message(response)
+            )
+        return response
+
+    def _before_sleep(self, call: _Call, state: RetryCallState) -> None:
+        self._stats.retries += 1
+        error = state.outcome.exception() if state.outcome is not None else None
+        if isinstance(error, _RetryableStatus):
+            reason = f"HTTP {error.status_code}"
+        else:
+            reason = _describe(call, error) if error is not None else "unknown"
+        delay = state.next_action.sleep if state.next_action is not None else 0.0
+        logger.warning(
+            "Gradient %s (partner %s): %s on attempt %d of %d; retrying in %.2f s",
+            call.where,
+            call.partner_id,
+            reason,
+            state.attempt_number,
+            self._max_attempts,
+            delay,
+        )
+
+    def _unavailable_error(
+        self, call: _Call, error: httpx.TransportError, attempts: int
+    ) -> GradientError:
+        return _error(
+            GradientUnavailableError,
+            call,
+            None,
+            f"Gradient is unreachable at {self.base_url}: {_describe(call, error)} "
+            f"({call.where}, {attempts} attempt(s)); check GRADIENT_BASE_URL / network; "
+            "a re-run completes what was left",
+        )
+
+    def _attempts(self, retrying: AsyncRetrying) -> int:
+        return int(retrying.statistics.get("attempt_number", self._max_attempts))
+
+    def _require_open(self) -> httpx.AsyncClient:
+        if self._http is None:
+            raise RuntimeError("GradientClient is not open: use `async with GradientClient(...)`")
+        return self._http
+
+    async def _json(self, call: _Call) -> Any:
+        """Send ``call``; any non-2xx raises; returns the decoded JSON body (None if empty)."""
+        response = await self._send(call)
+        if not response.is_success:
+            raise _status_error(call, response)
+        return _decode_json(call, response)
+
+
+class PartnerSession:
+    """Every Gradient call, bound to one partner's token.
+
+    The vendor-level calls (vendor, services) also need a token. Which partner's token is
+    used there is not documented; any connected partner's token is assumed to work (guess).
+    """
+
+    def __init__(self, client: GradientClient, partner_id: str, partner_api_key: Secret) -> None:
+        self._client = client
+        self.partner_id = partner_id
+        self._partner_key = partner_api_key
+        self._token = Secret(
+            partner_token(client._vendor_key.get_secret_value(), partner_api_key.get_secret_value())
+        )
+
+    def __repr__(self) -> str:
+        return f"PartnerSession(partner_id={self.partner_id!r}, token={self._token!r})"
+
+    def _call(
+        self, method: str, path: str, *, params: dict[str, str] | None = None, body: Any = None
+    ) -> _Call:
+        return _Call(
+            method=method,
+            path=API_PREFIX + path,
+            token=self._token,
+            secrets=(self._token, self._partner_key, self._client._vendor_key),
+            partner_id=self.partner_id,
+            params=params,
+            body=body,
+        )
+
+    async def get_vendor(self) -> dict[str, Any]:
+        """The vendor object (``data``), including its ``skus``."""
+        call = self._call("GET", "")
+        return _as_dict(call, _unwrap_data(await self._client._json(call)))
+
+    async def update_vendor(self, **fields: Any) -> dict[str, Any]:
+        """PATCH any of name, description, vendorSupportPageUrl, integrationPortalUrl."""
+        call = self._call("PATCH", "", body=_camel_fields(fields))
+        return _as_dict(call, _unwrap_data(await self._client._json(call)))
+
+    async def create_service(
+        self,
+        name: str,
+        description: str,
+        category: str,
+        subcategory: str,
+        support_article: str | None = None,
+        support_contact: str | None = None,
+    ) -> dict[str, Any]:
+        """Create a SKU; returns the created SKU (the newest one named ``name`` in ``skus``)."""
+        body = _without_none(
+            {
+                "name": name,
+                "description": description,
+                "category": category,
+                "subcategory": subcategory,
+                "supportArticle": support_article,
+                "supportContact": support_contact,
+            }
+        )
+        call = self._call("POST", "/service", body=body)
+        vendor = _as_dict(call, _unwrap_data(await self._client._json(call)))
+        return _newest_sku_named(call, vendor, name)
+
+    async def get_service(self, service_id: str) -> dict[str, Any]:
+        call = self._call("GET", f"/service/{_segment(service_id)}")
+        return _as_dict(call, _unwrap_data(await self._client._json(call)))
+
+    async def get_organization(self) -> dict[str, Any]:
+        """The partner's integration; the documented way to check a partner's key."""
+        call = self._call("GET", "/organization")
+        return _as_dict(call, _unwrap_data(await self._client._json(call)))
+
+    async def set_integration_status(self, status: str) -> dict[str, Any]:
+        if status not in INTEGRATION_STATUSES:
+            raise ValueError(
+                f"Unknown Gradient integration status {status!r}; "
+                f"use one of {sorted(INTEGRATION_STATUSES)}"
+            )
+        call = self._call("PATCH", f"/organization/status/{status}")
+        body = _unwrap_data(await self._client._json(call))
+        return body if isinstance(body, dict) else {}
+
+    async def get_clients(self, search: str | None = None) -> list[dict[str, Any]]:
+        """All of the partner's PSA companies, following the ``previousId`` keyset cursor.
+
+        Stops on an empty page or one smaller than the previous. The items' id field is
+        unknown: ``id`` then ``_id`` is used as the cursor (guess).
+        """
+        clients: list[dict[str, Any]] = []
+        seen: set[str] = set()
+        cursor: str | None = None
+        previous_size: int | None = None
+        while True:
+            page = await self._clients_page(search, cursor)
+            if not page:
+                break
+            next_cursor = _item_id(page[-1])
+            if next_cursor is not None and next_cursor in seen:
+                logger.warning("Gradient clients: cursor %s repeated; stopping", next_cursor)
+                break
+            clients.extend(page)
+            if previous_size is not None and len(page) < previous_size:
+                break
+            if next_cursor is None:
+                logger.warning("Gradient clients: items carry no id/_id; cannot paginate")
+                break
+            seen.add(next_cursor)
+            cursor, previous_size = next_cursor, len(page)
+        return clients
+
+    async def _clients_page(self, search: str | None, cursor: str | None) -> list[dict[str, Any]]:
+        params = _without_none({"search": search, "previousId": cursor})
+        call = self._call("GET", "/organization/clients", params=params or None)
+        body = _unwrap_data(await self._client._json(call))
+        if isinstance(body, dict):
+            body = body.get("clients", [])
+        return _as_list(call, body)
+
+    async def get_accounts(self) -> list[dict[str, Any]]:
+        call = self._call("GET", "/organization/accounts")
+        body = _unwrap_data(await self._client._json(call))
+        if isinstance(body, dict) and "accounts" in body:
+            body = body["accounts"]
+        return _as_list(call, body)
+
+    async def create_accounts(self, accounts: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Bulk-create accounts in ONE request; an empty list sends nothing."""
+        if not accounts:
+            return []
+        call = self._call("POST", "/organization/accounts", body=list(accounts))
+        body = _unwrap_data(await self._client._json(call))
+        return _as_list(call, body if body is not None else [])
+
+    async def update_account(self, account_id: str, **fields: Any) -> dict[str, Any]:
+        """PATCH any of id, name, description of the account ``account_id``."""
+        call = self._call(
+            "PATCH", f"/organization/accounts/{_segment(account_id)}", body=_camel_fields(fields)
+        )
+        return _as_dict(call, _unwrap_data(await self._client._json(call)))
+
+    async def set_unit_count(
+        self,
+        service_id: str,
+        account_id: str,
+        unit_count: int | float | Decimal,
+        *,
+        no_build: bool,
+    ) -> CountResult:
+        """Set one (account, service) count; 404 = unmapped is returned, never raised."""
+        call = self._call(
+            "POST",
+            f"/service/{_segment(service_id)}/count",
+            params={"no_build": "true"} if no_build else None,
+            body={"accountId": str(account_id), "unitCount": _unit_count(unit_count)},
+        )
+        response = await self._client._send(call)
+        if response.is_success:
+            return CountResult(response.status_code, "delivered", _redacted_detail(call, response))
+        if response.status_code == 404:
+            return CountResult(404, "unmapped", _redacted_detail(call, response))
+        raise _status_error(call, response)
+
+    async def create_alert(
+        self,
+        account_id: str,
+        title: str,
+        description: str,
+        alert_id: str,
+        priority: int | None = None,
+        status: str | None = None,
+        due_date_time: str | datetime | None = None,
+        service_id: str | None = None,
+    ) -> dict[str, Any]:
+        """Queue an alert; returns ``{"messageId", "alertId", "correlationID"}``."""
+        if priority is not None and priority not in (1, 2, 3, 4):
+            raise ValueError(f"Gradient alert priority must be 1-4, got {priority!r}")
+        due = due_date_time.isoformat() if isinstance(due_date_time, datetime) else due_date_time
+        body = _without_none(
+            {
+                "title": title,
+                "description": description,
+                "alertId": alert_id,
+                "priority": priority,
+                "status": status,
+                "dueDateTime": due,
+                "serviceId": service_id,
+            }
+        )
+        call = self._call("POST", f"/alerting/{_segment(account_id)}", body=body)
+        return _as_dict(call, _unwrap_data(await self._client._json(call)))
+
+    async def get_alert_status(self, message_id: str) -> dict[str, Any]:
+        """Delivery status of a queued alert: ``{status: failed|pending|success, errors, ...}``."""
+        call = self._call("GET", f"/alerting/debug/{_segment(message_id)}")
+        return _as_dict(call, _unwrap_data(await self._client._json(call)))
+
+
+def _require_positive(**values: float) -> None:
+    for name, value in values.items():
+        if not value > 0:
+            raise ValueError(f"{name} must be > 0, got {value!r}")
+
+
+def _is_retryable_status(status_code: int) -> bool:
+    return status_code == 429 or 500 <= status_code <= 599
+
+
+def _is_retryable(error: BaseException) -> bool:
+    if isinstance(error, _RetryableStatus):
+        return True
+    return isinstance(error, httpx.TransportError) and not isinstance(
+        error, _NOT_RETRIED_TRANSPORT_ERRORS
+    )
+
+
+def _retry_after_seconds(response: httpx.Response) -> float | None:
+    """A numeric ``Retry-After`` (seconds), capped; the HTTP-date form is ignored."""
+    raw = response.headers.get("Retry-After")
+    if raw is None:
+        return None
+    try:
+        seconds = float(raw.strip())
+    except ValueError:
+        return None
+    if not math.isfinite(seconds) or seconds < 0:
+        return None
+    return min(seconds, RETRY_AFTER_CAP_SECONDS)
+
+
+def _gradient_message(response: httpx.Response) -> str | None:
+    """Gradient's ``message`` (or ``error``) from a JSON body, if any."""
+    try:
+        body = response.json()
+    except ValueError:
+        return None
+    if not isinstance(body, dict):
+        return None
+    message = body.get("message") or body.get("error")
+    if isinstance(message, list):
+        message = "; ".join(str(part) for part in message)
+    if not message:
+        return None
+    return str(message)[:_MAX_DETAIL_CHARS]
+
+
+def _redacted_detail(call: _Call, response: httpx.Response) -> str | None:
+    message = _gradient_message(response)
+    return call.redact(message) if message is not None else None
+
+
+def _describe(call: _Call, error: BaseException) -> str:
+    """Exception type and text only (never its request/headers), secrets masked."""
+    text = call.redact(str(error))[:_MAX_DETAIL_CHARS]
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__
+
+
+def _status_error(call: _Call, response: httpx.Response) -> GradientError:
+    """The error for a final non-2xx response that is not retried."""
+    status = response.status_code
+    detail = _redacted_detail(call, response) or response.reason_phrase or "no message"
+    if status == 401:
+        return _error(
+            GradientAuthError,
+            call,
+            status,
+            "Gradient rejected the partner's API key (401): the key is wrong, regenerated or "
+            "revoked — ask the partner to paste a fresh key in the product "
+            f"[partner {call.partner_id!r}, {call.where}; if every partner gets 401, check "
+            "GRADIENT_VENDOR_API_KEY]",
+        )
+    if status == 403:
+        return _error(
+            GradientForbiddenError,
+            call,
+            status,
+            f"Gradient refused {call.where} with 403 (an API-usage anomaly): {detail} "
+            f"[partner {call.partner_id!r}]; not retried — check the request pattern/volume "
+            "and contact Gradient support if it persists",
+        )
+    if status == 404:
+        return _error(
+            GradientNotFoundError,
+            call,
+            status,
+            f"Gradient found nothing at {call.where} (404): {detail} [partner "
+            f"{call.partner_id!r}]; check the id — a disconnected partner's accounts are "
+            "deleted by Gradient and must be created again",
+        )
+    if 300 <= status <= 399:
+        return _error(
+            GradientError,
+            call,
+            status,
+            f"Gradient answered {call.where} with a redirect ({status}); check "
+            "GRADIENT_BASE_URL (scheme and host, e.g. https://app.usegradient.com)",
+        )
+    if 400 <= status <= 499:
+        return _error(
+            GradientRequestError,
+            call,
+            status,
+            f"Gradient rejected {call.where} ({status}): {detail} [partner "
+            f"{call.partner_id!r}]; fix the request data (ids, enum values, field types) — "
+            "retrying will not help",
+        )
+    return _error(
+        GradientError,
+        call,
+        status,
+        f"Gradient answered {call.where} with unexpected status {status}: {detail}",
+    )
+
+
+def _error(
+    cls: type[GradientError], call: _Call, status_code: int | None, message: str
+) -> GradientError:
+    """An error carrying the call's method, path (no query) and partner id; never secrets."""
+    return cls(
+        message,
+        status_code=status_code,
+        method=call.method,
+        path=call.path,
+        partner_id=call.partner_id,
+    )
+
+
+def _exhausted_status_error(call: _Call, error: _RetryableStatus, attempts: int) -> GradientError:
+    status = error.status_code
+    detail = call.redact(error.detail) if error.detail else "no message"
+    if status == 429:
+        return _error(
+            GradientRateLimitedError,
+            call,
+            status,
+            f"Gradient kept answering 429 (rate limited) on {call.where} after {attempts} "
+            "attempt(s); lower max_requests_per_second (Gradient allows 100/s per vendor, shared "
+            "by concurrent runs) or re-run later; a re-run completes what was left",
+        )
+    return _error(
+        GradientServerError,
+        call,
+        status,
+        f"Gradient kept failing with {status} on {call.where} after {attempts} attempt(s): "
+        f"{detail}; a Gradient-side problem — re-run later; a re-run completes what was left",
+    )
+
+
+def _decode_json(call: _Call, response: httpx.Response) -> Any:
+    if not response.content:
+        return None
+    try:
+        return response.json()
+    except ValueError:
+        pass
+    raise _error(
+        GradientError,
+        call,
+        response.status_code,
+        f"Gradient answered {call.where} with {response.status_code} but a non-JSON body; "
+        "check GRADIENT_BASE_URL points at Gradient's API (https://app.usegradient.com)",
+    )
+
+
+def _shape_error(call: _Call, expected: str, got: Any) -> GradientError:
+    return _error(
+        GradientError,
+        call,
+        None,
+        f"Gradient answered {call.where} with an unexpected shape: expected {expected}, got "
+        f"{type(got).__name__}; the API may have changed — update pipeline/gradient/client.py",
+    )
+
+
+def _as_dict(call: _Call, value: Any) -> dict[str, Any]:
+    if isinstance(value, dict):
+        return value
+    raise _shape_error(call, "an object", value)
+
+
+def _as_list(call: _Call, value: Any) -> list[dict[str, Any]]:
+    if isinstance(value, list):
+        return value
+    raise _shape_error(call, "an array", value)
+
+
+def _unwrap_data(body: Any) -> Any:
+    """``body["data"]`` for ``{data, message, status}`` envelopes, else ``body`` unchanged."""
+    if isinstance(body, dict) and "data" in body and ("status" in body or "message" in body):
+        return body["data"]
+    return body
+
+
+def _newest_sku_named(call: _Call, vendor: dict[str, Any], name: str) -> dict[str, Any]:
+    """The SKU named ``name``: latest ``createdAt``, ties (or no dates) broken by list order."""
+    skus = vendor.get("skus") or []
+    matches = [
+        (i, sku) for i, sku in enumerate(skus) if isinstance(sku, dict) and sku.get("name") == name
+    ]
+    if not matches:
+        raise _error(
+            GradientError,
+            call,
+            None,
+            f"Gradient answered {call.where} without a SKU named {name!r} in `skus`; read the "
+            "vendor (GET /api/vendor-api) to check whether it was created",
+        )
+    _, newest = max(matches, key=lambda pair: (str(pair[1].get("createdAt") or ""), pair[0]))
+    return newest
+
+
+def _item_id(item: Any) -> str | None:
+    if not isinstance(item, dict):
+        return None
+    value = item.get("id")
+    if value is None:
+        value = item.get("_id")
+    return None if value is None else str(value)
+
+
+def _segment(value: str) -> str:
+    """One URL path segment, percent-encoded (ids may contain '/', '?', spaces)."""
+    return quote(str(value), safe="")
+
+
+def _without_none(values: dict[str, Any]) -> dict[str, Any]:
+    return {key: value for key, value in values.items() if value is not None}
+
+
+def _camel(name: str) -> str:
+    """``vendor_support_page_url`` -> ``vendorSupportPageUrl``; camelCase is kept."""
+    return re.sub(r"_([a-z])", lambda match: match.group(1).upper(), name)
+
+
+def _camel_fields(fields: dict[str, Any]) -> dict[str, Any]:
+    if not fields:
+        raise ValueError("Nothing to update: pass at least one field")
+    return {_camel(key): value for key, value in fields.items()}
+
+
+def _unit_count(value: int | float | Decimal) -> int | float:
+    """A JSON number: ints stay ints, integral Decimals become ints; finite and >= 0."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, Decimal)):
+        raise TypeError(f"unit_count must be a number, got {type(value).__name__}")
+    if isinstance(value, Decimal):
+        if not value.is_finite():
+            raise ValueError(f"unit_count must be finite, got {value!r}")
+        value = int(value) if value == value.to_integral_value() else float(value)
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError(f"unit_count must be finite, got {value!r}")
+    if value < 0:
+        raise ValueError(f"unit_count must be >= 0, got {value!r}")
+    return value
