@@ -1,0 +1,167 @@
+"""ASGI middleware in front of the vendor API: request log, rate limit and injected faults.
+
+It plays the part of Gradient's edge: every vendor-API request is logged (token fingerprint
+only), counted against the vendor-wide rate limit, and may be delayed, failed, timed out or
+dropped according to the fault settings — before the API itself sees it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+from starlette.datastructures import Headers, QueryParams
+from starlette.responses import JSONResponse
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from .catalog import API_PREFIX, TOKEN_HEADER
+from .errors import error_body
+from .faults import FaultAction
+from .state import EmulatorState
+
+RATE_LIMIT_MESSAGE = "ThrottlerException: Too Many Requests"
+
+
+def _is_vendor_path(path: str) -> bool:
+    return path == API_PREFIX or path.startswith(API_PREFIX + "/")
+
+
+async def _read_body(receive: Receive) -> bytes:
+    chunks: list[bytes] = []
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            break
+        chunks.append(message.get("body", b""))
+        if not message.get("more_body", False):
+            break
+    return b"".join(chunks)
+
+
+def _replaying(body: bytes, receive: Receive) -> Receive:
+    """A receive callable that hands the already-read body to the app, then defers to ``receive``."""
+    pending = [{"type": "http.request", "body": body, "more_body": False}]
+
+    async def replay() -> Message:
+        if pending:
+            return pending.pop()
+        return await receive()
+
+    return replay
+
+
+async def _drop_connection(receive: Receive, send: Send) -> None:
+    """Close the TCP connection without any response, so the client sees a transport error.
+
+    uvicorn's ``receive`` is a bound method of its request cycle, which holds the transport;
+    closing it makes uvicorn mark the cycle disconnected (no 500 is sent). Fallback for other
+    servers: promise a body and never send it, which makes the server close the connection.
+    """
+    transport = getattr(getattr(receive, "__self__", None), "transport", None)
+    if transport is not None:
+        transport.close()
+        for _ in range(5):
+            await asyncio.sleep(0)
+        return
+    await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"1024")]})
+
+
+async def _wait_for_disconnect(receive: Receive) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        continue
+
+
+class VendorGateway:
+    def __init__(self, app: ASGIApp, state: EmulatorState) -> None:
+        self.app = app
+        self.state = state
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not _is_vendor_path(scope["path"]):
+            await self.app(scope, receive, send)
+            return
+        scope = self._without_trailing_slash(scope)
+        started = time.perf_counter()
+        body = await _read_body(receive)
+        token = Headers(scope=scope).get(TOKEN_HEADER)
+        record = self.state.requests.start(
+            method=scope["method"],
+            path=scope["path"],
+            query=dict(QueryParams(scope.get("query_string", b""))),
+            token=token,
+            organization_id=self.state.resolve_organization(token),
+            body=body,
+        )
+        outcome: dict[str, Any] = {"status": None, "fault": None}
+
+        async def capturing_send(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                outcome["status"] = message["status"]
+            await send(message)
+
+        try:
+            await self._handle(scope, receive, _replaying(body, receive), capturing_send, outcome)
+        finally:
+            elapsed_ms = (time.perf_counter() - started) * 1000
+            self.state.requests.finish(
+                record, status=outcome["status"], fault=outcome["fault"], duration_ms=elapsed_ms
+            )
+
+    @staticmethod
+    def _without_trailing_slash(scope: Scope) -> Scope:
+        """Express-style non-strict routing: ``/organization/`` is ``/organization``."""
+        path: str = scope["path"]
+        if len(path) > len(API_PREFIX) and path.endswith("/"):
+            return {**scope, "path": path.rstrip("/")}
+        return scope
+
+    async def _handle(
+        self, scope: Scope, raw_receive: Receive, receive: Receive, send: Send, outcome: dict[str, Any]
+    ) -> None:
+        """``raw_receive`` is the server's own callable (needed to drop the connection)."""
+        if not self.state.rate_limiter.allow():
+            outcome["fault"] = "rate_limited"
+            await self._respond(scope, receive, send, 429, RATE_LIMIT_MESSAGE)
+            return
+        action = self.state.faults.decide(scope["method"], scope["path"])
+        if action is not None and action.latency_s > 0:
+            await asyncio.sleep(action.latency_s)
+        if action is None or action.kind is None:
+            await self.app(scope, receive, send)
+            return
+        outcome["fault"] = action.kind
+        await self._inject(action, scope, raw_receive, receive, send)
+
+    async def _inject(
+        self, action: FaultAction, scope: Scope, raw_receive: Receive, receive: Receive, send: Send
+    ) -> None:
+        if action.kind == "drop":
+            await _drop_connection(raw_receive, send)
+        elif action.kind == "timeout":
+            await self._time_out(action, scope, receive, send)
+        else:
+            await self._respond(scope, receive, send, action.status, action.message)
+
+    async def _time_out(self, action: FaultAction, scope: Scope, receive: Receive, send: Send) -> None:
+        """Hold the request, unprocessed, until the client gives up (nothing is sent then),
+        ``timeout_s`` passes or held requests are released (faults changed, server stopping);
+        in the last two cases answer 504."""
+        generation = self.state.faults.generation
+        deadline = time.monotonic() + action.timeout_s
+        disconnect = asyncio.ensure_future(_wait_for_disconnect(receive))
+        try:
+            while not disconnect.done() and self.state.faults.generation == generation:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                await asyncio.wait({disconnect}, timeout=min(remaining, 0.05))
+            client_gone = disconnect.done()
+        finally:
+            disconnect.cancel()
+        if not client_gone:
+            await self._respond(scope, receive, send, 504, "Gateway Timeout")
+
+    @staticmethod
+    async def _respond(scope: Scope, receive: Receive, send: Send, status: int, message: str) -> None:
+        await JSONResponse(error_body(status, message), status_code=status)(scope, receive, send)
