@@ -137,20 +137,70 @@ def run(months, last_closed) -> None:
 @main.command("demo")
 @click.option("--months", "count", default=3, show_default=True, help="Closed months to run.")
 def demo(count) -> None:
-    """Seed demo data (if the product DB is empty) and run the newest closed months end to end."""
-    from pipeline.resources import engine_for
-    import sqlalchemy as sa
+    """Fresh demo data and a local Gradient emulator; run the newest closed months end to end."""
+    from pipeline.demo import run_demo
 
-    engine = engine_for(settings.product_db_url())
-    if not sa.inspect(engine).has_table("service_enrollments"):
-        summary = _seed(7, 4, "6-12", "5-40", None, 6, True)
-        click.echo(
-            f"seeded demo data: {summary.partners} partners, {summary.companies} companies, "
-            f"{summary.users} users, {summary.enrollments} enrollments ({summary.bad_rows} bad rows)"
-        )
-    results = _materialize(_months((), count))
-    _print_summaries(results)
-    sys.exit(0 if all(ok for _, ok in results) else 1)
+    def run_months(n: int) -> bool:
+        results = _materialize(_months((), n))
+        _print_summaries(results)
+        return all(ok for _, ok in results)
+
+    sys.exit(0 if run_demo(count, click.echo, run_months) else 1)
+
+
+@main.command("emulator")
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8765, show_default=True)
+@click.option("--rate-limit", default=100, show_default=True, help="Requests per second before 429.")
+@click.option("--demo-partners", is_flag=True, help="Register the demo data's connected partners.")
+def emulator(host, port, rate_limit, demo_partners) -> None:
+    """Serve the Gradient emulator (vendor key: GRADIENT_VENDOR_API_KEY or the demo key)."""
+    import threading
+
+    from pipeline.gradient.emulator import EmulatorAdmin, serve
+
+    vendor_key = os.environ.get("GRADIENT_VENDOR_API_KEY") or settings.DEMO_VENDOR_API_KEY
+    if demo_partners:
+        def register() -> None:
+            from pipeline.demo import register_demo_partners
+            from pipeline.resources import engine_for
+            import httpx, time
+
+            url = f"http://{host}:{port}"
+            for _ in range(100):
+                try:
+                    httpx.get(f"{url}/_admin/health", timeout=1)
+                    break
+                except httpx.HTTPError:
+                    time.sleep(0.1)
+            with EmulatorAdmin(url) as admin:
+                names = register_demo_partners(admin, engine_for(settings.product_db_url()))
+            click.echo(f"registered demo partners: {', '.join(names)}")
+
+        threading.Thread(target=register, daemon=True).start()
+    serve(host, port, vendor_key, rate_limit_per_second=rate_limit)
+
+
+@main.command("generate-encryption-key")
+def generate_encryption_key() -> None:
+    """Print a new Fernet key for GRADIENT_KEY_ENCRYPTION_KEYS (put it first to rotate)."""
+    from pipeline.partner_keys import generate_encryption_key as make
+
+    click.echo(make())
+
+
+@main.command("encrypt-partner-key")
+@click.option("--partner-key", prompt="Partner's Gradient API key", hide_input=True,
+              help="The key the partner pasted; prompted (hidden) when not given. Reads stdin when piped.")
+def encrypt_partner_key(partner_key) -> None:
+    """Encrypt a partner's Gradient key for the product to store in gradient_connections."""
+    from pipeline.partner_keys import PartnerKeyError, encrypt_partner_key as encrypt
+
+    keys = os.environ.get("GRADIENT_KEY_ENCRYPTION_KEYS") or settings.local_encryption_key()
+    try:
+        click.echo(encrypt(partner_key, keys))
+    except PartnerKeyError as exc:
+        raise click.ClickException(str(exc)) from None
 
 
 if __name__ == "__main__":

@@ -94,6 +94,7 @@ class DemoSpec:
     mover_share: float = 0.03
     duplicate_span_share: float = 0.02
     include_bad_rows: bool = True
+    connected_partners: int = 3
     batch_size: int = 20_000
 
     @property
@@ -295,13 +296,48 @@ class DemoSummary:
     bad_rows: int
 
 
+def demo_partner_key(partner_id: str) -> str:
+    """The demo partner's Gradient API key (what the partner would paste into the product)."""
+    return f"demo-partner-key-{partner_id}"
+
+
+def connection_rows(
+    partner_ids: list[str], encryption_keys: str, connected_at: datetime, dialect_name: str
+) -> list[dict]:
+    """Rows of ``gradient_connections`` as the product's Connect button writes them."""
+    from pipeline.partner_keys import encrypt_partner_key
+
+    at = ps.to_db_timestamp(connected_at, dialect_name)
+    return [
+        {
+            "partner_id": pid,
+            "encrypted_api_key": encrypt_partner_key(demo_partner_key(pid), encryption_keys),
+            "state": "connected",
+            "connected_at": at,
+            "disconnected_at": None,
+            "updated_at": at,
+        }
+        for pid in partner_ids
+    ]
+
+
 def _insert_batched(conn: sa.Connection, table: sa.Table, rows: list[dict], batch: int) -> None:
     for i in range(0, len(rows), batch):
         conn.execute(table.insert(), rows[i : i + batch])
 
 
-def load_demo_data(engine: sa.Engine, spec: DemoSpec | None = None, *, reset: bool = True) -> DemoSummary:
-    """Create the reference schema (dropping it first when ``reset``) and fill it with demo rows."""
+def load_demo_data(
+    engine: sa.Engine,
+    spec: DemoSpec | None = None,
+    *,
+    reset: bool = True,
+    encryption_keys: str | None = None,
+) -> DemoSummary:
+    """Create the reference schema (dropping it first when ``reset``) and fill it with demo rows.
+
+    With ``encryption_keys``, the first ``spec.connected_partners`` partners are connected to
+    Gradient with their demo keys (``demo_partner_key``), encrypted as the product would.
+    """
     spec = spec or DemoSpec()
     ps.create_product_schema(engine, drop_first=reset)
     gen = _Generator(spec, engine.dialect.name)
@@ -329,6 +365,12 @@ def load_demo_data(engine: sa.Engine, spec: DemoSpec | None = None, *, reset: bo
             counts["enrollments"] += len(bad_rows)
         _insert_batched(conn, ps.users, user_buf, spec.batch_size)
         _insert_batched(conn, ps.service_enrollments, enr_buf, spec.batch_size)
+        connected = [p["partner_id"] for p in gen.partner_rows[: spec.connected_partners]]
+        if encryption_keys and connected:
+            conn.execute(
+                ps.gradient_connections.insert(),
+                connection_rows(connected, encryption_keys, gen.created, engine.dialect.name),
+            )
     return DemoSummary(
         partners=len(gen.partner_rows),
         companies=len(gen.company_rows),

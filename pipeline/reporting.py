@@ -40,5 +40,17 @@ def month_summary(state: sa.Engine, month: date) -> str:
             lines.append(
                 f"  {row.partner_id}: {int(row.billable_users)} billable users in {row.companies} companies"
             )
+    lines.extend(load_summary(state, month))
     return "\n".join(lines)
 
+
+
+def load_summary(state: sa.Engine, month: date) -> list[str]:
+    """Per partner: what the ledger recorded for the month in Gradient."""
+    from pipeline.ledger import OUTCOMES, month_outcomes
+
+    lines = []
+    for partner_id, outcomes in sorted(month_outcomes(state, month).items()):
+        parts = ", ".join(f"{o} {outcomes[o]}" for o in OUTCOMES if outcomes.get(o))
+        lines.append(f"  Gradient {partner_id}: {parts}")
+    return lines

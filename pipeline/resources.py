@@ -15,6 +15,9 @@ import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 
 from pipeline import settings
+from pipeline.gradient.client import Secret
+from pipeline.partner_keys import decrypt_partner_key
+from pipeline.partners import PartnerConnection
 from pipeline.state_store import ensure_state_schema
 from pipeline.utilization import SourceQuery, load_known_skus, utilization_query
 
@@ -88,6 +91,25 @@ class StateDatabase(dg.ConfigurableResource):
         return engine
 
 
+class PartnerSources(dg.ConfigurableResource):
+    """Where the product keeps partner connections and companies, and how keys are decrypted."""
+
+    connections_sql: str | None = None
+    companies_sql: str | None = None
+    sync_requests_sql: str | None = None
+    # EnvVar("GRADIENT_KEY_ENCRYPTION_KEYS") in deployments; None = the embedded default's
+    # local key file, read when needed so its value never appears in Dagster's config.
+    encryption_keys: str | None = None
+
+    def key_material(self) -> str:
+        return self.encryption_keys or settings.local_encryption_key()
+
+    def decrypt(self, connection: PartnerConnection) -> Secret:
+        return Secret(
+            decrypt_partner_key(connection.encrypted_api_key, self.key_material(), connection.partner_id)
+        )
+
+
 class BillingRules(dg.ConfigurableResource):
     """The billing time zone and how much quarantine a month may carry and still go on."""
 
@@ -101,7 +123,20 @@ def _env_or(name: str, default: str | None) -> str | dg.EnvVar | None:
 
 def default_resources() -> dict[str, object]:
     """The resources of the code location, configured from the environment."""
+    from pipeline.gradient.resource import GradientResource
+
     return {
+        "gradient": GradientResource(
+            base_url=os.environ.get("GRADIENT_BASE_URL") or settings.DEFAULT_GRADIENT_BASE_URL,
+            vendor_api_key=_env_or("GRADIENT_VENDOR_API_KEY", settings.DEMO_VENDOR_API_KEY),
+            max_requests_per_second=float(os.environ.get("GRADIENT_MAX_REQUESTS_PER_SECOND") or 100),
+        ),
+        "partner_sources": PartnerSources(
+            connections_sql=os.environ.get("CONNECTIONS_SQL") or None,
+            companies_sql=os.environ.get("COMPANIES_SQL") or None,
+            sync_requests_sql=os.environ.get("SYNC_REQUESTS_SQL") or None,
+            encryption_keys=_env_or("GRADIENT_KEY_ENCRYPTION_KEYS", None),
+        ),
         "product_db": ProductDatabase(
             url=_env_or("PRODUCT_DB_URL", settings.default_product_db_url()),
             utilization_sql=settings.utilization_sql_path(),

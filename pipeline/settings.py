@@ -19,6 +19,12 @@ DEFAULT_QUARANTINE_THRESHOLD = 0.01
 PACKAGE_SQL_DIR = Path(__file__).resolve().parent / "sql"
 
 
+# The embedded default talks to the local Gradient emulator (`gradient-billing-sync emulator`);
+# production sets GRADIENT_BASE_URL=https://app.usegradient.com and the real vendor key.
+DEFAULT_GRADIENT_BASE_URL = "http://127.0.0.1:8765"
+DEMO_VENDOR_API_KEY = "demo-vendor-key"
+
+
 class ConfigurationError(ValueError):
     """A setting is missing or malformed; the message names the variable and the fix."""
 
@@ -79,6 +85,26 @@ def quarantine_threshold() -> float:
 def utilization_sql_path() -> str | None:
     """The vendor's own query file, or None for the reference schema's query."""
     return os.environ.get("UTILIZATION_SQL") or None
+
+
+def local_encryption_key() -> str:
+    """The embedded default's Fernet key: generated once into the data dir (mode 600).
+
+    Only for the no-services default; deployments set GRADIENT_KEY_ENCRYPTION_KEYS.
+    """
+    from cryptography.fernet import Fernet
+
+    path = data_dir() / "partner-key-encryption.key"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            pass  # another process made it first
+        else:
+            with os.fdopen(fd, "w") as handle:
+                handle.write(Fernet.generate_key().decode())
+    return path.read_text().strip()
 
 
 def redact_url(url: str) -> str:

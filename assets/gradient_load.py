@@ -1,0 +1,267 @@
+"""Load assets: gradient_services -> gradient_accounts -> gradient_unit_counts.
+
+Downstream of billable_counts (so behind its blocking checks). Thin: the rules live in
+``pipeline.gradient_load``; these wrappers resolve partners and keys, run the async work,
+and report per partner.
+"""
+
+import asyncio
+from collections.abc import Sequence
+
+import dagster as dg
+import pandas as pd
+
+from assets.month_end import billable_counts, billing_month, markdown_table, no_retry
+from pipeline import ledger
+from pipeline.gradient.errors import GradientAuthError, GradientError
+from pipeline.gradient.resource import GradientResource
+from pipeline.gradient_load import (
+    PartnerLoad,
+    PartnerTarget,
+    push_partner_month,
+    sync_partner_accounts,
+    sync_services,
+)
+from pipeline.partitions import monthly_partitions
+from pipeline.partner_keys import PartnerKeyError
+from pipeline.partners import load_companies, load_connections, load_services
+from pipeline.resources import BillingRules, PartnerSources, ProductDatabase, StateDatabase
+from pipeline.settings import ConfigurationError
+from pipeline.state_store import load_billable_counts
+
+GROUP = "gradient_load"
+
+
+class GradientLoadConfig(dg.Config):
+    """Which partners a run loads, and whether an older month may overwrite a newer one."""
+
+    partner_ids: list[str] = []
+    force_superseded: bool = False
+
+
+def resolve_targets(
+    context: dg.AssetExecutionContext,
+    product_db: ProductDatabase,
+    partner_sources: PartnerSources,
+    partner_ids: Sequence[str],
+) -> tuple[list[PartnerTarget], list[PartnerLoad]]:
+    """Connected partners (optionally a chosen few) with their keys decrypted.
+
+    A partner whose key cannot be decrypted is reported as failed; the others go on.
+    """
+    try:
+        with product_db.connect() as conn:
+            connections = load_connections(conn, partner_sources.connections_sql)
+    except ConfigurationError as exc:
+        raise no_retry(exc) from None
+    wanted = set(partner_ids)
+    known = {c.partner_id for c in connections}
+    for missing in sorted(wanted - known):
+        context.log.warning(f"partner {missing} has no Gradient connection in the product; skipped")
+    targets: list[PartnerTarget] = []
+    failures: list[PartnerLoad] = []
+    for connection in connections:
+        if not connection.is_connected or (wanted and connection.partner_id not in wanted):
+            continue
+        try:
+            targets.append(PartnerTarget(connection, partner_sources.decrypt(connection)))
+        except PartnerKeyError as exc:
+            context.log.error(str(exc))
+            failures.append(PartnerLoad(connection.partner_id, error=str(exc)))
+    return targets, failures
+
+
+def partner_table(reports: Sequence[PartnerLoad]) -> pd.DataFrame:
+    rows = [
+        {
+            "partner": r.partner_id,
+            "delivered": r.outcomes.get(ledger.DELIVERED, 0),
+            "unmapped": r.outcomes.get(ledger.UNMAPPED, 0),
+            "failed": r.outcomes.get(ledger.FAILED, 0),
+            "superseded": r.outcomes.get(ledger.SUPERSEDED, 0),
+            "skipped": r.skipped,
+            "accounts_created": r.accounts_created,
+            "accounts_renamed": r.accounts_renamed,
+            "status": r.status or "",
+            "error": r.error or "",
+        }
+        for r in sorted(reports, key=lambda r: r.partner_id)
+    ]
+    return pd.DataFrame(rows)
+
+
+@dg.asset(
+    partitions_def=monthly_partitions,
+    group_name=GROUP,
+    kinds={"gradient"},
+    deps=[billable_counts],
+)
+def gradient_services(
+    context: dg.AssetExecutionContext,
+    product_db: ProductDatabase,
+    state_db: StateDatabase,
+    partner_sources: PartnerSources,
+    gradient: GradientResource,
+) -> dg.MaterializeResult:
+    """The vendor's services (SERVICES_SQL) exist in Gradient: missing ones are created by name,
+    idempotently; their Gradient ids are kept in the state DB for the count calls."""
+    targets, _ = resolve_targets(context, product_db, partner_sources, [])
+    with product_db.connect() as conn:
+        services = load_services(conn, product_db.services_sql)
+    if not targets:
+        context.log.info("no connected partner: nothing to sync services with")
+        return dg.MaterializeResult(metadata={"services": len(services), "synced": 0})
+
+    async def run() -> dict[str, tuple[str, str]]:
+        async with gradient.client() as client:
+            last_error: GradientError | None = None
+            # Vendor-level calls need a partner's token; any connected partner's works.
+            for target in targets:
+                try:
+                    return await sync_services(client.partner(target.partner_id, target.api_key), services)
+                except GradientAuthError as exc:
+                    last_error = exc
+            assert last_error is not None
+            raise last_error
+
+    try:
+        service_ids = asyncio.run(run())
+    except GradientError as exc:
+        raise dg.Failure(description=f"services sync failed: {exc}") from None
+    ledger.save_service_ids(state_db.engine(), service_ids)
+    return dg.MaterializeResult(
+        metadata={
+            "services": len(services),
+            "synced": len(service_ids),
+            "service_ids": dg.MetadataValue.json({sku: sid for sku, (sid, _) in service_ids.items()}),
+        }
+    )
+
+
+@dg.asset(
+    partitions_def=monthly_partitions,
+    group_name=GROUP,
+    kinds={"gradient"},
+    deps=[billable_counts, gradient_services],
+)
+def gradient_accounts(
+    context: dg.AssetExecutionContext,
+    config: GradientLoadConfig,
+    product_db: ProductDatabase,
+    state_db: StateDatabase,
+    partner_sources: PartnerSources,
+    billing_rules: BillingRules,
+    gradient: GradientResource,
+) -> dg.MaterializeResult:
+    """Each connected partner's Gradient accounts match its companies: verified key and
+    'pending' status on (re)connection, missing accounts bulk-created, renamed ones renamed.
+    A partner that fails is reported; the others go on."""
+    month = billing_month(context, billing_rules)
+    state = state_db.engine()
+    targets, failures = resolve_targets(context, product_db, partner_sources, config.partner_ids)
+    with product_db.connect() as conn:
+        companies = load_companies(conn, partner_sources.companies_sql)
+    counts = load_billable_counts(state, month.month)
+    billed = counts[["partner_id", "company_id", "company_name"]].drop_duplicates("company_id")
+    accounts = pd.concat([companies, billed]).drop_duplicates(["partner_id", "company_id"])
+
+    async def run() -> list[PartnerLoad]:
+        async with gradient.client() as client:
+            return await asyncio.gather(
+                *(
+                    sync_partner_accounts(
+                        client,
+                        target,
+                        [
+                            (r.company_id, r.company_name)
+                            for r in accounts[accounts.partner_id == target.partner_id].itertuples()
+                        ],
+                        state,
+                        context.run_id,
+                        log=context.log.info,
+                    )
+                    for target in targets
+                )
+            )
+
+    reports = failures + asyncio.run(run())
+    table = partner_table(reports)[["partner", "accounts_created", "accounts_renamed", "status", "error"]]
+    return dg.MaterializeResult(
+        metadata={
+            "partners": len(reports),
+            "partners_failed": sum(1 for r in reports if r.error),
+            "accounts_created": sum(r.accounts_created for r in reports),
+            "accounts_renamed": sum(r.accounts_renamed for r in reports),
+            "per_partner": markdown_table(table, max_rows=200),
+        }
+    )
+
+
+@dg.asset(
+    partitions_def=monthly_partitions,
+    group_name=GROUP,
+    kinds={"gradient"},
+    deps=[billable_counts, gradient_accounts, gradient_services],
+)
+def gradient_unit_counts(
+    context: dg.AssetExecutionContext,
+    config: GradientLoadConfig,
+    product_db: ProductDatabase,
+    state_db: StateDatabase,
+    partner_sources: PartnerSources,
+    billing_rules: BillingRules,
+    gradient: GradientResource,
+) -> dg.MaterializeResult:
+    """The month's billable counts pushed to Gradient per connected partner, recorded in the
+    ledger: delivered, unmapped (404), failed, or superseded by a newer delivered month.
+    Fails after attempting everything when anything failed, so a re-run finishes the job."""
+    month = billing_month(context, billing_rules)
+    state = state_db.engine()
+    targets, failures = resolve_targets(context, product_db, partner_sources, config.partner_ids)
+    counts = load_billable_counts(state, month.month)
+    service_ids = ledger.service_ids(state)
+
+    async def run() -> tuple[list[PartnerLoad], dict]:
+        async with gradient.client() as client:
+            reports = await asyncio.gather(
+                *(
+                    push_partner_month(
+                        client,
+                        target,
+                        month.month,
+                        counts[counts.partner_id == target.partner_id],
+                        service_ids,
+                        state,
+                        context.run_id,
+                        force=config.force_superseded,
+                        log=context.log.info,
+                    )
+                    for target in targets
+                )
+            )
+            return list(reports), client.stats
+
+    pushed, stats = asyncio.run(run())
+    reports = failures + pushed
+    totals = {o: sum(r.outcomes.get(o, 0) for r in reports) for o in ledger.OUTCOMES}
+    metadata = {
+        "month": month.label,
+        "partners": len(reports),
+        **totals,
+        "skipped": sum(r.skipped for r in reports),
+        "requests_sent": stats.get("requests_sent", 0),
+        "retries": stats.get("retries", 0),
+        "per_partner": markdown_table(partner_table(reports), max_rows=200),
+    }
+    failed = [r for r in reports if r.failed]
+    if failed:
+        raise dg.Failure(
+            description=(
+                f"{month.label}: {len(failed)} partner(s) not fully delivered: "
+                + "; ".join(f"{r.partner_id}: {r.error or str(r.outcomes.get(ledger.FAILED, 0)) + ' failed'}" for r in failed)
+                + ". Everything else was attempted and recorded; re-run the month to finish."
+            ),
+            metadata=metadata,
+            allow_retries=False,
+        )
+    return dg.MaterializeResult(metadata=metadata)

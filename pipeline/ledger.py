@@ -1,0 +1,246 @@
+"""The ledger: what was sent to Gradient for each partner, month, account and service.
+
+Append-only entries with the outcome Gradient gave (delivered, unmapped, failed) or why
+nothing was sent (superseded). "Delivered" is written only after Gradient acknowledged the
+value. A partner's delivered state counts from ``delivered_since`` (moved forward when the
+partner disconnects: Gradient drops its accounts, so everything must be sent again).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import date, datetime, timezone
+
+import sqlalchemy as sa
+
+from pipeline.state_store import metadata, utcnow
+
+DELIVERED = "delivered"
+UNMAPPED = "unmapped"
+FAILED = "failed"
+SUPERSEDED = "superseded"
+OUTCOMES = (DELIVERED, UNMAPPED, FAILED, SUPERSEDED)
+
+EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+
+ledger_entries = sa.Table(
+    "ledger_entries",
+    metadata,
+    sa.Column("entry_id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("partner_id", sa.Text, nullable=False),
+    sa.Column("month", sa.Date, nullable=False),
+    sa.Column("account_id", sa.Text, nullable=False),
+    sa.Column("sku", sa.Text, nullable=False),
+    sa.Column("service_id", sa.Text, nullable=True),
+    sa.Column("value", sa.Integer, nullable=False),
+    sa.Column("outcome", sa.Text, nullable=False),
+    sa.Column("http_status", sa.Integer, nullable=True),
+    sa.Column("detail", sa.Text, nullable=True),
+    sa.Column("run_id", sa.Text, nullable=False),
+    sa.Column("recorded_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Index("ix_ledger_partner_pair", "partner_id", "account_id", "sku", "outcome"),
+    sa.Index("ix_ledger_month", "month", "partner_id"),
+)
+
+partner_sync_state = sa.Table(
+    "partner_sync_state",
+    metadata,
+    sa.Column("partner_id", sa.Text, primary_key=True),
+    # what the pipeline last set or saw: pending | active | error | inactive
+    sa.Column("status", sa.Text, nullable=False),
+    sa.Column("last_error", sa.Text, nullable=True),
+    # the product's connected_at this partner was last onboarded for (detects reconnection)
+    sa.Column("onboarded_connection_at", sa.DateTime(timezone=True), nullable=True),
+    sa.Column("delivered_since", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("run_id", sa.Text, nullable=True),
+    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+)
+
+gradient_services = sa.Table(
+    "gradient_services",
+    metadata,
+    sa.Column("sku", sa.Text, primary_key=True),
+    sa.Column("service_id", sa.Text, nullable=False),
+    sa.Column("name", sa.Text, nullable=False),
+    sa.Column("synced_at", sa.DateTime(timezone=True), nullable=False),
+)
+
+
+@dataclass(frozen=True)
+class LedgerEntry:
+    partner_id: str
+    month: date
+    account_id: str
+    sku: str
+    service_id: str | None
+    value: int
+    outcome: str
+    http_status: int | None
+    detail: str | None
+    run_id: str
+
+
+def record(engine: sa.Engine, entries: Iterable[LedgerEntry]) -> int:
+    now = utcnow()
+    rows = [{**e.__dict__, "recorded_at": now} for e in entries]
+    if rows:
+        with engine.begin() as conn:
+            conn.execute(ledger_entries.insert(), rows)
+    return len(rows)
+
+
+@dataclass(frozen=True)
+class PartnerState:
+    partner_id: str
+    status: str
+    last_error: str | None
+    onboarded_connection_at: datetime | None
+    delivered_since: datetime
+
+
+def partner_state(engine: sa.Engine, partner_id: str) -> PartnerState | None:
+    with engine.connect() as conn:
+        row = conn.execute(
+            sa.select(partner_sync_state).where(partner_sync_state.c.partner_id == partner_id)
+        ).mappings().first()
+    if row is None:
+        return None
+    return PartnerState(
+        partner_id=row["partner_id"],
+        status=row["status"],
+        last_error=row["last_error"],
+        onboarded_connection_at=_aware(row["onboarded_connection_at"]),
+        delivered_since=_aware(row["delivered_since"]),
+    )
+
+
+def all_partner_states(engine: sa.Engine) -> dict[str, PartnerState]:
+    with engine.connect() as conn:
+        ids = conn.execute(sa.select(partner_sync_state.c.partner_id)).scalars().all()
+    return {pid: partner_state(engine, pid) for pid in ids}
+
+
+def _aware(value: datetime | None) -> datetime | None:
+    """SQLite hands back naive datetimes; everything stored is UTC."""
+    if value is None:
+        return None
+    return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
+
+
+def set_partner_status(
+    engine: sa.Engine,
+    partner_id: str,
+    status: str,
+    *,
+    run_id: str,
+    last_error: str | None = None,
+    onboarded_connection_at: datetime | None = None,
+    reset_delivered: bool = False,
+) -> None:
+    """Upsert the partner's sync state; ``reset_delivered`` forgets everything delivered so far."""
+    now = utcnow()
+    current = partner_state(engine, partner_id)
+    values = {
+        "status": status,
+        "last_error": last_error,
+        "run_id": run_id,
+        "updated_at": now,
+        "onboarded_connection_at": onboarded_connection_at
+        if onboarded_connection_at is not None
+        else (current.onboarded_connection_at if current else None),
+        "delivered_since": now if reset_delivered or current is None else current.delivered_since,
+    }
+    if current is None and not reset_delivered:
+        values["delivered_since"] = EPOCH
+    with engine.begin() as conn:
+        if current is None:
+            conn.execute(partner_sync_state.insert(), [{"partner_id": partner_id, **values}])
+        else:
+            conn.execute(
+                partner_sync_state.update()
+                .where(partner_sync_state.c.partner_id == partner_id)
+                .values(**values)
+            )
+
+
+@dataclass(frozen=True)
+class Delivered:
+    month: date
+    value: int
+
+
+def delivered_pairs(engine: sa.Engine, partner_id: str) -> dict[tuple[str, str], Delivered]:
+    """What Gradient holds for each (account, sku) of the partner: its latest delivered value."""
+    state = partner_state(engine, partner_id)
+    since = state.delivered_since if state else EPOCH
+    latest = (
+        sa.select(sa.func.max(ledger_entries.c.entry_id))
+        .where(
+            ledger_entries.c.partner_id == partner_id,
+            ledger_entries.c.outcome == DELIVERED,
+            ledger_entries.c.recorded_at >= since,
+        )
+        .group_by(ledger_entries.c.account_id, ledger_entries.c.sku)
+    )
+    query = sa.select(
+        ledger_entries.c.account_id, ledger_entries.c.sku, ledger_entries.c.month, ledger_entries.c.value
+    ).where(ledger_entries.c.entry_id.in_(latest))
+    with engine.connect() as conn:
+        return {
+            (r.account_id, r.sku): Delivered(month=r.month, value=r.value) for r in conn.execute(query)
+        }
+
+
+def newest_delivered_month(engine: sa.Engine, partner_id: str) -> date | None:
+    state = partner_state(engine, partner_id)
+    since = state.delivered_since if state else EPOCH
+    with engine.connect() as conn:
+        return conn.execute(
+            sa.select(sa.func.max(ledger_entries.c.month)).where(
+                ledger_entries.c.partner_id == partner_id,
+                ledger_entries.c.outcome == DELIVERED,
+                ledger_entries.c.recorded_at >= since,
+            )
+        ).scalar_one_or_none()
+
+
+def month_outcomes(engine: sa.Engine, month: date, run_id: str | None = None) -> dict[str, dict[str, int]]:
+    """Entries per partner and outcome for a month (optionally one run's)."""
+    query = (
+        sa.select(ledger_entries.c.partner_id, ledger_entries.c.outcome, sa.func.count())
+        .where(ledger_entries.c.month == month)
+        .group_by(ledger_entries.c.partner_id, ledger_entries.c.outcome)
+    )
+    if run_id is not None:
+        query = query.where(ledger_entries.c.run_id == run_id)
+    out: dict[str, dict[str, int]] = {}
+    with engine.connect() as conn:
+        for partner_id, outcome, n in conn.execute(query):
+            out.setdefault(partner_id, {})[outcome] = int(n)
+    return out
+
+
+def save_service_ids(engine: sa.Engine, service_ids: dict[str, tuple[str, str]]) -> None:
+    """Store sku -> (Gradient service id, name)."""
+    now = utcnow()
+    with engine.begin() as conn:
+        conn.execute(sa.delete(gradient_services).where(gradient_services.c.sku.in_(list(service_ids))))
+        if service_ids:
+            conn.execute(
+                gradient_services.insert(),
+                [{"sku": s, "service_id": i, "name": n, "synced_at": now} for s, (i, n) in service_ids.items()],
+            )
+
+
+def service_ids(engine: sa.Engine) -> dict[str, str]:
+    with engine.connect() as conn:
+        return {r.sku: r.service_id for r in conn.execute(sa.select(gradient_services))}
+
+
+def entries_for(engine: sa.Engine, month: date, partner_ids: Sequence[str] | None = None) -> list[dict]:
+    query = sa.select(ledger_entries).where(ledger_entries.c.month == month).order_by(ledger_entries.c.entry_id)
+    if partner_ids is not None:
+        query = query.where(ledger_entries.c.partner_id.in_(list(partner_ids)))
+    with engine.connect() as conn:
+        return [dict(r) for r in conn.execute(query).mappings()]
