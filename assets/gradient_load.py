@@ -30,6 +30,9 @@ from pipeline.settings import ConfigurationError
 from pipeline.state_store import load_billable_counts
 
 GROUP = "gradient_load"
+# One pool for everything that talks to Gradient: deployments limit it (deploy/dagster.yaml)
+# so concurrent runs cannot together exceed Gradient's vendor-wide rate limit.
+GRADIENT_POOL = "gradient_api"
 
 
 class GradientLoadConfig(dg.Config):
@@ -71,6 +74,12 @@ def resolve_targets(
     return targets, failures
 
 
+PARTNER_COLUMNS = [
+    "partner", "delivered", "unmapped", "failed", "superseded", "skipped",
+    "accounts_created", "accounts_renamed", "status", "error",
+]
+
+
 def partner_table(reports: Sequence[PartnerLoad]) -> pd.DataFrame:
     rows = [
         {
@@ -87,13 +96,14 @@ def partner_table(reports: Sequence[PartnerLoad]) -> pd.DataFrame:
         }
         for r in sorted(reports, key=lambda r: r.partner_id)
     ]
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows, columns=PARTNER_COLUMNS)
 
 
 @dg.asset(
     partitions_def=monthly_partitions,
     group_name=GROUP,
     kinds={"gradient"},
+    pool=GRADIENT_POOL,
     deps=[billable_counts],
 )
 def gradient_services(
@@ -142,6 +152,7 @@ def gradient_services(
     partitions_def=monthly_partitions,
     group_name=GROUP,
     kinds={"gradient"},
+    pool=GRADIENT_POOL,
     deps=[billable_counts, gradient_services],
 )
 def gradient_accounts(
@@ -201,6 +212,7 @@ def gradient_accounts(
     partitions_def=monthly_partitions,
     group_name=GROUP,
     kinds={"gradient"},
+    pool=GRADIENT_POOL,
     deps=[billable_counts, gradient_accounts, gradient_services],
 )
 def gradient_unit_counts(

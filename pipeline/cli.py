@@ -66,7 +66,8 @@ def main() -> None:
 @click.option("--history-months", default=6, show_default=True)
 @click.option("--no-bad-rows", is_flag=True, help="Leave out the documented bad rows.")
 def seed_demo(seed, partners, companies, users, end_month, history_months, no_bad_rows) -> None:
-    """(Re)create the reference schema in PRODUCT_DB_URL and fill it with demo data."""
+    """(Re)create the reference schema in PRODUCT_DB_URL and fill it with demo data; the first
+    three partners are connected to Gradient with their demo keys."""
     summary = _seed(seed, partners, companies, users, end_month, history_months, not no_bad_rows)
     click.echo(
         f"demo data in {settings.redact_url(settings.product_db_url())}: {summary.partners} partners, "
@@ -81,8 +82,8 @@ def _range(value: str) -> tuple[int, int]:
 
 
 def _seed(seed, partners, companies, users, end_month, history_months, bad_rows):
-    from pipeline.demo_data import DemoSpec, load_demo_data
-    from pipeline.resources import engine_for
+    from pipeline.demo import seed as seed_demo_data
+    from pipeline.demo_data import DemoSpec
 
     spec = DemoSpec(
         seed=seed,
@@ -93,13 +94,18 @@ def _seed(seed, partners, companies, users, end_month, history_months, bad_rows)
         history_months=history_months,
         include_bad_rows=bad_rows,
     )
-    return load_demo_data(engine_for(settings.product_db_url()), spec)
+    return seed_demo_data(spec)
 
 
-def _materialize(months: list[BillingMonth]) -> list[tuple[BillingMonth, bool]]:
+def _materialize(
+    months: list[BillingMonth], force_superseded: bool = False, trigger: str = "cli"
+) -> list[tuple[BillingMonth, bool, str]]:
+    """Run the monthly job for each month in order on the instance; one failure stops none."""
     from pipeline.definitions import defs
+    from pipeline.jobs import load_run_config, run_tags
 
     job = defs.resolve_job_def("monthly_billing")
+    run_config = {**QUIET_RUN_CONFIG, **load_run_config(job.name, [], force_superseded)}
     results = []
     with _instance() as instance:
         for month in months:
@@ -107,21 +113,22 @@ def _materialize(months: list[BillingMonth]) -> list[tuple[BillingMonth, bool]]:
                 partition_key=month.key,
                 instance=instance,
                 raise_on_error=False,
-                run_config=QUIET_RUN_CONFIG,
+                run_config=run_config,
+                tags=run_tags(trigger),
             )
-            results.append((month, result.success))
+            results.append((month, result.success, result.run_id))
     return results
 
 
-def _print_summaries(results: list[tuple[BillingMonth, bool]]) -> None:
+def _print_summaries(results: list[tuple[BillingMonth, bool, str]]) -> None:
     from pipeline.reporting import month_summary
     from pipeline.resources import StateDatabase
 
     state = StateDatabase(url=settings.state_db_url()).engine()
-    for month, success in results:
-        click.echo(month_summary(state, month.month))
+    for month, success, run_id in results:
+        click.echo(month_summary(state, month.month, run_id))
         if not success:
-            click.echo(f"  run for {month.label} did not succeed; see `dagster dev` for its logs")
+            click.echo(f"  run {run_id} for {month.label} did not succeed; see `dagster dev` for its logs")
 
 
 @main.command("run")
@@ -131,7 +138,34 @@ def run(months, last_closed) -> None:
     """Materialize billing months on the configured instance and print a summary."""
     results = _materialize(_months(months, last_closed))
     _print_summaries(results)
-    sys.exit(0 if all(ok for _, ok in results) else 1)
+    sys.exit(0 if all(ok for _, ok, _ in results) else 1)
+
+
+@main.command("backfill")
+@click.option("--from", "first", required=True, help="First month (YYYY-MM).")
+@click.option("--to", "last", required=True, help="Last month (YYYY-MM), inclusive.")
+@click.option("--force-superseded", is_flag=True,
+              help="Push months older than the newest delivered one (rolls partners back).")
+def backfill(first, last, force_superseded) -> None:
+    """Run a range of months in order, on the configured instance, and say per month what
+    happened: counted, delivered, superseded (older than what Gradient holds) or failed.
+    Safe to repeat: the ledger sends only what is not already delivered."""
+    from pipeline.billing_month import add_months
+
+    tz = settings.billing_timezone()
+    start, end = _parse_month(first), _parse_month(last)
+    if end < start:
+        raise click.BadParameter("--to is before --from")
+    months = []
+    while start <= end:
+        months.append(BillingMonth(start, tz))
+        start = add_months(start, 1)
+    results = _materialize(months, force_superseded, trigger="backfill")
+    _print_summaries(results)
+    failed = [m.label for m, ok, _ in results if not ok]
+    click.echo(f"backfill {first}..{last}: {len(results) - len(failed)} months succeeded"
+               + (f", failed: {', '.join(failed)}" if failed else ""))
+    sys.exit(1 if failed else 0)
 
 
 @main.command("demo")
@@ -141,9 +175,9 @@ def demo(count) -> None:
     from pipeline.demo import run_demo
 
     def run_months(n: int) -> bool:
-        results = _materialize(_months((), n))
+        results = _materialize(_months((), n), trigger="demo")
         _print_summaries(results)
-        return all(ok for _, ok in results)
+        return all(ok for _, ok, _ in results)
 
     sys.exit(0 if run_demo(count, click.echo, run_months) else 1)
 

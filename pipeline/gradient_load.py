@@ -374,3 +374,70 @@ async def push_partner_month(
         ledger.set_partner_status(state_db, target.partner_id, ACTIVE, run_id=run_id)
         report.status = ACTIVE
     return report
+
+
+async def disconnect_partner(
+    client: GradientClient,
+    connection: PartnerConnection,
+    api_key: Secret | None,
+    state_db: sa.Engine,
+    run_id: str,
+    log: Log = _quiet,
+) -> str:
+    """Stop syncing a disconnected partner and forget what it was delivered.
+
+    Gradient drops the partner's accounts on disconnect, so a later reconnection must create
+    accounts and send every count again. The integration is set ``inactive`` while the key
+    still works; a key Gradient no longer accepts means it already dropped the integration.
+    The ledger is reset even when Gradient cannot be reached (the error is raised afterwards,
+    so the run fails and is retried).
+    """
+    outcome = "no stored key: Gradient not told"
+    failure: GradientError | None = None
+    if api_key is not None:
+        try:
+            await client.partner(connection.partner_id, api_key).set_integration_status(INACTIVE)
+            outcome = "Gradient integration set to inactive"
+        except GradientAuthError:
+            outcome = "Gradient no longer accepts the key; it has dropped the integration already"
+        except GradientError as exc:
+            failure = exc
+            outcome = f"could not tell Gradient: {exc}"
+    ledger.set_partner_status(
+        state_db, connection.partner_id, INACTIVE, run_id=run_id, reset_delivered=True,
+        last_error=str(failure) if failure else None,
+    )
+    log(f"{connection.partner_id} disconnected: {outcome}; delivered state forgotten")
+    if failure is not None:
+        raise failure
+    return outcome
+
+
+async def raise_failure_alerts(
+    client: GradientClient,
+    targets: dict[str, PartnerTarget],
+    affected: Sequence,
+    run_id: str,
+    max_per_partner: int,
+    log: Log = _quiet,
+) -> int:
+    """Raise a Gradient alert on (a few of) each affected partner's failed accounts."""
+    from pipeline.failures import alert_text
+
+    raised = 0
+    for partner in affected:
+        target = targets.get(partner.partner_id)
+        if target is None or not partner.accounts:
+            continue
+        session = client.partner(partner.partner_id, target.api_key)
+        title, description = alert_text(partner, run_id)
+        for account_id in partner.accounts[:max_per_partner]:
+            try:
+                await session.create_alert(
+                    account_id, title, description, alert_id=f"gbs-{run_id[:8]}-{account_id}", priority=3
+                )
+                raised += 1
+            except GradientError as exc:
+                log(f"{partner.partner_id}: alert for {account_id} not raised: {exc}")
+                break
+    return raised

@@ -1,14 +1,52 @@
-"""Asset jobs."""
+"""Jobs, and the run config / tags the automation builds for them."""
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import dagster as dg
 
 from pipeline.partitions import monthly_partitions
 
+MONTH_END = "month_end"
+GRADIENT_LOAD = "gradient_load"
+
 monthly_billing_job = dg.define_asset_job(
     name="monthly_billing",
-    selection=dg.AssetSelection.groups("month_end", "gradient_load"),
+    selection=dg.AssetSelection.groups(MONTH_END, GRADIENT_LOAD),
     partitions_def=monthly_partitions,
     description="Extract, validate and count one billing month, then load it into Gradient.",
 )
+
+gradient_load_job = dg.define_asset_job(
+    name="gradient_load",
+    selection=dg.AssetSelection.groups(GRADIENT_LOAD),
+    partitions_def=monthly_partitions,
+    description="Load a month's stored billable counts into Gradient (services, accounts, counts).",
+)
+
+account_sync_job = dg.define_asset_job(
+    name="account_sync",
+    selection=dg.AssetSelection.assets("gradient_services", "gradient_accounts"),
+    partitions_def=monthly_partitions,
+    description="Keep partners' Gradient accounts in step with their companies.",
+)
+
+TAG_TRIGGER = "gbs/trigger"
+TAG_PARTNER = "gbs/partner"
+TAG_REASON = "gbs/reason"
+ALL_PARTNERS = "all"
+
+
+def load_run_config(job_name: str, partner_ids: Sequence[str] = (), force: bool = False) -> dict:
+    """Run config choosing partners (empty = all connected) for the load assets of a job."""
+    config = {"config": {"partner_ids": list(partner_ids), "force_superseded": force}}
+    ops = ["gradient_accounts"] if job_name == account_sync_job.name else ["gradient_accounts", "gradient_unit_counts"]
+    return {"ops": {op: config for op in ops}}
+
+
+def run_tags(trigger: str, partner_id: str | None = None, reason: str | None = None) -> dict[str, str]:
+    tags = {TAG_TRIGGER: trigger, TAG_PARTNER: partner_id or ALL_PARTNERS}
+    if reason:
+        tags[TAG_REASON] = reason[:250]
+    return tags

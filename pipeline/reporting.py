@@ -9,7 +9,7 @@ import sqlalchemy as sa
 from pipeline.state_store import load_billable_counts, load_month_computation, load_month_validation
 
 
-def month_summary(state: sa.Engine, month: date) -> str:
+def month_summary(state: sa.Engine, month: date, run_id: str | None = None) -> str:
     """A few lines on one month: rows, quarantine by reason, billable users per partner."""
     label = month.strftime("%Y-%m")
     computation = load_month_computation(state, month)
@@ -40,17 +40,17 @@ def month_summary(state: sa.Engine, month: date) -> str:
             lines.append(
                 f"  {row.partner_id}: {int(row.billable_users)} billable users in {row.companies} companies"
             )
-    lines.extend(load_summary(state, month))
+    lines.extend(load_summary(state, month, run_id))
     return "\n".join(lines)
 
 
 
-def load_summary(state: sa.Engine, month: date) -> list[str]:
-    """Per partner: what the ledger recorded for the month in Gradient."""
+def load_summary(state: sa.Engine, month: date, run_id: str | None = None) -> list[str]:
+    """Per partner: what the ledger recorded for the month in Gradient (in one run, if given)."""
     from pipeline.ledger import OUTCOMES, month_outcomes
 
     lines = []
-    for partner_id, outcomes in sorted(month_outcomes(state, month).items()):
+    for partner_id, outcomes in sorted(month_outcomes(state, month, run_id).items()):
         parts = ", ".join(f"{o} {outcomes[o]}" for o in OUTCOMES if outcomes.get(o))
         lines.append(f"  Gradient {partner_id}: {parts}")
     return lines

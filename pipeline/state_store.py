@@ -83,7 +83,7 @@ month_validations = sa.Table(
 
 
 def ensure_state_schema(engine: sa.Engine) -> None:
-    from pipeline import ledger  # noqa: F401  (registers the ledger tables on ``metadata``)
+    from pipeline import failures, ledger  # noqa: F401  (register their tables on ``metadata``)
 
     metadata.create_all(engine)
 

@@ -1,0 +1,191 @@
+"""What the sensors decide, as plain functions: which events and months need a run.
+
+Sensors keep a cursor so each evaluation looks only at what is new; the ledger's partner
+state makes the decisions idempotent (a partner already onboarded for a connection is not
+onboarded again, even with a lost cursor).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import date, datetime, time, timedelta
+from zoneinfo import ZoneInfo
+
+import sqlalchemy as sa
+
+from pipeline import ledger
+from pipeline.billing_month import BillingMonth, add_months, last_closed_month
+from pipeline.partners import CONNECTED, DISCONNECTED, PartnerConnection, as_utc
+from pipeline.settings import reference_sql
+from pipeline.utilization import SourceQuery
+
+SCHEDULE_TIMEZONE = "America/New_York"
+SCHEDULE_TIME = time(8, 0)
+
+
+# --------------------------------------------------------------------------- connections
+
+
+@dataclass(frozen=True)
+class ConnectionEvent:
+    partner_id: str
+    kind: str  # connected | disconnected
+    at: datetime
+
+    @property
+    def run_key(self) -> str:
+        return f"{self.kind}:{self.partner_id}:{self.at.isoformat()}"
+
+
+def _event_time(connection: PartnerConnection) -> datetime | None:
+    if connection.state == CONNECTED:
+        return connection.connected_at or connection.updated_at
+    return connection.disconnected_at or connection.updated_at
+
+
+def connection_events(
+    connections: Iterable[PartnerConnection],
+    kind: str,
+    cursor: str | None,
+    states: dict[str, ledger.PartnerState | None],
+) -> tuple[list[ConnectionEvent], str]:
+    """New ``kind`` events since the cursor that the ledger has not handled yet.
+
+    The cursor maps partner -> the last event time seen. A connection counts as handled when
+    the ledger already onboarded it (connect) or already marked the partner inactive since
+    (disconnect), so re-delivering a lost cursor triggers no double work.
+    """
+    seen: dict[str, str] = json.loads(cursor) if cursor else {}
+    events: list[ConnectionEvent] = []
+    for connection in connections:
+        if connection.state != kind:
+            continue
+        at = _event_time(connection)
+        if at is None:
+            continue
+        stamp = at.isoformat()
+        if seen.get(connection.partner_id) == stamp:
+            continue
+        seen[connection.partner_id] = stamp
+        state = states.get(connection.partner_id)
+        if kind == CONNECTED and _already_onboarded(state, at):
+            continue
+        if kind == DISCONNECTED and (state is None or state.status == "inactive"):
+            continue
+        events.append(ConnectionEvent(connection.partner_id, kind, at))
+    return events, json.dumps(seen, sort_keys=True)
+
+
+def _already_onboarded(state: ledger.PartnerState | None, connected_at: datetime) -> bool:
+    return (
+        state is not None
+        and state.status != "inactive"
+        and state.onboarded_connection_at is not None
+        and state.onboarded_connection_at >= connected_at
+    )
+
+
+# --------------------------------------------------------------------------- sync requests
+
+UPDATE_COUNTS = "update_counts"
+SYNC_ACCOUNTS = "sync_accounts"
+
+
+@dataclass(frozen=True)
+class SyncRequest:
+    request_id: int
+    partner_id: str
+    kind: str
+    requested_at: datetime | None
+
+    @property
+    def run_key(self) -> str:
+        return f"sync-request:{self.request_id}"
+
+
+def load_sync_requests(
+    conn: sa.Connection, sql_path: str | None, after_id: int, limit: int
+) -> list[SyncRequest]:
+    query = SourceQuery.load(sql_path or reference_sql(conn.dialect.name, "sync_requests.sql"))
+    rows = conn.execute(sa.text(query.sql), {"after_id": after_id}).mappings().fetchmany(limit)
+    return [
+        SyncRequest(
+            request_id=int(r["request_id"]),
+            partner_id=str(r["partner_id"]),
+            kind=str(r["kind"]),
+            requested_at=as_utc(r["requested_at"]),
+        )
+        for r in rows
+    ]
+
+
+# --------------------------------------------------------------------------- months
+
+
+def scheduled_load_time(month: BillingMonth) -> datetime:
+    """When the schedule loads ``month``: the next month's 1st, 08:00 America/New_York."""
+    nxt = add_months(month.month, 1)
+    return datetime.combine(nxt, SCHEDULE_TIME, tzinfo=ZoneInfo(SCHEDULE_TIMEZONE))
+
+
+def watched_months(now: datetime, tz_name: str, lookback: int, first_month: date) -> list[BillingMonth]:
+    """Closed months, newest last, whose scheduled load is due (with an hour's grace)."""
+    newest = last_closed_month(now, tz_name)
+    months = []
+    for back in range(lookback - 1, -1, -1):
+        month = BillingMonth(add_months(newest.month, -back), tz_name)
+        if month.month < first_month:
+            continue
+        if now < scheduled_load_time(month) + timedelta(hours=1):
+            continue
+        months.append(month)
+    return months
+
+
+@dataclass(frozen=True)
+class MonthDecision:
+    month: BillingMonth
+    reason: str
+    run_key: str
+
+
+def decide_months(
+    months: Sequence[BillingMonth],
+    loaded: set[str],
+    in_progress: set[str],
+    stored_fingerprints: dict[date, str],
+    current_fingerprints: dict[date, str],
+    today: date,
+) -> list[MonthDecision]:
+    """Months to request again: never successfully loaded, or source changed since counted.
+
+    A missed month is asked for at most once a day (the run key carries the day); a late
+    month once per distinct source state (the run key carries the new fingerprint).
+    """
+    decisions = []
+    for month in months:
+        if month.key in in_progress:
+            continue
+        if month.key not in loaded:
+            decisions.append(
+                MonthDecision(
+                    month,
+                    f"missed: {month.label} has no successful load into Gradient",
+                    f"missed:{month.key}:{today.isoformat()}",
+                )
+            )
+            continue
+        stored = stored_fingerprints.get(month.month)
+        current = current_fingerprints.get(month.month)
+        if stored and current and stored != current:
+            decisions.append(
+                MonthDecision(
+                    month,
+                    f"late: {month.label}'s source data changed after it was loaded "
+                    f"(counts {stored[:12]} -> {current[:12]})",
+                    f"late:{month.key}:{current[:16]}",
+                )
+            )
+    return decisions

@@ -1,0 +1,100 @@
+"""Run failures, recorded for the operator and optionally raised as Gradient alerts."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+import sqlalchemy as sa
+
+from pipeline.ledger import FAILED, ledger_entries, partner_sync_state
+from pipeline.state_store import metadata, utcnow
+
+run_failures = sa.Table(
+    "run_failures",
+    metadata,
+    sa.Column("run_id", sa.Text, primary_key=True),
+    sa.Column("job_name", sa.Text, nullable=False),
+    sa.Column("partition_key", sa.Text, nullable=True),
+    sa.Column("partners", sa.Text, nullable=False),  # comma-separated partner ids affected
+    sa.Column("message", sa.Text, nullable=False),
+    sa.Column("alerts_raised", sa.Integer, nullable=False),
+    sa.Column("recorded_at", sa.DateTime(timezone=True), nullable=False),
+)
+
+MAX_ALERTS_PER_PARTNER = 5
+
+
+@dataclass(frozen=True)
+class AffectedPartner:
+    partner_id: str
+    month: str | None
+    accounts: list[str]
+
+
+def affected_partners(engine: sa.Engine, run_id: str) -> list[AffectedPartner]:
+    """Partners with failed ledger entries, or put in error, by this run."""
+    found: dict[str, AffectedPartner] = {}
+    with engine.connect() as conn:
+        rows = conn.execute(
+            sa.select(ledger_entries.c.partner_id, ledger_entries.c.month, ledger_entries.c.account_id)
+            .where(ledger_entries.c.run_id == run_id, ledger_entries.c.outcome == FAILED)
+            .distinct()
+            .order_by(ledger_entries.c.partner_id, ledger_entries.c.account_id)
+        ).all()
+        errored = conn.execute(
+            sa.select(partner_sync_state.c.partner_id).where(
+                partner_sync_state.c.run_id == run_id, partner_sync_state.c.status == "error"
+            )
+        ).scalars().all()
+    for partner_id, month, account_id in rows:
+        entry = found.setdefault(partner_id, AffectedPartner(partner_id, month.strftime("%Y-%m"), []))
+        entry.accounts.append(account_id)
+    for partner_id in errored:
+        found.setdefault(partner_id, AffectedPartner(partner_id, None, []))
+    return sorted(found.values(), key=lambda p: p.partner_id)
+
+
+def record_failure(
+    engine: sa.Engine,
+    run_id: str,
+    job_name: str,
+    partition_key: str | None,
+    partners: list[str],
+    message: str,
+    alerts_raised: int,
+) -> None:
+    with engine.begin() as conn:
+        conn.execute(sa.delete(run_failures).where(run_failures.c.run_id == run_id))
+        conn.execute(
+            run_failures.insert(),
+            [
+                {
+                    "run_id": run_id,
+                    "job_name": job_name,
+                    "partition_key": partition_key,
+                    "partners": ",".join(partners),
+                    "message": message[:4000],
+                    "alerts_raised": alerts_raised,
+                    "recorded_at": utcnow(),
+                }
+            ],
+        )
+
+
+def recorded_failures(engine: sa.Engine, since: datetime | None = None) -> list[dict]:
+    query = sa.select(run_failures).order_by(run_failures.c.recorded_at)
+    if since is not None:
+        query = query.where(run_failures.c.recorded_at >= since)
+    with engine.connect() as conn:
+        return [dict(r) for r in conn.execute(query).mappings()]
+
+
+def alert_text(partner: AffectedPartner, run_id: str) -> tuple[str, str]:
+    month = f"the {partner.month} " if partner.month else "the latest "
+    return (
+        "Usage sync to Gradient failed",
+        f"The vendor could not deliver {month}usage counts for this account to Gradient "
+        f"(run {run_id[:8]}). The vendor's pipeline retries; the counts shown may be out of "
+        "date until it succeeds.",
+    )

@@ -1,0 +1,269 @@
+"""Sensors: partner connect / disconnect, the product's sync requests, missed or late months,
+and run failures. Thin: the decisions are in ``pipeline.automation``."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from datetime import datetime, timezone
+
+import dagster as dg
+
+from pipeline import ledger
+from pipeline.automation import (
+    SYNC_ACCOUNTS,
+    UPDATE_COUNTS,
+    connection_events,
+    decide_months,
+    load_sync_requests,
+    watched_months,
+)
+from pipeline.billing_month import BillingMonth, last_closed_month
+from pipeline.failures import MAX_ALERTS_PER_PARTNER, affected_partners, record_failure
+from pipeline.gradient.resource import GradientResource
+from pipeline.gradient_load import PartnerTarget, raise_failure_alerts
+from pipeline.jobs import (
+    TAG_PARTNER,
+    account_sync_job,
+    gradient_load_job,
+    load_run_config,
+    monthly_billing_job,
+    run_tags,
+)
+from pipeline.partitions import FIRST_BILLING_MONTH
+from pipeline.partner_keys import PartnerKeyError
+from pipeline.partners import CONNECTED, DISCONNECTED, load_connections
+from pipeline.resources import BillingRules, PartnerSources, ProductDatabase, StateDatabase
+from pipeline.state_store import counts_fingerprint, load_month_computations, load_month_validation
+from pipeline.utilization import aggregate_billable_users
+
+MAX_REQUESTS_PER_TICK = 50
+
+
+def default_sensor_status() -> dg.DefaultSensorStatus:
+    """Sensors run by default in a deployment; GBS_SENSORS_DEFAULT_STATUS=stopped turns that off."""
+    stopped = os.environ.get("GBS_SENSORS_DEFAULT_STATUS", "running").lower() == "stopped"
+    return dg.DefaultSensorStatus.STOPPED if stopped else dg.DefaultSensorStatus.RUNNING
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def _latest_closed(rules: BillingRules) -> BillingMonth:
+    return last_closed_month(_now(), rules.timezone)
+
+
+def _job_for(state_db: StateDatabase, month: BillingMonth, load_job: dg.UnresolvedAssetJobDefinition):
+    """The load job when the month's counts exist, else the whole monthly job."""
+    computed = {c.month for c in load_month_computations(state_db.engine(), [month.month])}
+    return load_job if month.month in computed else monthly_billing_job
+
+
+@dg.sensor(
+    jobs=[gradient_load_job, monthly_billing_job],
+    minimum_interval_seconds=30,
+    default_status=default_sensor_status(),
+    description="A partner pressed Connect: verify its key, set 'pending', sync its accounts and "
+    "push the latest closed month right away.",
+)
+def partner_connected_sensor(
+    context: dg.SensorEvaluationContext,
+    product_db: ProductDatabase,
+    state_db: StateDatabase,
+    partner_sources: PartnerSources,
+    billing_rules: BillingRules,
+) -> dg.SensorResult:
+    with product_db.connect() as conn:
+        connections = load_connections(conn, partner_sources.connections_sql)
+    states = ledger.all_partner_states(state_db.engine())
+    events, cursor = connection_events(connections, CONNECTED, context.cursor, states)
+    month = _latest_closed(billing_rules)
+    job = _job_for(state_db, month, gradient_load_job)
+    requests = [
+        dg.RunRequest(
+            run_key=event.run_key,
+            job_name=job.name,
+            partition_key=month.key,
+            run_config=load_run_config(job.name, [event.partner_id]),
+            tags=run_tags("connect", event.partner_id, f"{event.partner_id} connected at {event.at.isoformat()}"),
+        )
+        for event in events
+    ]
+    return dg.SensorResult(run_requests=requests, cursor=cursor)
+
+
+@dg.sensor(
+    job_name="partner_disconnect",
+    minimum_interval_seconds=30,
+    default_status=default_sensor_status(),
+    description="A partner pressed Disconnect: set 'inactive' while the key works, stop syncing "
+    "it and forget its delivered state (Gradient drops its accounts).",
+)
+def partner_disconnected_sensor(
+    context: dg.SensorEvaluationContext,
+    product_db: ProductDatabase,
+    state_db: StateDatabase,
+    partner_sources: PartnerSources,
+) -> dg.SensorResult:
+    with product_db.connect() as conn:
+        connections = load_connections(conn, partner_sources.connections_sql)
+    states = ledger.all_partner_states(state_db.engine())
+    events, cursor = connection_events(connections, DISCONNECTED, context.cursor, states)
+    requests = [
+        dg.RunRequest(
+            run_key=event.run_key,
+            run_config={"ops": {"disconnect_gradient_partner": {"config": {"partner_id": event.partner_id}}}},
+            tags=run_tags("disconnect", event.partner_id, f"{event.partner_id} disconnected at {event.at.isoformat()}"),
+        )
+        for event in events
+    ]
+    return dg.SensorResult(run_requests=requests, cursor=cursor)
+
+
+@dg.sensor(
+    jobs=[gradient_load_job, account_sync_job, monthly_billing_job],
+    minimum_interval_seconds=30,
+    default_status=default_sensor_status(),
+    description="The product's 'Update Counts' and 'Sync Company Accounts' buttons: re-push the "
+    "partner's latest closed month / sync its accounts.",
+)
+def sync_requests_sensor(
+    context: dg.SensorEvaluationContext,
+    product_db: ProductDatabase,
+    state_db: StateDatabase,
+    partner_sources: PartnerSources,
+    billing_rules: BillingRules,
+) -> dg.SensorResult:
+    after = int(context.cursor or 0)
+    with product_db.connect() as conn:
+        pending = load_sync_requests(conn, partner_sources.sync_requests_sql, after, MAX_REQUESTS_PER_TICK)
+        connected = {c.partner_id for c in load_connections(conn, partner_sources.connections_sql) if c.is_connected}
+    month = _latest_closed(billing_rules)
+    requests = []
+    for request in pending:
+        after = max(after, request.request_id)
+        if request.partner_id not in connected:
+            context.log.info(f"request {request.request_id}: {request.partner_id} is not connected; ignored")
+            continue
+        if request.kind not in (UPDATE_COUNTS, SYNC_ACCOUNTS):
+            context.log.warning(f"request {request.request_id}: unknown kind {request.kind!r}; ignored")
+            continue
+        load_job = gradient_load_job if request.kind == UPDATE_COUNTS else account_sync_job
+        job = _job_for(state_db, month, load_job)
+        requests.append(
+            dg.RunRequest(
+                run_key=request.run_key,
+                job_name=job.name,
+                partition_key=month.key,
+                run_config=load_run_config(job.name, [request.partner_id]),
+                tags=run_tags(request.kind, request.partner_id, f"request {request.request_id}: {request.kind}"),
+            )
+        )
+    return dg.SensorResult(run_requests=requests, cursor=str(after))
+
+
+IN_PROGRESS = [
+    dg.DagsterRunStatus.QUEUED,
+    dg.DagsterRunStatus.NOT_STARTED,
+    dg.DagsterRunStatus.STARTING,
+    dg.DagsterRunStatus.STARTED,
+]
+
+
+@dg.sensor(
+    job=monthly_billing_job,
+    minimum_interval_seconds=int(os.environ.get("MONTH_WATCH_INTERVAL_SECONDS") or 3600),
+    default_status=default_sensor_status(),
+    description="Missed or late months: a closed month with no successful load, or whose source "
+    "data changed after it was counted, is requested again (bounded lookback).",
+)
+def missed_or_late_months_sensor(
+    context: dg.SensorEvaluationContext,
+    product_db: ProductDatabase,
+    state_db: StateDatabase,
+    billing_rules: BillingRules,
+) -> dg.SensorResult:
+    lookback = int(os.environ.get("MONTH_WATCH_LOOKBACK_MONTHS") or 3)
+    first = datetime.fromisoformat(FIRST_BILLING_MONTH).date()
+    now = _now()
+    months = watched_months(now, billing_rules.timezone, lookback, first)
+    if not months:
+        return dg.SensorResult(run_requests=[])
+    loaded = context.instance.get_materialized_partitions(dg.AssetKey("gradient_unit_counts"))
+    in_progress = {
+        run.tags.get("dagster/partition")
+        for run in context.instance.get_runs(filters=dg.RunsFilter(statuses=IN_PROGRESS), limit=200)
+    }
+    state = state_db.engine()
+    stored = {c.month: c.counts_fingerprint for c in load_month_computations(state, [m.month for m in months])}
+    current = {}
+    query = product_db.utilization_query()
+    with product_db.connect() as conn:
+        for month in months:
+            validation = load_month_validation(state, month.month)
+            if month.key in loaded and validation is not None and month.month in stored:
+                aggregate = aggregate_billable_users(conn, query, month, validation.known_skus)
+                current[month.month] = counts_fingerprint(aggregate.counts)
+    decisions = decide_months(months, set(loaded), in_progress, stored, current, now.date())
+    requests = [
+        dg.RunRequest(
+            run_key=d.run_key,
+            partition_key=d.month.key,
+            tags=run_tags(d.reason.split(":")[0], reason=d.reason),
+        )
+        for d in decisions
+    ]
+    for d in decisions:
+        context.log.info(d.reason)
+    return dg.SensorResult(run_requests=requests)
+
+
+@dg.run_failure_sensor(
+    default_status=default_sensor_status(),
+    description="Records every failed run for the operator; with GRADIENT_FAILURE_ALERTS=true also "
+    "raises a Gradient alert on the affected partners' failed accounts.",
+)
+def billing_failure_sensor(
+    context: dg.RunFailureSensorContext,
+    product_db: ProductDatabase,
+    state_db: StateDatabase,
+    partner_sources: PartnerSources,
+    gradient: GradientResource,
+) -> None:
+    run = context.dagster_run
+    state = state_db.engine()
+    affected = affected_partners(state, run.run_id)
+    tagged = run.tags.get(TAG_PARTNER)
+    partner_ids = [p.partner_id for p in affected] or ([tagged] if tagged and tagged != "all" else [])
+    message = context.failure_event.message or "run failed"
+    raised = 0
+    if os.environ.get("GRADIENT_FAILURE_ALERTS", "").lower() in {"1", "true", "yes"} and affected:
+        raised = _raise_alerts(context, product_db, partner_sources, gradient, affected, run.run_id)
+    record_failure(state, run.run_id, run.job_name, run.tags.get("dagster/partition"), partner_ids, message, raised)
+    context.log.info(
+        f"recorded failure of run {run.run_id} ({run.job_name}); partners affected: "
+        f"{', '.join(partner_ids) or 'none'}; alerts raised: {raised}"
+    )
+
+
+def _raise_alerts(context, product_db, partner_sources, gradient, affected, run_id) -> int:
+    with product_db.connect() as conn:
+        connections = {c.partner_id: c for c in load_connections(conn, partner_sources.connections_sql)}
+    targets = {}
+    for partner in affected:
+        connection = connections.get(partner.partner_id)
+        if connection is None or not connection.is_connected:
+            continue
+        try:
+            targets[partner.partner_id] = PartnerTarget(connection, partner_sources.decrypt(connection))
+        except PartnerKeyError as exc:
+            context.log.warning(str(exc))
+
+    async def run() -> int:
+        async with gradient.client() as client:
+            return await raise_failure_alerts(
+                client, targets, affected, run_id, MAX_ALERTS_PER_PARTNER, log=context.log.warning
+            )
+
+    return asyncio.run(run())
