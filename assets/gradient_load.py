@@ -173,7 +173,7 @@ def gradient_accounts(
     with product_db.connect() as conn:
         companies = load_companies(conn, partner_sources.companies_sql)
     counts = load_billable_counts(state, month.month)
-    billed = counts[["partner_id", "company_id", "company_name"]].drop_duplicates("company_id")
+    billed = counts[["partner_id", "company_id", "company_name"]].drop_duplicates(["partner_id", "company_id"])
     accounts = pd.concat([companies, billed]).drop_duplicates(["partner_id", "company_id"])
 
     async def run() -> list[PartnerLoad]:

@@ -33,6 +33,12 @@ CONTRACT_SAMPLE_ROWS = 1_000
 QUARANTINE_SAMPLE_ROWS = 20
 
 
+class _ContractBroken(Exception):
+    def __init__(self, violations: list[ContractViolation]) -> None:
+        super().__init__("contract broken")
+        self.violations = violations
+
+
 class ReconciliationError(RuntimeError):
     """Validation and the database's count disagree on how many rows are billable input."""
 
@@ -98,41 +104,47 @@ def validate_month(
     reason_counts: dict[str, int] = {}
     samples: list[pd.DataFrame] = []
     sampled = 0
-    violations: list[ContractViolation] = []
-    with state.begin() as state_conn:
-        writer = QuarantineWriter(state_conn, month.month, run_id)
-        for chunk in stream_utilization(product, query, month, chunk_rows):
-            chunk_violations = check_contract(chunk.columns, chunk)
-            if chunk_violations:
-                violations = chunk_violations
-                break
-            result = validate_chunk(chunk, skus, first_row_number=rows + 1)
-            rows += result.rows
-            valid += result.valid_rows
-            for code, n in result.reason_counts.items():
-                reason_counts[code] = reason_counts.get(code, 0) + n
-            writer.write(result.quarantined)
-            if sampled < QUARANTINE_SAMPLE_ROWS and len(result.quarantined):
-                take = result.quarantined.head(QUARANTINE_SAMPLE_ROWS - sampled)
-                samples.append(take)
-                sampled += len(take)
-        validation = MonthValidation(
-            month=month.month,
-            rows_in=rows,
-            rows_valid=valid,
-            rows_quarantined=rows - valid,
-            reason_counts=dict(sorted(reason_counts.items())),
-            known_skus=sorted(skus),
-            query_sha256=query.sha256,
-            run_id=run_id,
-            validated_at=utcnow(),
-        )
-        if violations:
-            state_conn.rollback()
-        else:
+    try:
+        with state.begin() as state_conn:
+            writer = QuarantineWriter(state_conn, month.month, run_id)
+            for chunk in stream_utilization(product, query, month, chunk_rows):
+                violations = check_contract(chunk.columns, chunk)
+                if violations:
+                    raise _ContractBroken(violations)
+                result = validate_chunk(chunk, skus, first_row_number=rows + 1)
+                rows += result.rows
+                valid += result.valid_rows
+                for code, n in result.reason_counts.items():
+                    reason_counts[code] = reason_counts.get(code, 0) + n
+                writer.write(result.quarantined)
+                if sampled < QUARANTINE_SAMPLE_ROWS and len(result.quarantined):
+                    take = result.quarantined.head(QUARANTINE_SAMPLE_ROWS - sampled)
+                    samples.append(take)
+                    sampled += len(take)
+            validation = MonthValidation(
+                month=month.month,
+                rows_in=rows,
+                rows_valid=valid,
+                rows_quarantined=rows - valid,
+                reason_counts=dict(sorted(reason_counts.items())),
+                known_skus=sorted(skus),
+                query_sha256=query.sha256,
+                run_id=run_id,
+                validated_at=utcnow(),
+            )
             save_month_validation(state_conn, validation)
+    except _ContractBroken as broken:
+        # Nothing of this attempt is kept: the transaction rolled back.
+        return ValidationOutcome(
+            validation=MonthValidation(
+                month=month.month, rows_in=rows, rows_valid=valid, rows_quarantined=rows - valid,
+                reason_counts={}, known_skus=sorted(skus), query_sha256=query.sha256,
+                run_id=run_id, validated_at=utcnow(),
+            ),
+            contract_violations=broken.violations,
+        )
     sample = pd.concat(samples, ignore_index=True) if samples else pd.DataFrame()
-    return ValidationOutcome(validation=validation, sample=sample, contract_violations=violations)
+    return ValidationOutcome(validation=validation, sample=sample)
 
 
 def count_billable_users(
