@@ -68,8 +68,11 @@ class BillingMonth:
         return BillingMonth(add_months(self.month, 1), self.tz_name)
 
     def overlaps(self, active_from: datetime, active_to: datetime | None) -> bool:
-        """Half-open overlap of ``[active_from, active_to)`` with the month."""
-        return active_from < self.end and (active_to is None or active_to > self.start)
+        """Half-open overlap of ``[active_from, active_to)`` with the month (an empty span,
+        ``active_to == active_from``, overlaps nothing)."""
+        if active_to is None:
+            return active_from < self.end
+        return active_from < self.end and active_to > self.start and active_to > active_from
 
 
 def last_closed_month(now: datetime, tz_name: str) -> BillingMonth:

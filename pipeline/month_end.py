@@ -74,7 +74,7 @@ def extract_month(conn: sa.Connection, query: SourceQuery, month: BillingMonth) 
         query=query,
         columns=columns,
         rows=int(rows),
-        contract_violations=check_contract(columns, sample),
+        contract_violations=check_contract(columns, sample, conn.dialect.name),
         sample=sample,
     )
 
@@ -108,7 +108,7 @@ def validate_month(
         with state.begin() as state_conn:
             writer = QuarantineWriter(state_conn, month.month, run_id)
             for chunk in stream_utilization(product, query, month, chunk_rows):
-                violations = check_contract(chunk.columns, chunk)
+                violations = check_contract(chunk.columns, chunk, product.dialect.name)
                 if violations:
                     raise _ContractBroken(violations)
                 result = validate_chunk(chunk, skus, first_row_number=rows + 1)

@@ -131,11 +131,13 @@ def valid_row_sql(dialect_name: str) -> str:
 
 
 def overlap_sql(dialect_name: str) -> str:
-    """Half-open overlap of ``[active_from, active_to)`` with ``[:month_start, :month_end)``."""
+    """Half-open overlap of ``[active_from, active_to)`` with ``[:month_start, :month_end)``;
+    an empty span (``active_to = active_from``) overlaps nothing."""
     ts = lambda c: _ts(c, dialect_name)  # noqa: E731
     return (
         f"({ts('active_from')} < {ts(':month_end')}"
-        f" AND (active_to IS NULL OR {ts('active_to')} > {ts(':month_start')}))"
+        f" AND (active_to IS NULL OR ({ts('active_to')} > {ts(':month_start')}"
+        f" AND {ts('active_to')} > {ts('active_from')})))"
     )
 
 

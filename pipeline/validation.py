@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from datetime import date, datetime
 
 import numpy as np
 import pandas as pd
@@ -24,6 +25,9 @@ from pandera.typing import Series
 from pipeline.utilization import CONTRACT_COLUMNS, ID_COLUMNS, TIMESTAMP_COLUMNS
 
 UTC = "UTC"
+# The ISO-8601 shapes SQLite's date functions read (and so valid_row_sql accepts): a date,
+# optionally a time to minutes/seconds/fractions, optionally "Z" or a "+HH:MM" offset.
+ISO_TIMESTAMP = r"\d{4}-\d{2}-\d{2}(?:[T ]\d{2}:\d{2}(?::\d{2}(?:\.\d+)?)?)?(?:Z|[+-]\d{2}:\d{2})?"
 
 
 # --------------------------------------------------------------------------- contract
@@ -43,8 +47,14 @@ _TS_OK = {"datetime", "datetime64", "string", "empty", "mixed", "date", "unicode
 _BOOL_OK = {"boolean", "empty", "mixed", "integer", "mixed-integer-float", "floating"}
 
 
-def check_contract(columns: Iterable[str], sample: pd.DataFrame) -> list[ContractViolation]:
-    """What makes the query result unusable as a whole; empty when the contract holds."""
+def check_contract(
+    columns: Iterable[str], sample: pd.DataFrame, dialect_name: str = "sqlite"
+) -> list[ContractViolation]:
+    """What makes the query result unusable as a whole; empty when the contract holds.
+
+    On SQLite timestamps are text (SQLite has no timestamp type); elsewhere they must be real
+    timestamps, since the database compares them when it counts.
+    """
     present = set(columns)
     violations = [
         ContractViolation(c, "missing from the query result — UTILIZATION_SQL must return it")
@@ -61,9 +71,10 @@ def check_contract(columns: Iterable[str], sample: pd.DataFrame) -> list[Contrac
                     column, f"comes back as {kind}, not text — cast it to text in UTILIZATION_SQL"
                 )
             )
+    timestamp_kinds = _TS_OK if dialect_name == "sqlite" else {"datetime", "datetime64", "empty", "date"}
     for column in TIMESTAMP_COLUMNS:
         kind = pd.api.types.infer_dtype(sample[column], skipna=True)
-        if kind not in _TS_OK:
+        if kind not in timestamp_kinds:
             violations.append(
                 ContractViolation(
                     column,
@@ -106,26 +117,79 @@ REASONS: dict[str, str] = {
 }
 
 
+def _is_text(values: pd.Series) -> pd.Series:
+    """Element-wise "is a str", with a fast path for columns that hold only text and nulls."""
+    if pd.api.types.infer_dtype(values, skipna=True) in ("string", "empty"):
+        return values.notna()
+    return values.map(lambda v: isinstance(v, str))
+
+
 def _present(values: pd.Series) -> pd.Series:
     """Non-null text that is not blank (SQL: ``x IS NOT NULL AND TRIM(x) <> ''``)."""
-    text = values.where(values.map(lambda v: isinstance(v, str)), None)
+    text = values.where(_is_text(values), None).astype(object)
     return text.notna() & (text.fillna("").str.strip(" ") != "")
 
 
 def _as_text(values: pd.Series) -> pd.Series:
     """Ids as text: numbers become their text (as the database's TRIM would read them)."""
     out = values.astype(object)
-    mask = out.notna() & ~out.map(lambda v: isinstance(v, str))
+    mask = out.notna() & ~_is_text(out)
     if mask.any():
         out[mask] = out[mask].map(str)
     return out.where(out.notna(), None)
+
+
+# pandas timestamps end in 2262: later dates (the common 9999-12-31 "open-ended" sentinel)
+# and dates before 1677 are held at these bounds, which compare the same way to any month.
+FAR_FUTURE = pd.Timestamp("2262-01-01", tz=UTC)
+FAR_PAST = pd.Timestamp("1678-01-01", tz=UTC)
+
+
+def _real_dates(dates: pd.Series) -> pd.Series:
+    """Whether each YYYY-MM-DD is a real calendar date (checked once per distinct value)."""
+    def real(text: str) -> bool:
+        try:
+            date.fromisoformat(text)
+        except ValueError:
+            return False
+        return True
+
+    verdicts = {d: real(d) for d in dates.unique()}
+    return dates.map(verdicts).astype(bool)
+
+
+def _parse_text_timestamps(text: pd.Series) -> pd.Series:
+    parsed = pd.Series(pd.NaT, index=text.index, dtype=f"datetime64[ns, {UTC}]")
+    well_formed = text.str.fullmatch(ISO_TIMESTAMP).fillna(False).astype(bool)
+    well_formed &= _real_dates(text.str.slice(0, 10))
+    year = pd.to_numeric(text.str.slice(0, 4), errors="coerce")
+    far_future = well_formed & (year >= 2262)
+    far_past = well_formed & (year <= 1677)
+    in_range = well_formed & ~far_future & ~far_past
+    if in_range.any():
+        converted = pd.to_datetime(text[in_range], utc=True, format="ISO8601", errors="coerce")
+        parsed.loc[in_range] = (converted + pd.Timedelta(microseconds=500)).dt.floor("ms")
+    parsed.loc[far_future] = FAR_FUTURE
+    parsed.loc[far_past] = FAR_PAST
+    return parsed
+
+
+def _datetime_to_utc(value: datetime) -> pd.Timestamp:
+    if value.year >= 2262:
+        return FAR_FUTURE
+    if value.year <= 1677:
+        return FAR_PAST
+    stamp = pd.Timestamp(value)
+    return stamp.tz_localize(UTC) if stamp.tzinfo is None else stamp.tz_convert(UTC)
 
 
 def parse_timestamps(values: pd.Series) -> tuple[pd.Series, pd.Series]:
     """(UTC timestamps with NaT where absent or unreadable, mask of unreadable non-null values).
 
     Text must be ISO-8601 with a real calendar date; naive values are read as UTC (as SQLite
-    reads them). Aware datetimes from the driver are converted to UTC.
+    reads them) and rounded half-up to the millisecond, the precision SQLite's date functions
+    compare at, so pandera and the database judge every text timestamp alike. Aware
+    datetimes from the driver are converted to UTC and keep their precision.
     """
     if isinstance(values.dtype, pd.DatetimeTZDtype):
         parsed = values.dt.tz_convert(UTC)
@@ -135,22 +199,25 @@ def parse_timestamps(values: pd.Series) -> tuple[pd.Series, pd.Series]:
         return parsed, pd.Series(False, index=values.index)
     parsed = pd.Series(pd.NaT, index=values.index, dtype=f"datetime64[ns, {UTC}]")
     present = values.notna()
-    is_text = values.map(lambda v: isinstance(v, str)) & present
+    is_text = _is_text(values) & present
     if is_text.any():
-        text = values[is_text].astype(str)
-        converted = pd.to_datetime(text, utc=True, format="ISO8601", errors="coerce")
-        calendar_ok = pd.to_datetime(text.str.slice(0, 10), format="%Y-%m-%d", errors="coerce").notna()
-        converted = converted.where(calendar_ok)
-        parsed.loc[is_text] = converted
-    is_datetime = values.map(lambda v: isinstance(v, pd.Timestamp) or hasattr(v, "tzinfo")) & present & ~is_text
+        parsed.loc[is_text] = _parse_text_timestamps(values[is_text].astype(str))
+    others = present & ~is_text
+    is_datetime = others & values.map(lambda v: hasattr(v, "tzinfo")) if others.any() else others
     if is_datetime.any():
-        parsed.loc[is_datetime] = pd.to_datetime(values[is_datetime], utc=True, errors="coerce")
+        parsed.loc[is_datetime] = values[is_datetime].map(_datetime_to_utc)
     unreadable = present & parsed.isna()
     return parsed, unreadable
 
 
 def parse_billable(values: pd.Series) -> pd.Series:
     """Nullable boolean: True/False and 1/0 are read; anything else is missing."""
+    if pd.api.types.is_bool_dtype(values.dtype):
+        return values.astype("boolean")
+    if pd.api.types.is_numeric_dtype(values.dtype):
+        readable = values.isin([0, 1])
+        return values.where(readable).astype("Float64").astype("boolean")
+
     def read(v: object) -> object:
         if isinstance(v, (bool, np.bool_)):
             return bool(v)
