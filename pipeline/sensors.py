@@ -60,6 +60,13 @@ def _job_for(state_db: StateDatabase, month: BillingMonth, load_job: dg.Unresolv
     return load_job if month.month in computed else monthly_billing_job
 
 
+def _new_connection_events(context, product_db, state_db, partner_sources, kind: str):
+    with product_db.connect() as conn:
+        connections = load_connections(conn, partner_sources.connections_sql)
+    states = ledger.all_partner_states(state_db.engine())
+    return connection_events(connections, kind, context.cursor, states)
+
+
 @dg.sensor(
     jobs=[gradient_load_job, monthly_billing_job],
     minimum_interval_seconds=30,
@@ -74,10 +81,7 @@ def partner_connected_sensor(
     partner_sources: PartnerSources,
     billing_rules: BillingRules,
 ) -> dg.SensorResult:
-    with product_db.connect() as conn:
-        connections = load_connections(conn, partner_sources.connections_sql)
-    states = ledger.all_partner_states(state_db.engine())
-    events, cursor = connection_events(connections, CONNECTED, context.cursor, states)
+    events, cursor = _new_connection_events(context, product_db, state_db, partner_sources, CONNECTED)
     month = _latest_closed(billing_rules)
     job = _job_for(state_db, month, gradient_load_job)
     requests = [
@@ -106,10 +110,7 @@ def partner_disconnected_sensor(
     state_db: StateDatabase,
     partner_sources: PartnerSources,
 ) -> dg.SensorResult:
-    with product_db.connect() as conn:
-        connections = load_connections(conn, partner_sources.connections_sql)
-    states = ledger.all_partner_states(state_db.engine())
-    events, cursor = connection_events(connections, DISCONNECTED, context.cursor, states)
+    events, cursor = _new_connection_events(context, product_db, state_db, partner_sources, DISCONNECTED)
     requests = [
         dg.RunRequest(
             run_key=event.run_key,
