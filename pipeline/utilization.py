@@ -36,6 +36,8 @@ CONTRACT_COLUMNS: tuple[str, ...] = (
 )
 ID_COLUMNS = ("partner_id", "company_id", "company_name", "sku", "user_id")
 TIMESTAMP_COLUMNS = ("active_from", "active_to")
+# Columns added to the stream on SQLite: each timestamp as SQLite reads it (epoch ms).
+SQLITE_MS_PREFIX = "_sqlite_ms_"
 
 
 @dataclass(frozen=True)
@@ -84,8 +86,17 @@ def stream_utilization(
 ) -> Iterator[pd.DataFrame]:
     """The month's contract rows in chunks of at most ``chunk_rows`` (server-side cursor)."""
     params = month_parameters(month, conn.dialect.name)
+    sql = query.sql
+    if conn.dialect.name == "sqlite":
+        # SQLite has no timestamp type: let it say what each text timestamp means, so that
+        # validation judges them exactly as the counting query will.
+        sql = (
+            f"SELECT utilization.*, {sqlite_epoch_ms('active_from')} AS {SQLITE_MS_PREFIX}active_from,"
+            f" {sqlite_epoch_ms('active_to')} AS {SQLITE_MS_PREFIX}active_to"
+            f" FROM (\n{query.sql}\n) AS utilization"
+        )
     result = conn.execution_options(stream_results=True, yield_per=chunk_rows).execute(
-        sa.text(query.sql), params
+        sa.text(sql), params
     )
     columns = list(result.keys())
     emitted = False
@@ -100,12 +111,21 @@ def _text_present(column: str) -> str:
     return f"({column} IS NOT NULL AND TRIM({column}) <> '')"
 
 
-def _sqlite_timestamp_ok(column: str) -> str:
-    # Text that SQLite can read as a date-time and whose date part is a real calendar date
-    # (julianday('2026-02-30') would silently roll over to March).
+def sqlite_timestamp_ok(column: str) -> str:
+    """Text that SQLite reads as a date-time and whose date part is a real calendar date
+    (julianday('2026-02-30') silently rolls over to March; date(..., '+0 days') shows it)."""
     return (
         f"(typeof({column}) = 'text' AND julianday({column}) IS NOT NULL"
-        f" AND date(substr({column}, 1, 10)) = substr({column}, 1, 10))"
+        f" AND date(substr({column}, 1, 10), '+0 days') = substr({column}, 1, 10))"
+    )
+
+
+def sqlite_epoch_ms(column: str) -> str:
+    """The instant SQLite reads in a text timestamp, as epoch milliseconds (SQLite's own
+    precision), or NULL when it is not a readable timestamp."""
+    return (
+        f"CASE WHEN {sqlite_timestamp_ok(column)} "
+        f"THEN CAST(ROUND((julianday({column}) - 2440587.5) * 86400000.0) AS INTEGER) END"
     )
 
 
@@ -119,8 +139,8 @@ def valid_row_sql(dialect_name: str) -> str:
     parts.append("sku IN :known_skus")
     if dialect_name == "sqlite":
         parts.append("billable IN (0, 1)")
-        parts.append(_sqlite_timestamp_ok("active_from"))
-        parts.append(f"(active_to IS NULL OR {_sqlite_timestamp_ok('active_to')})")
+        parts.append(sqlite_timestamp_ok("active_from"))
+        parts.append(f"(active_to IS NULL OR {sqlite_timestamp_ok('active_to')})")
     else:
         parts.append("billable IS NOT NULL")
         parts.append("active_from IS NOT NULL")

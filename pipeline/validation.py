@@ -22,7 +22,7 @@ import pandas as pd
 import pandera.pandas as pa
 from pandera.typing import Series
 
-from pipeline.utilization import CONTRACT_COLUMNS, ID_COLUMNS, TIMESTAMP_COLUMNS
+from pipeline.utilization import CONTRACT_COLUMNS, ID_COLUMNS, SQLITE_MS_PREFIX, TIMESTAMP_COLUMNS
 
 UTC = "UTC"
 # The ISO-8601 shapes SQLite's date functions read (and so valid_row_sql accepts): a date,
@@ -210,6 +210,16 @@ def parse_timestamps(values: pd.Series) -> tuple[pd.Series, pd.Series]:
     return parsed, unreadable
 
 
+def timestamps_from_epoch_ms(raw: pd.Series, epoch_ms: pd.Series) -> tuple[pd.Series, pd.Series]:
+    """Timestamps as the database read them (epoch ms, NULL = unreadable), held inside
+    pandas' range like ``parse_timestamps`` does."""
+    ms = pd.to_numeric(epoch_ms, errors="coerce")
+    low, high = FAR_PAST.value // 1_000_000, FAR_FUTURE.value // 1_000_000
+    clipped = ms.clip(lower=low, upper=high)
+    parsed = pd.to_datetime(clipped, unit="ms", utc=True).astype(f"datetime64[ns, {UTC}]")
+    return parsed, raw.notna() & ms.isna()
+
+
 def parse_billable(values: pd.Series) -> pd.Series:
     """Nullable boolean: True/False and 1/0 are read; anything else is missing."""
     if pd.api.types.is_bool_dtype(values.dtype):
@@ -233,8 +243,13 @@ def prepare_chunk(raw: pd.DataFrame, known_skus: frozenset[str]) -> pd.DataFrame
     frame = pd.DataFrame(index=raw.index)
     for column in ID_COLUMNS:
         frame[column] = _as_text(raw[column])
-    frame["active_from"], frame["active_from_unreadable"] = parse_timestamps(raw["active_from"])
-    frame["active_to"], frame["active_to_unreadable"] = parse_timestamps(raw["active_to"])
+    for column in TIMESTAMP_COLUMNS:
+        judged = SQLITE_MS_PREFIX + column
+        if judged in raw.columns:
+            parsed, unreadable = timestamps_from_epoch_ms(raw[column], raw[judged])
+        else:
+            parsed, unreadable = parse_timestamps(raw[column])
+        frame[column], frame[f"{column}_unreadable"] = parsed, unreadable
     frame["billable"] = parse_billable(raw["billable"])
     frame["sku_known"] = frame["sku"].isin(known_skus)
     return frame

@@ -1,0 +1,560 @@
+"""Validation: each bad-row kind is quarantined with an actionable reason, never counted, and the
+database-side rules (``valid_row_sql``) agree; the query-level contract; a vendor's own query.
+
+Row-level tests run on SQLite and PostgreSQL (``product_engine``); non-timestamp text can only
+be stored on SQLite (timestamptz refuses it), so those cases run there only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import date, datetime, timezone
+
+import pandas as pd
+import pytest
+import sqlalchemy as sa
+
+from pipeline import product_schema as ps
+from pipeline import settings
+from pipeline.billing_month import BillingMonth
+from pipeline.month_end import ReconciliationError, validate_month
+from pipeline.resources import ProductDatabase, default_resources
+from pipeline.state_store import load_quarantine
+from pipeline.utilization import (
+    CONTRACT_COLUMNS,
+    aggregate_billable_users,
+    load_known_skus,
+    month_parameters,
+    utilization_query,
+    valid_row_sql,
+)
+from pipeline.validation import REASONS, RULE_NAMES, check_contract
+from tests.product_rows import NY, ProductRows, as_dict, at, known_skus, reference_query, run_month
+
+UTC = timezone.utc
+MARCH = "2026-03-01"
+GOOD = {("p1", "c1", "SAT"): 1}
+
+
+@pytest.fixture
+def rows(product_engine) -> ProductRows:
+    """p1/c1, services SAT/PHISH/EMAIL, one good billable user u_ok active all of March."""
+    rows = ProductRows(product_engine).basic()
+    rows.users("u_ok", "u_bad")
+    rows.enroll("u_ok", "c1", "SAT", at(2026, 1, 1), None)
+    return rows
+
+
+def sql_accepted_rows(engine: sa.Engine, month_key: str = MARCH) -> int:
+    """How many of the month's rows ``valid_row_sql`` accepts, asked of the database directly."""
+    query = reference_query(engine)
+    month = BillingMonth.from_partition_key(month_key, NY)
+    with engine.connect() as conn:
+        aggregate = aggregate_billable_users(conn, query, month, known_skus(engine))
+        params = month_parameters(month, engine.dialect.name)
+        params["known_skus"] = known_skus(engine)
+        direct = conn.execute(
+            sa.text(
+                f"SELECT COUNT(*) FROM ({query.sql}) AS u WHERE {valid_row_sql(engine.dialect.name)}"
+            ).bindparams(sa.bindparam("known_skus", expanding=True)),
+            params,
+        ).scalar_one()
+    assert direct == aggregate.accepted_rows
+    return direct
+
+
+@dataclass(frozen=True)
+class BadRow:
+    setup: Callable[[ProductRows], object]
+    codes: tuple[str, ...]  # exactly the reason codes of the quarantined row, in rule order
+    fragments: tuple[str, ...]  # what the reason text must say (the problem and the fix)
+    sqlite_only: bool = False
+    raw: dict = field(default_factory=dict)  # raw values the quarantine row keeps
+
+
+ALWAYS = at(2026, 1, 1)
+
+BAD_ROWS: dict[str, BadRow] = {
+    "user_id_null": BadRow(
+        lambda r: r.enroll(None, "c1", "PHISH", ALWAYS, None),
+        ("user_missing", "billable_invalid"),
+        ("names no user", "fix the enrollment"),
+        raw={"user_id": None, "sku": "PHISH"},
+    ),
+    "user_id_blank": BadRow(
+        lambda r: r.enroll("   ", "c1", "PHISH", ALWAYS, None),
+        ("user_missing", "billable_invalid"),
+        ("names no user", "fix the enrollment"),
+        raw={"user_id": "   "},
+    ),
+    "company_id_null": BadRow(
+        lambda r: r.enroll("u_bad", None, "SAT", ALWAYS, None),
+        ("partner_missing", "company_missing", "company_name_missing"),
+        ("names no company", "fix the enrollment", "belongs to no partner"),
+        raw={"company_id": None, "partner_id": None},
+    ),
+    "company_id_blank": BadRow(
+        lambda r: r.enroll("u_bad", " ", "SAT", ALWAYS, None),
+        ("partner_missing", "company_missing", "company_name_missing"),
+        ("names no company", "fix the enrollment"),
+    ),
+    "sku_null": BadRow(
+        lambda r: r.enroll("u_bad", "c1", None, ALWAYS, None),
+        ("sku_missing",),
+        ("names no service", "fix the enrollment"),
+    ),
+    "sku_blank": BadRow(
+        lambda r: r.enroll("u_bad", "c1", "", ALWAYS, None),
+        ("sku_missing",),
+        ("names no service", "fix the enrollment"),
+    ),
+    "sku_unknown": BadRow(
+        lambda r: r.enroll("u_bad", "c1", "LEGACY-ARCHIVE", ALWAYS, None),
+        ("sku_unknown",),
+        ("'LEGACY-ARCHIVE' is not a service the vendor sells", "add it to the services", "SERVICES_SQL"),
+        raw={"sku": "LEGACY-ARCHIVE"},
+    ),
+    "span_reversed": BadRow(
+        lambda r: r.enroll("u_bad", "c1", "SAT", at(2026, 3, 20), at(2026, 3, 10)),
+        ("span_reversed",),
+        ("the span ends (", ") before it starts (", "fix the enrollment's dates"),
+    ),
+    "company_without_partner": BadRow(
+        lambda r: (r.company("c_orphan", None), r.enroll("u_bad", "c_orphan", "SAT", ALWAYS, None)),
+        ("partner_missing",),
+        ("company c_orphan belongs to no partner", "assign the company to a partner"),
+        raw={"company_id": "c_orphan", "partner_id": None, "company_name": "Company c_orphan"},
+    ),
+    "company_of_unknown_partner": BadRow(
+        lambda r: (r.company("c_dangling", "p_gone"), r.enroll("u_bad", "c_dangling", "SAT", ALWAYS, None)),
+        ("partner_missing",),
+        ("company c_dangling belongs to no partner", "assign the company to a partner"),
+    ),
+    "company_without_name": BadRow(
+        lambda r: (r.company("c_noname", "p1", None), r.enroll("u_bad", "c_noname", "SAT", ALWAYS, None)),
+        ("company_name_missing",),
+        ("company c_noname has no name", "a Gradient account needs a name", "fix the company row"),
+    ),
+    "company_missing_from_companies": BadRow(
+        lambda r: r.enroll("u_bad", "c_nowhere", "SAT", ALWAYS, None),
+        ("partner_missing", "company_name_missing"),
+        ("company c_nowhere", "is not in the companies table", "fix the company row"),
+        raw={"company_id": "c_nowhere", "company_name": None},
+    ),
+    "user_missing_from_users": BadRow(
+        lambda r: r.enroll("u_ghost", "c1", "SAT", ALWAYS, None),
+        ("billable_invalid",),
+        ("billable is '(empty)', not true/false", "the user u_ghost is missing from the users table"),
+        raw={"user_id": "u_ghost", "billable": None},
+    ),
+    "user_without_billable_flag": BadRow(
+        lambda r: (r.user("u_unflagged", None), r.enroll("u_unflagged", "c1", "SAT", ALWAYS, None)),
+        ("billable_invalid",),
+        ("not true/false", "u_unflagged", "has no billable flag"),
+    ),
+    "active_from_null": BadRow(
+        lambda r: r.enroll("u_bad", "c1", "SAT", None, at(2026, 3, 20)),
+        ("active_from_invalid",),
+        ("active_from '(empty)' is not a timestamp", "store ISO-8601 with a time zone"),
+    ),
+    "active_from_not_a_date": BadRow(
+        lambda r: r.enroll("u_bad", "c1", "SAT", "not-a-date", None),
+        ("active_from_invalid",),
+        ("active_from 'not-a-date' is not a timestamp", "store ISO-8601 with a time zone"),
+        sqlite_only=True,
+        raw={"active_from": "not-a-date"},
+    ),
+    "active_from_month_13": BadRow(
+        lambda r: r.enroll("u_bad", "c1", "SAT", "2026-13-01 00:00:00", None),
+        ("active_from_invalid",),
+        ("'2026-13-01 00:00:00' is not a timestamp",),
+        sqlite_only=True,
+    ),
+    "active_from_epoch_number": BadRow(
+        # an integer in a TEXT-affinity column: SQLite keeps it as the text '1772341200'
+        lambda r: r.enroll("u_bad", "c1", "SAT", 1772341200, None),
+        ("active_from_invalid",),
+        ("'1772341200' is not a timestamp",),
+        sqlite_only=True,
+    ),
+    "active_to_not_a_date": BadRow(
+        lambda r: r.enroll("u_bad", "c1", "SAT", ALWAYS, "yesterday"),
+        ("active_to_invalid",),
+        ("active_to 'yesterday' is not a timestamp", "or null while the user is still active"),
+        sqlite_only=True,
+        raw={"active_to": "yesterday"},
+    ),
+    "active_to_day_first": BadRow(
+        lambda r: r.enroll("u_bad", "c1", "SAT", ALWAYS, "31/03/2026"),
+        ("active_to_invalid",),
+        ("'31/03/2026' is not a timestamp",),
+        sqlite_only=True,
+    ),
+}
+
+
+def test_every_reason_code_has_a_case_and_an_actionable_text():
+    covered = {code for case in BAD_ROWS.values() for code in case.codes}
+    assert covered == set(RULE_NAMES)
+    for code, text in REASONS.items():
+        problem, _, fix = text.partition(" — ")
+        assert problem and fix, f"{code}: the reason must name the problem and, after ' — ', the fix"
+
+
+@pytest.mark.parametrize("kind", list(BAD_ROWS))
+def test_bad_row_is_quarantined_with_its_reason_and_not_counted(kind, rows, product_engine, state_engine):
+    case = BAD_ROWS[kind]
+    if case.sqlite_only and product_engine.dialect.name != "sqlite":
+        pytest.skip("PostgreSQL's timestamptz cannot hold non-timestamp values")
+    case.setup(rows)
+    counts, validation = run_month(product_engine, state_engine, MARCH)  # no ReconciliationError
+
+    # not counted: only the good user's group, with the good user only
+    assert as_dict(counts) == GOOD
+    # quarantined, with its reason codes and counts
+    assert (validation.rows_in, validation.rows_valid, validation.rows_quarantined) == (2, 1, 1)
+    assert validation.reason_counts == {code: 1 for code in case.codes}
+    quarantine = load_quarantine(state_engine, date(2026, 3, 1))
+    assert len(quarantine) == 1
+    row = quarantine.iloc[0].to_dict()
+    assert row["reason_codes"] == ",".join(case.codes)
+    for fragment in case.fragments:
+        assert fragment in row["reasons"], (fragment, row["reasons"])
+    assert row["reasons"].count(" — ") == len(case.codes)  # one problem — fix per code
+    assert row["run_id"] == "test-run"
+    assert row["row_number"] in (1, 2)
+    for column, value in case.raw.items():
+        assert row[column] == value, (column, row[column])
+    # the SQL rule agrees: the database accepts exactly the good row
+    assert sql_accepted_rows(product_engine) == 1
+
+
+def test_all_bad_kinds_at_once_across_chunks(product_engine, state_engine):
+    """Every kind in one month, validated in chunks of 3 rows: counts, reasons, row numbers."""
+    rows = ProductRows(product_engine).basic()
+    rows.users("u_ok", "u_bad")
+    rows.enroll("u_ok", "c1", "SAT", at(2026, 1, 1), None)
+    cases = [
+        c for c in BAD_ROWS.values() if not (c.sqlite_only and product_engine.dialect.name != "sqlite")
+    ]
+    for case in cases:
+        case.setup(rows)
+    rows.users("u_ok2")
+    rows.enroll("u_ok2", "c1", "SAT", at(2026, 3, 31, 23), None)
+    counts, validation = run_month(product_engine, state_engine, MARCH, chunk_rows=3)
+    assert as_dict(counts) == {("p1", "c1", "SAT"): 2}
+    assert validation.rows_in == len(cases) + 2
+    assert validation.rows_quarantined == len(cases)
+    expected: dict[str, int] = {}
+    for case in cases:
+        for code in case.codes:
+            expected[code] = expected.get(code, 0) + 1
+    assert validation.reason_counts == expected
+    quarantine = load_quarantine(state_engine, date(2026, 3, 1))
+    assert len(quarantine) == len(cases)
+    assert quarantine["row_number"].is_unique
+    assert set(quarantine["row_number"]) <= set(range(1, validation.rows_in + 1))
+    assert sql_accepted_rows(product_engine) == 2
+
+
+def test_bad_rows_outside_the_month_are_not_returned(rows, product_engine, state_engine):
+    rows.enroll("u_bad", "c1", "LEGACY-ARCHIVE", at(2025, 1, 1), at(2025, 6, 1))
+    rows.enroll(None, "c1", "SAT", at(2026, 5, 1), None)
+    counts, validation = run_month(product_engine, state_engine, MARCH)
+    assert as_dict(counts) == GOOD
+    assert validation.rows_quarantined == 0 and validation.rows_in == 1
+
+
+def test_valid_iso_text_variants_are_accepted_on_sqlite(product_engine, state_engine):
+    """Vendor text timestamps in the common ISO-8601 spellings are read alike by pandas and SQL."""
+    if product_engine.dialect.name != "sqlite":
+        pytest.skip("text timestamps are a SQLite matter")
+    rows = ProductRows(product_engine).basic()
+    variants = [
+        "2026-03-05T10:00:00Z",
+        "2026-03-05 10:00:00-05:00",
+        "2026-03-05 10:00:00.250+00:00",
+        "2026-03-05",
+        "2026-03-05 10:00",
+        "2026-03-05T10:00:00+09:00",
+    ]
+    for i, text in enumerate(variants):
+        rows.user(f"u{i}")
+        rows.enroll(f"u{i}", "c1", "SAT", text, "2026-03-20T00:00:00Z")
+    counts, validation = run_month(product_engine, state_engine, MARCH)
+    assert validation.rows_quarantined == 0, load_quarantine(state_engine, date(2026, 3, 1)).reasons.tolist()
+    assert as_dict(counts) == {("p1", "c1", "SAT"): len(variants)}
+
+
+@pytest.mark.parametrize(
+    ("start", "end"),
+    [
+        (at(2026, 1, 1), "2026-02-30 00:00:00"),
+        ("2026-02-29 10:00:00", None),
+        (at(2026, 1, 1), "2026-04-31 12:00:00+00:00"),
+    ],
+    ids=["end_feb_30", "start_feb_29_2026", "end_apr_31"],
+)
+def test_impossible_calendar_date_is_quarantined_not_blocking(sqlite_url, state_engine, start, end):
+    engine = sa.create_engine(sqlite_url)
+    rows = ProductRows(engine).basic()
+    rows.users("u_ok", "u_bad")
+    rows.enroll("u_ok", "c1", "SAT", at(2026, 1, 1), None)
+    rows.enroll("u_bad", "c1", "SAT", start, end)
+    counts, validation = run_month(engine, state_engine, MARCH)
+    assert validation.rows_quarantined == 1
+    assert as_dict(counts) == GOOD
+
+
+@pytest.mark.parametrize(
+    ("start", "end"),
+    [
+        (at(2026, 1, 1), datetime(9999, 12, 31, 23, 59, 59, tzinfo=UTC)),  # "open-ended" sentinel
+        (at(2026, 1, 1), datetime(2300, 1, 1, tzinfo=UTC)),  # past pandas' 2262 limit
+        (datetime(1, 1, 1, tzinfo=UTC), None),  # before pandas' 1677 limit
+    ],
+    ids=["end_9999", "end_2300", "start_0001"],
+)
+def test_out_of_pandas_range_dates_are_billed_not_blocking(rows, product_engine, state_engine, start, end):
+    """Dates outside pandas' datetime64[ns] range are real timestamps: the span is billed, and
+    pandera and the database agree on it (no ReconciliationError)."""
+    rows.enroll("u_bad", "c1", "SAT", start, end)
+    counts, validation = run_month(product_engine, state_engine, MARCH)
+    assert validation.rows_quarantined == 0
+    assert as_dict(counts) == {("p1", "c1", "SAT"): 2}
+
+
+ODD_TEXT = [
+    "2026-03-05 10:00:00+0500",  # offset without a colon
+    "2026-03-05T10:00:00+05",  # offset hours only
+    "2026-03-05 10",  # hour without minutes
+    "2026-03-05 10:00:00z",  # lower-case z
+    "2026-03-05T",  # dangling separator
+    "2026-03-05 24:00:00",  # hour 24 (ISO end of day)
+    "2026-03-05 10:00:00 UTC",
+    "2026-03-05 10:00:00.",
+    "now",
+    "today",
+    " 2026-03-05",
+    "20260305",
+    "",
+]
+
+
+@pytest.mark.parametrize("text", ODD_TEXT)
+def test_odd_text_timestamps_are_judged_alike_by_pandera_and_sql(sqlite_url, state_engine, text):
+    """Whatever a text timestamp looks like, pandera and valid_row_sql judge it alike: the month
+    never fails with ReconciliationError; the row is either quarantined or read as a time."""
+    engine = sa.create_engine(sqlite_url)
+    rows = ProductRows(engine).basic()
+    rows.users("u1", "u2")
+    rows.enroll("u1", "c1", "SAT", text, None)
+    rows.enroll("u2", "c1", "PHISH", at(2026, 1, 1), text)
+    counts, validation = run_month(engine, state_engine, MARCH)  # must not raise
+    assert validation.rows_valid + validation.rows_quarantined == validation.rows_in
+    assert sql_accepted_rows(engine) == validation.rows_valid
+
+
+# ------------------------------------------------------------------ the contract
+
+
+def contract_frame(**overrides) -> pd.DataFrame:
+    frame = pd.DataFrame(
+        {
+            "partner_id": ["p1", "p1"],
+            "company_id": ["c1", "c2"],
+            "company_name": ["One", "Two"],
+            "sku": ["SAT", "PHISH"],
+            "user_id": ["u1", "u2"],
+            "active_from": [pd.Timestamp("2026-03-01", tz="UTC"), pd.Timestamp("2026-03-02", tz="UTC")],
+            "active_to": [None, pd.Timestamp("2026-03-09", tz="UTC")],
+            "billable": [True, False],
+        }
+    )
+    for column, values in overrides.items():
+        frame[column] = values
+    return frame
+
+
+def violations(frame: pd.DataFrame) -> dict[str, str]:
+    return {v.column: v.problem for v in check_contract(frame.columns, frame)}
+
+
+def test_check_contract_valid_frames_have_no_violations():
+    assert violations(contract_frame()) == {}
+    # SQLite's shape: ISO text timestamps and 1/0 booleans
+    sqlite_like = contract_frame(
+        active_from=["2026-03-01 05:00:00+00:00", "2026-03-02 05:00:00+00:00"],
+        active_to=[None, "2026-03-09 05:00:00+00:00"],
+        billable=[1, 0],
+    )
+    assert violations(sqlite_like) == {}
+    # aware datetime objects as the PostgreSQL driver returns them
+    pg_like = contract_frame(
+        active_from=pd.Series([datetime(2026, 3, 1, tzinfo=UTC), datetime(2026, 3, 2, tzinfo=UTC)], dtype=object)
+    )
+    assert violations(pg_like) == {}
+    # missing values alone are the rows' business, not the contract's
+    assert violations(contract_frame(user_id=[None, "u2"], billable=[None, True])) == {}
+    # an empty result with every column is fine
+    assert check_contract(CONTRACT_COLUMNS, pd.DataFrame(columns=list(CONTRACT_COLUMNS))) == []
+
+
+@pytest.mark.parametrize("missing", ["billable", "active_to", "company_name", "partner_id"])
+def test_check_contract_missing_column(missing):
+    frame = contract_frame().drop(columns=[missing])
+    found = violations(frame)
+    assert list(found) == [missing]
+    assert "missing from the query result" in found[missing] and "UTILIZATION_SQL" in found[missing]
+    # also when the result is empty
+    assert [v.column for v in check_contract(frame.columns, frame.iloc[:0])] == [missing]
+
+
+@pytest.mark.parametrize("column", ["partner_id", "company_id", "user_id"])
+def test_check_contract_integer_ids(column):
+    found = violations(contract_frame(**{column: [101, 102]}))
+    assert list(found) == [column]
+    assert "integer" in found[column] and "cast it to text" in found[column]
+
+
+def test_check_contract_text_booleans():
+    found = violations(contract_frame(billable=["true", "false"]))
+    assert list(found) == ["billable"]
+    assert "not boolean" in found["billable"] and "true/false" in found["billable"]
+    assert list(violations(contract_frame(billable=[0, 2]))) == ["billable"]  # not a 0/1 flag
+
+
+@pytest.mark.parametrize(
+    "values", [[1772341200, 1772427600], [1772341200.5, 1772427600.0]], ids=["epoch_int", "epoch_float"]
+)
+def test_check_contract_numeric_timestamps(values):
+    found = violations(contract_frame(active_from=values, active_to=values))
+    assert set(found) == {"active_from", "active_to"}
+    assert "not a timestamp" in found["active_from"]
+
+
+def test_a_query_with_integer_ids_breaks_the_contract_in_validate_month(tmp_path, state_engine):
+    engine = sa.create_engine(f"sqlite:///{tmp_path / 'ints.db'}")
+    rows = ProductRows(engine).basic()
+    rows.users("u1")
+    rows.enroll("u1", "c1", "SAT", at(2026, 1, 1), None)
+    path = tmp_path / "int_ids.sql"
+    path.write_text(
+        reference_query(engine).sql.replace("e.user_id AS user_id", "e.enrollment_id AS user_id"),
+        encoding="utf-8",
+    )
+    query = utilization_query(str(path), "sqlite")
+    month = BillingMonth.from_partition_key(MARCH, NY)
+    with engine.connect() as conn:
+        outcome = validate_month(conn, state_engine, query, month, known_skus(engine), "r1")
+    assert [v.column for v in outcome.contract_violations] == ["user_id"]
+    assert load_quarantine(state_engine, date(2026, 3, 1)).empty
+
+
+# ------------------------------------------------------------------ a vendor's own query
+
+
+VENDOR_SQL = {
+    "sqlite": """
+-- Vendor query over the seats table; binds :month_start and :month_end (this comment is dropped)
+SELECT
+    msp AS partner_id,
+    tenant AS company_id,
+    tenant_label AS company_name,
+    product_code AS sku,
+    login AS user_id,
+    seat_from AS active_from,
+    seat_until AS active_to,
+    is_paid AS billable
+FROM seats
+WHERE julianday(seat_from) IS NULL OR (
+    julianday(seat_from) < julianday(:month_end)
+    AND (seat_until IS NULL OR julianday(seat_until) > julianday(:month_start))
+);
+""",
+    "postgresql": """
+-- Vendor query over the seats table; binds :month_start and :month_end (this comment is dropped)
+SELECT
+    msp AS partner_id,
+    tenant AS company_id,
+    tenant_label AS company_name,
+    product_code AS sku,
+    login AS user_id,
+    seat_from AS active_from,
+    seat_until AS active_to,
+    is_paid AS billable
+FROM seats
+WHERE seat_from < :month_end
+  AND (seat_until IS NULL OR seat_until > :month_start);
+""",
+}
+
+VENDOR_SERVICES_SQL = """
+SELECT code AS sku, title AS name, '' AS description, 'security' AS category, code AS subcategory
+FROM catalog
+"""
+
+
+def test_vendor_query_file_over_another_schema_works(product_engine, state_engine, tmp_path, monkeypatch):
+    dialect = product_engine.dialect.name
+    meta = sa.MetaData()
+    seats = sa.Table(
+        "seats", meta,
+        sa.Column("seat_id", sa.Integer, primary_key=True),
+        sa.Column("msp", sa.Text), sa.Column("tenant", sa.Text), sa.Column("tenant_label", sa.Text),
+        sa.Column("product_code", sa.Text), sa.Column("login", sa.Text),
+        sa.Column("seat_from", ps.Timestamp), sa.Column("seat_until", ps.Timestamp),
+        sa.Column("is_paid", sa.Boolean),
+    )
+    catalog = sa.Table("catalog", meta, sa.Column("code", sa.Text, primary_key=True), sa.Column("title", sa.Text))
+    meta.create_all(product_engine)
+    ts = lambda v: ps.to_db_timestamp(v, dialect)  # noqa: E731
+
+    def seat(msp, tenant, product, login, start, end=None, paid=True):
+        return {"msp": msp, "tenant": tenant, "tenant_label": f"Tenant {tenant}", "product_code": product,
+                "login": login, "seat_from": ts(start), "seat_until": ts(end), "is_paid": paid}
+
+    with product_engine.begin() as conn:
+        conn.execute(catalog.insert(), [{"code": "MAIL", "title": "Mail"}, {"code": "EDR", "title": "EDR"}])
+        conn.execute(seats.insert(), [
+            seat("m1", "t1", "MAIL", "alice", at(2026, 1, 1)),
+            seat("m1", "t1", "MAIL", "alice", at(2026, 3, 3), at(2026, 3, 9)),  # overlapping: once
+            seat("m1", "t1", "MAIL", "bob", at(2026, 3, 31, 23, 30), None),
+            seat("m1", "t1", "EDR", "bob", at(2026, 2, 1), at(2026, 3, 1)),  # ends at month start
+            seat("m1", "t2", "EDR", "carol", at(2026, 3, 1), at(2026, 4, 1)),
+            seat("m1", "t2", "EDR", "svc-account", at(2026, 3, 1), None, paid=False),
+            seat("m2", "t3", "FAX", "dave", at(2026, 1, 1)),  # unknown product -> quarantined
+            seat("m2", "t3", "MAIL", "erin", at(2026, 3, 20), at(2026, 3, 10)),  # reversed
+        ])
+    utilization_path = tmp_path / "vendor_utilization.sql"
+    utilization_path.write_text(VENDOR_SQL[dialect], encoding="utf-8")
+    services_path = tmp_path / "vendor_services.sql"
+    services_path.write_text(VENDOR_SERVICES_SQL, encoding="utf-8")
+    monkeypatch.setenv("UTILIZATION_SQL", str(utilization_path))
+    monkeypatch.setenv("SERVICES_SQL", str(services_path))
+
+    # the setting reaches the code location's resource
+    product_db = default_resources()["product_db"]
+    assert product_db.utilization_sql == str(utilization_path)
+    assert product_db.services_sql == str(services_path)
+
+    query = utilization_query(settings.utilization_sql_path(), dialect)
+    assert query.path == str(utilization_path)
+    assert ":month_start" in query.sql and "comment is dropped" not in query.sql
+    assert ProductDatabase(url="sqlite://", utilization_sql=str(utilization_path)).utilization_query() == query
+    with product_engine.connect() as conn:
+        skus = load_known_skus(conn, str(services_path))
+    assert skus == ["EDR", "MAIL"]
+
+    counts, validation = run_month(product_engine, state_engine, MARCH, query=query, skus=skus)
+    assert as_dict(counts) == {
+        ("m1", "t1", "MAIL"): 2,
+        ("m1", "t2", "EDR"): 1,
+    }
+    assert counts.loc[counts.company_id == "t2", "company_name"].tolist() == ["Tenant t2"]
+    assert validation.rows_in == 7  # the EDR seat ending at the month start is not returned
+    assert validation.reason_counts == {"sku_unknown": 1, "span_reversed": 1}
+    quarantine = load_quarantine(state_engine, date(2026, 3, 1))
+    assert sorted(quarantine.user_id) == ["dave", "erin"]
+    assert "'FAX' is not a service the vendor sells" in quarantine.set_index("user_id").reasons["dave"]
