@@ -27,7 +27,7 @@ from pipeline.partner_keys import PartnerKeyError
 from pipeline.partners import load_companies, load_connections, load_services
 from pipeline.resources import BillingRules, PartnerSources, ProductDatabase, StateDatabase
 from pipeline.settings import ConfigurationError
-from pipeline.state_store import load_billable_counts
+from pipeline.state_store import load_billable_counts, record_month_load
 
 GROUP = "gradient_load"
 # One pool for everything that talks to Gradient: deployments limit it (deploy/dagster.yaml)
@@ -276,4 +276,8 @@ def gradient_unit_counts(
             metadata=metadata,
             allow_retries=False,
         )
+    if not config.partner_ids:
+        # Only a run for every connected partner makes the month loaded (a partner-filtered
+        # run must not hide a month the others never received).
+        record_month_load(state, month.month, context.run_id, len(reports))
     return dg.MaterializeResult(metadata=metadata)

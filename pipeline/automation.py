@@ -158,12 +158,15 @@ def decide_months(
     stored_fingerprints: dict[date, str],
     current_fingerprints: dict[date, str],
     today: date,
+    stored_runs: dict[date, str] | None = None,
 ) -> list[MonthDecision]:
     """Months to request again: never successfully loaded, or source changed since counted.
 
     A missed month is asked for at most once a day (the run key carries the day); a late
-    month once per distinct source state (the run key carries the new fingerprint).
+    month once per change: the run key carries the run that stored the current counts and
+    the new fingerprint, so a source that goes A -> B -> A -> B is re-run every time.
     """
+    stored_runs = stored_runs or {}
     decisions = []
     for month in months:
         if month.key in in_progress:
@@ -185,7 +188,7 @@ def decide_months(
                     month,
                     f"late: {month.label}'s source data changed after it was loaded "
                     f"(counts {stored[:12]} -> {current[:12]})",
-                    f"late:{month.key}:{current[:16]}",
+                    f"late:{month.key}:{stored_runs.get(month.month, stored[:16])}:{current[:16]}",
                 )
             )
     return decisions

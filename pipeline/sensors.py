@@ -34,7 +34,12 @@ from pipeline.partitions import FIRST_BILLING_MONTH
 from pipeline.partner_keys import PartnerKeyError
 from pipeline.partners import CONNECTED, DISCONNECTED, load_connections
 from pipeline.resources import BillingRules, PartnerSources, ProductDatabase, StateDatabase
-from pipeline.state_store import counts_fingerprint, load_month_computations, load_month_validation
+from pipeline.state_store import (
+    counts_fingerprint,
+    load_month_computations,
+    load_month_validation,
+    loaded_months,
+)
 from pipeline.utilization import aggregate_billable_users
 
 MAX_REQUESTS_PER_TICK = 50
@@ -191,13 +196,15 @@ def missed_or_late_months_sensor(
     months = watched_months(now, billing_rules.timezone, lookback, first)
     if not months:
         return dg.SensorResult(run_requests=[])
-    loaded = context.instance.get_materialized_partitions(dg.AssetKey("gradient_unit_counts"))
+    state = state_db.engine()
+    loaded = {month.key for month in months if month.month in loaded_months(state)}
     in_progress = {
         run.tags.get("dagster/partition")
         for run in context.instance.get_runs(filters=dg.RunsFilter(statuses=IN_PROGRESS), limit=200)
     }
-    state = state_db.engine()
-    stored = {c.month: c.counts_fingerprint for c in load_month_computations(state, [m.month for m in months])}
+    computations = load_month_computations(state, [m.month for m in months])
+    stored = {c.month: c.counts_fingerprint for c in computations}
+    stored_runs = {c.month: c.run_id for c in computations}
     current = {}
     query = product_db.utilization_query()
     with product_db.connect() as conn:
@@ -206,7 +213,7 @@ def missed_or_late_months_sensor(
             if month.key in loaded and validation is not None and month.month in stored:
                 aggregate = aggregate_billable_users(conn, query, month, validation.known_skus)
                 current[month.month] = counts_fingerprint(aggregate.counts)
-    decisions = decide_months(months, set(loaded), in_progress, stored, current, now.date())
+    decisions = decide_months(months, loaded, in_progress, stored, current, now.date(), stored_runs)
     requests = [
         dg.RunRequest(
             run_key=d.run_key,
@@ -237,7 +244,7 @@ def billing_failure_sensor(
     affected = affected_partners(state, run.run_id)
     tagged = run.tags.get(TAG_PARTNER)
     partner_ids = [p.partner_id for p in affected] or ([tagged] if tagged and tagged != "all" else [])
-    message = context.failure_event.message or "run failed"
+    message = _failure_message(context)
     raised = 0
     if os.environ.get("GRADIENT_FAILURE_ALERTS", "").lower() in {"1", "true", "yes"} and affected:
         raised = _raise_alerts(context, product_db, partner_sources, gradient, affected, run.run_id)
@@ -246,6 +253,16 @@ def billing_failure_sensor(
         f"recorded failure of run {run.run_id} ({run.job_name}); partners affected: "
         f"{', '.join(partner_ids) or 'none'}; alerts raised: {raised}"
     )
+
+
+def _failure_message(context: dg.RunFailureSensorContext) -> str:
+    """Why the run failed: each failed step's own description, else Dagster's summary."""
+    reasons = []
+    for event in context.get_step_failure_events():
+        error = event.step_failure_data.error if event.step_failure_data else None
+        text = (error.message if error else None) or event.message or ""
+        reasons.append(f"{event.step_key}: {text.strip()}")
+    return "; ".join(reasons) or context.failure_event.message or "run failed"
 
 
 def _raise_alerts(context, product_db, partner_sources, gradient, affected, run_id) -> int:

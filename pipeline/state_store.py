@@ -82,6 +82,16 @@ month_validations = sa.Table(
 )
 
 
+month_loads = sa.Table(
+    "month_loads",
+    metadata,
+    sa.Column("month", sa.Date, primary_key=True),
+    sa.Column("run_id", sa.Text, nullable=False),
+    sa.Column("partners", sa.Integer, nullable=False),
+    sa.Column("loaded_at", sa.DateTime(timezone=True), nullable=False),
+)
+
+
 def ensure_state_schema(engine: sa.Engine) -> None:
     from pipeline import failures, ledger  # noqa: F401  (register their tables on ``metadata``)
 
@@ -269,3 +279,18 @@ def load_month_validation(engine: sa.Engine, month: date) -> MonthValidation | N
     record["reason_counts"] = json.loads(record["reason_counts"])
     record["known_skus"] = json.loads(record["known_skus"])
     return MonthValidation(**record)
+
+
+def record_month_load(engine: sa.Engine, month: date, run_id: str, partners: int) -> None:
+    """A month went to Gradient for every connected partner without a failure."""
+    with engine.begin() as conn:
+        conn.execute(sa.delete(month_loads).where(month_loads.c.month == month))
+        conn.execute(
+            month_loads.insert(),
+            [{"month": month, "run_id": run_id, "partners": partners, "loaded_at": utcnow()}],
+        )
+
+
+def loaded_months(engine: sa.Engine) -> set[date]:
+    with engine.connect() as conn:
+        return set(conn.execute(sa.select(month_loads.c.month)).scalars())
