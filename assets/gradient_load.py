@@ -196,6 +196,9 @@ def gradient_accounts(
             )
 
     reports = failures + asyncio.run(run())
+    for report in reports:
+        if report.error:
+            ledger.record_account_sync_failure(state, context.run_id, report.partner_id, report.error)
     table = partner_table(reports)[["partner", "accounts_created", "accounts_renamed", "status", "error"]]
     return dg.MaterializeResult(
         metadata={
@@ -232,6 +235,7 @@ def gradient_unit_counts(
     targets, failures = resolve_targets(context, product_db, partner_sources, config.partner_ids)
     counts = load_billable_counts(state, month.month)
     service_ids = ledger.service_ids(state)
+    accounts_failed = ledger.account_sync_failures_of(state, context.run_id)
 
     async def run() -> tuple[list[PartnerLoad], dict]:
         async with gradient.client() as client:
@@ -246,6 +250,7 @@ def gradient_unit_counts(
                         state,
                         context.run_id,
                         force=config.force_superseded,
+                        accounts_error=accounts_failed.get(target.partner_id),
                         log=context.log.info,
                     )
                     for target in targets

@@ -116,15 +116,20 @@ class PushPlan:
 
 
 def plan_push(
-    month: date, counts: pd.DataFrame, delivered: dict[tuple[str, str], Delivered]
+    month: date,
+    counts: pd.DataFrame,
+    delivered: dict[tuple[str, str], Delivered],
+    service_ids: dict[str, str] | None = None,
 ) -> PushPlan:
     """What to send for one partner's month.
 
     ``counts`` holds the partner's (company_id, sku, billable_users). Pairs already delivered
-    for this month with the same value are skipped; pairs Gradient holds with a non-zero value
-    and that have no count now are sent as 0. Pairs delivered before come last, so the final
-    call (the one that lets Gradient rebuild) is most likely a mapped one.
+    for this month with the same value (to the service's current Gradient id, when
+    ``service_ids`` is given) are skipped; pairs Gradient holds with a non-zero value and that
+    have no count now are sent as 0. Pairs delivered before come last, so the final call (the
+    one that lets Gradient rebuild) is most likely a mapped one.
     """
+    service_ids = service_ids or {}
     wanted = {
         (str(r.company_id), str(r.sku)): int(r.billable_users)
         for r in counts.itertuples(index=False)
@@ -136,7 +141,8 @@ def plan_push(
     skipped = 0
     for (account_id, sku), value in sorted(wanted.items()):
         held = delivered.get((account_id, sku))
-        if held is not None and held.month == month and held.value == value:
+        same_service = sku not in service_ids or held is None or held.service_id == service_ids[sku]
+        if held is not None and held.month == month and held.value == value and same_service:
             skipped += 1
             continue
         to_send.append(CountCall(account_id, sku, value))
@@ -346,9 +352,15 @@ async def push_partner_month(
     run_id: str,
     *,
     force: bool = False,
+    accounts_error: str | None = None,
     log: Log = _quiet,
 ) -> PartnerLoad:
-    """Push one partner's counts for the month under the superseded guard."""
+    """Push one partner's counts for the month under the superseded guard.
+
+    ``accounts_error`` says the partner's accounts could not be synced in this run: nothing is
+    pushed (every count would 404 and pass for "unmapped"); the planned values are recorded as
+    failed so the run fails and a re-run finishes the job.
+    """
     report = PartnerLoad(target.partner_id)
     newest = ledger.newest_delivered_month(state_db, target.partner_id)
     if newest is not None and month < newest and not force:
@@ -357,8 +369,20 @@ async def push_partner_month(
         report.count(SUPERSEDED, len(entries))
         log(f"{target.partner_id}: {month:%Y-%m} superseded by {newest:%Y-%m}; recorded, not pushed")
         return report
-    plan = plan_push(month, counts, ledger.delivered_pairs(state_db, target.partner_id))
+    plan = plan_push(month, counts, ledger.delivered_pairs(state_db, target.partner_id), service_ids)
     report.skipped = plan.already_delivered
+    if accounts_error is not None:
+        detail = f"not sent: the partner's accounts could not be synced in this run ({accounts_error})"
+        entries = [
+            LedgerEntry(target.partner_id, month, c.account_id, c.sku, service_ids.get(c.sku),
+                        c.value, FAILED, None, detail, run_id)
+            for c in plan.to_send
+        ]
+        ledger.record(state_db, entries)
+        report.count(FAILED, len(entries))
+        report.error = detail
+        log(f"{target.partner_id}: {detail}")
+        return report
     session = client.partner(target.partner_id, target.api_key)
     push = _PartnerPush(session, month, service_ids, state_db, run_id, report)
     if plan.to_send:

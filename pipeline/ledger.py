@@ -9,7 +9,7 @@ partner disconnects: Gradient drops its accounts, so everything must be sent aga
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date, datetime, timezone
 
 import sqlalchemy as sa
@@ -168,6 +168,8 @@ def set_partner_status(
 class Delivered:
     month: date
     value: int
+    # where the value went; compared by plan_push, not part of a delivery's identity
+    service_id: str | None = field(default=None, compare=False)
 
 
 def delivered_pairs(engine: sa.Engine, partner_id: str) -> dict[tuple[str, str], Delivered]:
@@ -184,11 +186,16 @@ def delivered_pairs(engine: sa.Engine, partner_id: str) -> dict[tuple[str, str],
         .group_by(ledger_entries.c.account_id, ledger_entries.c.sku)
     )
     query = sa.select(
-        ledger_entries.c.account_id, ledger_entries.c.sku, ledger_entries.c.month, ledger_entries.c.value
+        ledger_entries.c.account_id,
+        ledger_entries.c.sku,
+        ledger_entries.c.month,
+        ledger_entries.c.value,
+        ledger_entries.c.service_id,
     ).where(ledger_entries.c.entry_id.in_(latest))
     with engine.connect() as conn:
         return {
-            (r.account_id, r.sku): Delivered(month=r.month, value=r.value) for r in conn.execute(query)
+            (r.account_id, r.sku): Delivered(month=r.month, value=r.value, service_id=r.service_id)
+            for r in conn.execute(query)
         }
 
 
@@ -219,6 +226,35 @@ def month_outcomes(engine: sa.Engine, month: date, run_id: str | None = None) ->
         for partner_id, outcome, n in conn.execute(query):
             out.setdefault(partner_id, {})[outcome] = int(n)
     return out
+
+
+account_sync_failures = sa.Table(
+    "account_sync_failures",
+    metadata,
+    sa.Column("run_id", sa.Text, primary_key=True),
+    sa.Column("partner_id", sa.Text, primary_key=True),
+    sa.Column("error", sa.Text, nullable=False),
+    sa.Column("recorded_at", sa.DateTime(timezone=True), nullable=False),
+)
+
+
+def record_account_sync_failure(engine: sa.Engine, run_id: str, partner_id: str, error: str) -> None:
+    with engine.begin() as conn:
+        conn.execute(
+            account_sync_failures.insert(),
+            [{"run_id": run_id, "partner_id": partner_id, "error": error, "recorded_at": utcnow()}],
+        )
+
+
+def account_sync_failures_of(engine: sa.Engine, run_id: str) -> dict[str, str]:
+    """Partners whose accounts could not be synced in this run, with the reason."""
+    with engine.connect() as conn:
+        rows = conn.execute(
+            sa.select(account_sync_failures.c.partner_id, account_sync_failures.c.error).where(
+                account_sync_failures.c.run_id == run_id
+            )
+        ).all()
+    return dict(rows)
 
 
 def save_service_ids(engine: sa.Engine, service_ids: dict[str, tuple[str, str]]) -> None:
