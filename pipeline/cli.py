@@ -101,10 +101,10 @@ def _materialize(
     months: list[BillingMonth], force_superseded: bool = False, trigger: str = "cli"
 ) -> list[tuple[BillingMonth, bool, str]]:
     """Run the monthly job for each month in order on the instance; one failure stops none."""
-    from pipeline.definitions import defs
+    from pipeline.definitions import build_defs
     from pipeline.jobs import load_run_config, run_tags
 
-    job = defs.resolve_job_def("monthly_billing")
+    job = build_defs().resolve_job_def("monthly_billing")
     run_config = {**QUIET_RUN_CONFIG, **load_run_config(job.name, [], force_superseded)}
     results = []
     with _instance() as instance:
@@ -146,7 +146,11 @@ def run(months, last_closed) -> None:
 @click.option("--to", "last", required=True, help="Last month (YYYY-MM), inclusive.")
 @click.option("--force-superseded", is_flag=True,
               help="Push months older than the newest delivered one (rolls partners back).")
-def backfill(first, last, force_superseded) -> None:
+@click.option("--webserver", default=None, metavar="URL",
+              help="Launch a Dagster asset backfill on this webserver (its daemon runs it) "
+                   "instead of running the months here.")
+@click.option("--wait/--no-wait", default=True, show_default=True, help="With --webserver: wait for it.")
+def backfill(first, last, force_superseded, webserver, wait) -> None:
     """Run a range of months in order, on the configured instance, and say per month what
     happened: counted, delivered, superseded (older than what Gradient holds) or failed.
     Safe to repeat: the ledger sends only what is not already delivered."""
@@ -160,12 +164,44 @@ def backfill(first, last, force_superseded) -> None:
     while start <= end:
         months.append(BillingMonth(start, tz))
         start = add_months(start, 1)
+    if webserver:
+        _launch_backfill(webserver, months, force_superseded, wait)
+        return
     results = _materialize(months, force_superseded, trigger="backfill")
     _print_summaries(results)
     failed = [m.label for m, ok, _ in results if not ok]
     click.echo(f"backfill {first}..{last}: {len(results) - len(failed)} months succeeded"
                + (f", failed: {', '.join(failed)}" if failed else ""))
     sys.exit(1 if failed else 0)
+
+
+def _launch_backfill(url: str, months: list[BillingMonth], force: bool, wait: bool) -> None:
+    from pipeline.dagster_graphql import DagsterGraphQLError, DagsterWebserver
+    from pipeline.jobs import load_run_config, monthly_billing_job, run_tags
+
+    with DagsterWebserver(url) as dagster:
+        try:
+            backfill_id = dagster.launch_asset_backfill(
+                [m.key for m in months],
+                job_name=monthly_billing_job.name,
+                tags=run_tags("backfill"),
+                run_config=load_run_config(monthly_billing_job.name, [], force),
+                title=f"billing {months[0].label}..{months[-1].label}",
+            )
+        except DagsterGraphQLError as exc:
+            raise click.ClickException(f"the webserver refused the backfill: {exc}") from None
+        click.echo(f"launched backfill {backfill_id} of {len(months)} months on {url}")
+        if not wait:
+            return
+        status = dagster.wait_for_backfill(backfill_id, timeout=6 * 3600)
+    for key, run_status in sorted(status["partitions"].items()):
+        click.echo(f"  {key[:7]}: {run_status or 'not run'}")
+    click.echo(f"backfill {backfill_id}: {status['status']}")
+    succeeded = status["status"] in {"COMPLETED", "COMPLETED_SUCCESS"} and all(
+        s == "SUCCESS" for s in status["partitions"].values()
+    )
+    if not succeeded:
+        sys.exit(1)
 
 
 @main.command("demo")

@@ -16,17 +16,22 @@ from pipeline.sensors import (
     sync_requests_sensor,
 )
 
-defs = dg.Definitions(
-    assets=dg.load_assets_from_modules([month_end, gradient_load]),
-    asset_checks=dg.load_asset_checks_from_modules([month_end, gradient_load]),
-    jobs=[monthly_billing_job, gradient_load_job, account_sync_job, partner_lifecycle.partner_disconnect],
-    schedules=[monthly_billing_schedule],
-    sensors=[
-        partner_connected_sensor,
-        partner_disconnected_sensor,
-        sync_requests_sensor,
-        missed_or_late_months_sensor,
-        billing_failure_sensor,
-    ],
-    resources=default_resources(),
-)
+def build_defs() -> dg.Definitions:
+    """The code location's definitions, with resources configured from the current environment."""
+    return dg.Definitions(
+        assets=dg.load_assets_from_modules([month_end, gradient_load]),
+        asset_checks=dg.load_asset_checks_from_modules([month_end, gradient_load]),
+        jobs=[monthly_billing_job, gradient_load_job, account_sync_job, partner_lifecycle.partner_disconnect],
+        schedules=[monthly_billing_schedule],
+        sensors=[
+            partner_connected_sensor,
+            partner_disconnected_sensor,
+            sync_requests_sensor,
+            missed_or_late_months_sensor,
+            billing_failure_sensor,
+        ],
+        resources=default_resources(),
+    )
+
+
+defs = build_defs()
