@@ -204,6 +204,29 @@ def _launch_backfill(url: str, months: list[BillingMonth], force: bool, wait: bo
         sys.exit(1)
 
 
+@main.command("explain")
+@click.option("--month", required=True, help="Billing month (YYYY-MM).")
+@click.option("--partner", "partner_id", required=True)
+@click.option("--company", "company_id", required=True, help="The company id (Gradient account id).")
+@click.option("--sku", required=True)
+def explain(month, partner_id, company_id, sku) -> None:
+    """Trace one number Gradient received back to the users and spans that made it, with
+    what was stored and every ledger entry of the push."""
+    from pipeline.lineage import explain as trace
+    from pipeline.resources import default_resources
+
+    resources = default_resources()
+    product, state = resources["product_db"], resources["state_db"]
+    billing_month = BillingMonth(_parse_month(month), settings.billing_timezone())
+    with product.connect() as conn:
+        try:
+            explanation = trace(conn, state.engine(), product.utilization_query(), billing_month,
+                                partner_id, company_id, sku)
+        except LookupError as exc:
+            raise click.ClickException(str(exc)) from None
+    click.echo("\n".join(explanation.lines()))
+
+
 @main.command("demo")
 @click.option("--months", "count", default=3, show_default=True, help="Closed months to run.")
 def demo(count) -> None:
