@@ -125,9 +125,12 @@ def _is_text(values: pd.Series) -> pd.Series:
 
 
 def _present(values: pd.Series) -> pd.Series:
-    """Non-null text that is not blank (SQL: ``x IS NOT NULL AND TRIM(x) <> ''``)."""
-    text = values.where(_is_text(values), None).astype(object)
-    return text.notna() & (text.fillna("").str.strip(" ") != "")
+    """Non-null text that is not blank (SQL: ``x IS NOT NULL AND TRIM(x) <> ''``).
+
+    One plain pass over the objects: pandas' string methods cost several times more here.
+    """
+    flags = [isinstance(v, str) and v.strip(" ") != "" for v in values.to_numpy(dtype=object)]
+    return pd.Series(np.fromiter(flags, dtype=bool, count=len(flags)), index=values.index)
 
 
 def _as_text(values: pd.Series) -> pd.Series:
