@@ -7,7 +7,6 @@ repository (or ``GBS_DATA_DIR``), so a fresh clone runs end to end as it is.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from pathlib import Path
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -122,21 +121,3 @@ def reference_sql(dialect: str, name: str) -> Path:
     specific = PACKAGE_SQL_DIR / folder / name
     return specific if specific.exists() else PACKAGE_SQL_DIR / "common" / name
 
-
-@dataclass(frozen=True)
-class Settings:
-    product_db_url: str
-    state_db_url: str
-    billing_timezone: str
-    utilization_sql: str | None
-    quarantine_threshold: float
-
-    @classmethod
-    def from_env(cls) -> "Settings":
-        return cls(
-            product_db_url=product_db_url(),
-            state_db_url=state_db_url(),
-            billing_timezone=billing_timezone(),
-            utilization_sql=utilization_sql_path(),
-            quarantine_threshold=quarantine_threshold(),
-        )

@@ -10,7 +10,7 @@ from click.testing import CliRunner
 
 from pipeline import ledger
 from pipeline.cli import main
-from pipeline.demo_data import DemoSpec, demo_partner_key
+from pipeline.demo_data import demo_partner_key
 from pipeline.gradient.emulator import EmulatorAdmin, EmulatorServer
 from pipeline.partner_keys import decrypt_partner_key, generate_encryption_key
 from pipeline.resources import engine_for

@@ -18,7 +18,7 @@ import sqlalchemy as sa
 from pipeline import product_schema as ps
 from pipeline import settings
 from pipeline.billing_month import BillingMonth
-from pipeline.month_end import ReconciliationError, validate_month
+from pipeline.month_end import validate_month
 from pipeline.resources import ProductDatabase, default_resources
 from pipeline.state_store import load_quarantine
 from pipeline.utilization import (
