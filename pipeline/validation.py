@@ -215,12 +215,16 @@ def parse_timestamps(values: pd.Series) -> tuple[pd.Series, pd.Series]:
 
 def timestamps_from_epoch_ms(raw: pd.Series, epoch_ms: pd.Series) -> tuple[pd.Series, pd.Series]:
     """Timestamps as the database read them (epoch ms, NULL = unreadable), held inside
-    pandas' range like ``parse_timestamps`` does."""
+    pandas' range like ``parse_timestamps`` does. Integer datetime casts only: no float
+    arithmetic, whose overflow/NaN warnings numpy may be set to raise."""
     ms = pd.to_numeric(epoch_ms, errors="coerce")
+    readable = ms.notna().to_numpy()
     low, high = FAR_PAST.value // 1_000_000, FAR_FUTURE.value // 1_000_000
-    clipped = ms.clip(lower=low, upper=high)
-    parsed = pd.to_datetime(clipped, unit="ms", utc=True).astype(f"datetime64[ns, {UTC}]")
-    return parsed, raw.notna() & ms.isna()
+    stamps = np.full(len(ms), np.datetime64("NaT"), dtype="datetime64[ns]")
+    whole = np.clip(ms.to_numpy()[readable].astype("int64"), low, high)
+    stamps[readable] = whole.astype("datetime64[ms]").astype("datetime64[ns]")
+    parsed = pd.Series(pd.DatetimeIndex(stamps).tz_localize(UTC), index=raw.index)
+    return parsed, raw.notna() & ~pd.Series(readable, index=raw.index)
 
 
 def parse_billable(values: pd.Series) -> pd.Series:

@@ -558,3 +558,19 @@ def test_vendor_query_file_over_another_schema_works(product_engine, state_engin
     quarantine = load_quarantine(state_engine, date(2026, 3, 1))
     assert sorted(quarantine.user_id) == ["dave", "erin"]
     assert "'FAX' is not a service the vendor sells" in quarantine.set_index("user_id").reasons["dave"]
+
+
+def test_sqlite_read_timestamps_convert_even_when_numpy_raises_on_float_errors():
+    """Another library may set numpy to raise on float warnings; reading SQLite's epoch ms
+    must not depend on float arithmetic (it once failed validation intermittently)."""
+    import numpy as np
+
+    from pipeline.validation import FAR_FUTURE, timestamps_from_epoch_ms
+
+    raw = pd.Series(["2023-11-14 22:13:20.123", None, "9999-12-31", "not-a-date"])
+    epoch_ms = pd.Series([1_700_000_000_123, None, 253_402_300_799_000, None], dtype=object)
+    with np.errstate(all="raise"):
+        parsed, unreadable = timestamps_from_epoch_ms(raw, epoch_ms)
+    assert parsed.iloc[0] == pd.Timestamp("2023-11-14 22:13:20.123", tz="UTC")
+    assert pd.isna(parsed.iloc[1]) and parsed.iloc[2] == FAR_FUTURE and pd.isna(parsed.iloc[3])
+    assert unreadable.tolist() == [False, False, False, True]
