@@ -1,1 +1,18 @@
-"""Dagster asset definitions: thin wrappers over the domain logic in ``pipeline``."""
+"""The Dagster layer over the domain logic: assets, their checks, and the disconnect op job.
+
+Thin by design: every rule lives in ``pipeline/``; these modules wire it to Dagster.
+"""
+
+import dagster as dg
+
+from assets import gradient_load, month_end, partner_lifecycle
+
+
+def definitions() -> dg.Definitions:
+    """The assets and checks of the month-end and Gradient-load groups, and the op job that
+    disconnects a partner."""
+    return dg.Definitions(
+        assets=dg.load_assets_from_modules([month_end, gradient_load]),
+        asset_checks=dg.load_asset_checks_from_modules([month_end, gradient_load]),
+        jobs=[partner_lifecycle.partner_disconnect],
+    )

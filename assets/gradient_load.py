@@ -1,7 +1,7 @@
 """Load assets: gradient_services -> gradient_accounts -> gradient_unit_counts.
 
 Downstream of billable_counts (so behind its blocking checks). Thin: the rules live in
-``pipeline.gradient_load``; these wrappers resolve partners and keys, run the async work,
+``pipeline.gradient.load``; these wrappers resolve partners and keys, run the async work,
 and report per partner.
 """
 
@@ -12,10 +12,10 @@ import dagster as dg
 import pandas as pd
 
 from assets.month_end import billable_counts, billing_month, markdown_table, no_retry
-from pipeline import ledger
+from pipeline.gradient import ledger
 from pipeline.gradient.errors import GradientAuthError, GradientError
-from pipeline.gradient.resource import GradientResource
-from pipeline.gradient_load import (
+from pipeline.resources import GradientResource
+from pipeline.gradient.load import (
     PartnerLoad,
     PartnerTarget,
     push_partner_month,
@@ -23,11 +23,11 @@ from pipeline.gradient_load import (
     sync_services,
 )
 from pipeline.partitions import monthly_partitions
-from pipeline.partner_keys import PartnerKeyError
-from pipeline.partners import load_companies, load_connections, load_services
+from pipeline.gradient.partner_keys import PartnerKeyError
+from pipeline.source.partners import load_companies, load_connections, load_services
 from pipeline.resources import BillingRules, PartnerSources, ProductDatabase, StateDatabase
 from pipeline.settings import ConfigurationError
-from pipeline.state_store import load_billable_counts, record_month_load
+from pipeline.store.months import load_billable_counts, record_month_load
 
 GROUP = "gradient_load"
 # One pool for everything that talks to Gradient: deployments limit it (deploy/dagster.yaml)

@@ -3,17 +3,14 @@
 import dagster as dg
 import pandas as pd
 
-from pipeline.billing_month import BillingMonth
-from pipeline.month_end import (
-    ReconciliationError,
-    count_billable_users,
-    extract_month,
-    validate_month,
-)
+from pipeline.billing.month import BillingMonth
+from pipeline.billing.counts import ReconciliationError, count_billable_users
+from pipeline.source.extract import extract_month
+from pipeline.validation.month import validate_month
 from pipeline.partitions import monthly_partitions
 from pipeline.resources import BillingRules, DatabaseUnavailableError, ProductDatabase, StateDatabase
 from pipeline.settings import ConfigurationError, redact_url
-from pipeline.state_store import load_month_computation, load_month_validation
+from pipeline.store.months import load_month_computation, load_month_validation
 
 GROUP = "month_end"
 DB_RETRY = dg.RetryPolicy(max_retries=2, delay=10, backoff=dg.Backoff.EXPONENTIAL)

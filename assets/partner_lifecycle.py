@@ -5,10 +5,10 @@ import asyncio
 import dagster as dg
 
 from pipeline.gradient.errors import GradientError
-from pipeline.gradient.resource import GradientResource
-from pipeline.gradient_load import disconnect_partner
-from pipeline.partner_keys import PartnerKeyError
-from pipeline.partners import load_connections
+from pipeline.resources import GradientResource
+from pipeline.gradient.load import disconnect_partner
+from pipeline.gradient.partner_keys import PartnerKeyError
+from pipeline.source.partners import load_connections
 from pipeline.resources import PartnerSources, ProductDatabase, StateDatabase
 
 

@@ -22,11 +22,12 @@ import tempfile
 
 import sqlalchemy as sa
 
-from pipeline.billing_month import BillingMonth
-from pipeline.demo_data import DemoSpec, load_demo_data
-from pipeline.month_end import count_billable_users, validate_month
-from pipeline.state_store import ensure_state_schema
-from pipeline.utilization import load_known_skus, month_parameters, utilization_query
+from pipeline.billing.month import BillingMonth
+from pipeline.demo.data import DemoSpec, load_demo_data
+from pipeline.billing.counts import count_billable_users
+from pipeline.validation.month import validate_month
+from pipeline.store.schema import ensure_state_schema
+from pipeline.source.utilization import load_known_skus, month_parameters, utilization_query
 
 
 def measure(fn):

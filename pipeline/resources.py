@@ -1,4 +1,5 @@
-"""Dagster resources: the product database (read only), the state database, the billing rules.
+"""Dagster resources: the product database (read only), the state database, the billing rules,
+partner sources and keys, and the Gradient client.
 
 URLs come from ``PRODUCT_DB_URL`` / ``STATE_DB_URL`` as ``EnvVar`` when set, so Dagster shows
 the variable's name and never a password; otherwise from the local SQLite defaults.
@@ -11,15 +12,17 @@ import os
 from pathlib import Path
 
 import dagster as dg
+import httpx
 import sqlalchemy as sa
+from pydantic import Field
 from sqlalchemy.engine import make_url
 
 from pipeline import settings
-from pipeline.gradient.client import Secret
-from pipeline.partner_keys import decrypt_partner_key
-from pipeline.partners import PartnerConnection
-from pipeline.state_store import ensure_state_schema
-from pipeline.utilization import SourceQuery, load_known_skus, utilization_query
+from pipeline.gradient.client import DEFAULT_BASE_URL, GradientClient, Secret
+from pipeline.gradient.partner_keys import decrypt_partner_key
+from pipeline.source.partners import PartnerConnection
+from pipeline.store.schema import ensure_state_schema
+from pipeline.source.utilization import SourceQuery, load_known_skus, utilization_query
 
 
 class DatabaseUnavailableError(RuntimeError):
@@ -110,6 +113,48 @@ class PartnerSources(dg.ConfigurableResource):
         )
 
 
+class GradientResource(dg.ConfigurableResource):
+    """Gradient connection settings; ``client()`` gives one client for the run.
+
+    Deployments pass ``vendor_api_key=dg.EnvVar("GRADIENT_VENDOR_API_KEY")`` so Dagster only
+    ever shows the variable's name, never the key.
+    """
+
+    base_url: str = Field(
+        default=DEFAULT_BASE_URL, description="Gradient API base URL (the emulator's in tests)."
+    )
+    vendor_api_key: str = Field(
+        description="The vendor's Gradient API key; pass dg.EnvVar('GRADIENT_VENDOR_API_KEY').",
+        repr=False,
+    )
+    max_requests_per_second: float = Field(
+        default=100.0, description="Requests per second for the whole vendor (Gradient: 100)."
+    )
+    timeout_seconds: float = Field(default=30.0, description="Per-request timeout.")
+    max_attempts: int = Field(
+        default=6, description="Attempts per call, first included, on 429 / 5xx / network errors."
+    )
+    max_concurrency: int = Field(default=32, description="Requests in flight at most.")
+    backoff_initial_seconds: float = Field(
+        default=0.5, description="Backoff window of the first retry (full jitter, doubling)."
+    )
+    backoff_max_seconds: float = Field(default=30.0, description="Cap of the backoff window.")
+
+    def client(self, transport: httpx.AsyncBaseTransport | None = None) -> GradientClient:
+        """A new client; use as ``async with resource.client() as client``, once per run."""
+        return GradientClient(
+            base_url=self.base_url,
+            vendor_api_key=self.vendor_api_key,
+            max_requests_per_second=self.max_requests_per_second,
+            timeout_seconds=self.timeout_seconds,
+            max_attempts=self.max_attempts,
+            backoff_initial_seconds=self.backoff_initial_seconds,
+            backoff_max_seconds=self.backoff_max_seconds,
+            max_concurrency=self.max_concurrency,
+            transport=transport,
+        )
+
+
 class BillingRules(dg.ConfigurableResource):
     """The billing time zone and how much quarantine a month may carry and still go on."""
 
@@ -123,8 +168,6 @@ def _env_or(name: str, default: str | None) -> str | dg.EnvVar | None:
 
 def default_resources() -> dict[str, object]:
     """The resources of the code location, configured from the environment."""
-    from pipeline.gradient.resource import GradientResource
-
     return {
         "gradient": GradientResource(
             base_url=os.environ.get("GRADIENT_BASE_URL") or settings.DEFAULT_GRADIENT_BASE_URL,

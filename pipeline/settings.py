@@ -15,7 +15,7 @@ from sqlalchemy.engine import make_url
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_BILLING_TIMEZONE = "America/New_York"
 DEFAULT_QUARANTINE_THRESHOLD = 0.01
-PACKAGE_SQL_DIR = Path(__file__).resolve().parent / "sql"
+PACKAGE_SQL_DIR = Path(__file__).resolve().parent / "source" / "sql"
 
 
 # The embedded default talks to the local Gradient emulator (`gradient-billing-sync emulator`);

@@ -89,7 +89,7 @@ def product_engine(product_url) -> Iterator[sa.Engine]:
 
 @pytest.fixture
 def state_engine(sqlite_url) -> Iterator[sa.Engine]:
-    from pipeline.state_store import ensure_state_schema
+    from pipeline.store.schema import ensure_state_schema
 
     engine = sa.create_engine(sqlite_url)
     ensure_state_schema(engine)

@@ -1,6 +1,6 @@
 """A tiny builder of reference-product-schema rows for tests, plus helpers to run a month.
 
-Rows go into the reference schema (``pipeline.product_schema``) on either dialect: timestamps
+Rows go into the reference schema (``pipeline.source.product_schema``) on either dialect: timestamps
 are given as aware datetimes and written with ``to_db_timestamp`` (ISO-8601 UTC text on
 SQLite, timestamptz on PostgreSQL). A raw string is written as it is, which is how the
 tests put non-timestamp values into SQLite.
@@ -25,11 +25,13 @@ from zoneinfo import ZoneInfo
 import pandas as pd
 import sqlalchemy as sa
 
-from pipeline import product_schema as ps
-from pipeline.billing_month import BillingMonth
-from pipeline.month_end import count_billable_users, validate_month
-from pipeline.state_store import MonthValidation, ensure_state_schema
-from pipeline.utilization import SourceQuery, load_known_skus, utilization_query
+from pipeline.source import product_schema as ps
+from pipeline.billing.month import BillingMonth
+from pipeline.billing.counts import count_billable_users
+from pipeline.validation.month import validate_month
+from pipeline.store.months import MonthValidation
+from pipeline.store.schema import ensure_state_schema
+from pipeline.source.utilization import SourceQuery, load_known_skus, utilization_query
 
 NY = "America/New_York"
 UTC = timezone.utc

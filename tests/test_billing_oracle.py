@@ -23,9 +23,10 @@ import sqlalchemy as sa
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pipeline.billing_month import BillingMonth
-from pipeline.state_store import ensure_state_schema, load_billable_counts
-from pipeline.utilization import SourceQuery
+from pipeline.billing.month import BillingMonth
+from pipeline.store.schema import ensure_state_schema
+from pipeline.store.months import load_billable_counts
+from pipeline.source.utilization import SourceQuery
 from tests.product_rows import (
     Company,
     Enrollment,

@@ -17,17 +17,17 @@ from datetime import date, datetime, timedelta, timezone
 import pytest
 import sqlalchemy as sa
 
-from pipeline import product_schema as ps
-from pipeline.billing_month import BillingMonth
-from pipeline.month_end import ReconciliationError
-from pipeline.state_store import (
-    billable_counts,
+from pipeline.source import product_schema as ps
+from pipeline.billing.month import BillingMonth
+from pipeline.billing.counts import ReconciliationError
+from pipeline.store.schema import billable_counts
+from pipeline.store.months import (
     load_billable_counts,
     load_month_computation,
     load_month_validation,
     load_quarantine,
 )
-from pipeline.utilization import SourceQuery, utilization_query
+from pipeline.source.utilization import SourceQuery, utilization_query
 from tests.product_rows import (
     NY,
     ProductRows,

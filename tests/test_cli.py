@@ -8,11 +8,11 @@ import pytest
 import sqlalchemy as sa
 from click.testing import CliRunner
 
-from pipeline import ledger
-from pipeline.cli import main
-from pipeline.demo_data import demo_partner_key
-from pipeline.gradient.emulator import EmulatorAdmin, EmulatorServer
-from pipeline.partner_keys import decrypt_partner_key, generate_encryption_key
+from pipeline.gradient import ledger
+from pipeline.cli.main import main
+from pipeline.demo.data import demo_partner_key
+from gradient_emulator import EmulatorAdmin, EmulatorServer
+from pipeline.gradient.partner_keys import decrypt_partner_key, generate_encryption_key
 from pipeline.resources import engine_for
 
 VENDOR_KEY = "cli-vendor-key"
@@ -60,7 +60,7 @@ def test_encrypt_partner_key_explains_a_bad_encryption_key(env, monkeypatch):
 
 def test_generate_encryption_key_prints_a_usable_key(env):
     key = invoke("generate-encryption-key").output.strip()
-    from pipeline.partner_keys import encrypt_partner_key
+    from pipeline.gradient.partner_keys import encrypt_partner_key
 
     assert decrypt_partner_key(encrypt_partner_key("x", key), key, "p") == "x"
 

@@ -35,15 +35,16 @@ import yaml
 from cryptography.fernet import Fernet
 from sqlalchemy.engine import make_url
 
-from pipeline import ledger
-from pipeline import product_schema as ps
-from pipeline.billing_month import last_closed_month
-from pipeline.dagster_graphql import DagsterGraphQLError, DagsterWebserver
-from pipeline.demo import register_demo_partners
-from pipeline.demo_data import DemoSpec, connection_rows, demo_partner_key, load_demo_data
-from pipeline.gradient.emulator import EmulatorAdmin, EmulatorServer
-from pipeline.partners import load_companies
-from pipeline.state_store import ensure_state_schema, load_billable_counts
+from pipeline.gradient import ledger
+from pipeline.source import product_schema as ps
+from pipeline.billing.month import last_closed_month
+from pipeline.automation.dagster_api import DagsterGraphQLError, DagsterWebserver
+from pipeline.demo.run import register_demo_partners
+from pipeline.demo.data import DemoSpec, connection_rows, demo_partner_key, load_demo_data
+from gradient_emulator import EmulatorAdmin, EmulatorServer
+from pipeline.source.partners import load_companies
+from pipeline.store.schema import ensure_state_schema
+from pipeline.store.months import load_billable_counts
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres, pytest.mark.timeout(480)]
 

@@ -34,7 +34,7 @@ from pipeline.gradient.errors import (
     GradientServerError,
     GradientUnavailableError,
 )
-from pipeline.gradient.resource import GradientResource
+from pipeline.resources import GradientResource
 
 BASE_URL = "https://gradient.test"
 VENDOR_KEY = "vendorKEY-7f3a9c1e-secret"

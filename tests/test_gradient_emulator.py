@@ -12,7 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import pytest
 
-from pipeline.gradient.emulator import API_PREFIX, EmulatorAdmin, EmulatorServer, make_token
+from gradient_emulator import API_PREFIX, EmulatorAdmin, EmulatorServer, make_token
 
 VENDOR_KEY = "vendor-key-0123456789"
 PARTNER_KEY = "partner-key-alpha-secret"

@@ -19,16 +19,16 @@ from cryptography.fernet import Fernet
 
 from assets import gradient_load as gl
 from assets import month_end as me
-from pipeline import ledger
-from pipeline import product_schema as ps
-from pipeline.demo import register_demo_partners
-from pipeline.demo_data import DemoSpec, demo_partner_key, load_demo_data
+from pipeline.gradient import ledger
+from pipeline.source import product_schema as ps
+from pipeline.demo.run import register_demo_partners
+from pipeline.demo.data import DemoSpec, demo_partner_key, load_demo_data
 from pipeline.gradient.client import partner_token
-from pipeline.gradient.emulator import API_PREFIX, EmulatorAdmin, EmulatorServer
-from pipeline.gradient.resource import GradientResource
-from pipeline.partner_keys import encrypt_partner_key
+from gradient_emulator import API_PREFIX, EmulatorAdmin, EmulatorServer
+from pipeline.resources import GradientResource
+from pipeline.gradient.partner_keys import encrypt_partner_key
 from pipeline.resources import BillingRules, PartnerSources, ProductDatabase, StateDatabase, engine_for
-from pipeline.state_store import load_billable_counts
+from pipeline.store.months import load_billable_counts
 
 pytestmark = pytest.mark.slow
 

@@ -11,9 +11,9 @@ import pytest
 import sqlalchemy as sa
 from cryptography.fernet import Fernet
 
-from pipeline import ledger
+from pipeline.gradient import ledger
 from pipeline.gradient.client import Secret
-from pipeline.gradient_load import (
+from pipeline.gradient.load import (
     ACTIVE,
     ERROR,
     INACTIVE,
@@ -23,7 +23,7 @@ from pipeline.gradient_load import (
     needs_onboarding,
     plan_push,
 )
-from pipeline.ledger import (
+from pipeline.gradient.ledger import (
     DELIVERED,
     FAILED,
     SUPERSEDED,
@@ -32,14 +32,14 @@ from pipeline.ledger import (
     LedgerEntry,
     PartnerState,
 )
-from pipeline.partner_keys import (
+from pipeline.gradient.partner_keys import (
     PartnerKeyError,
     decrypt_partner_key,
     encrypt_partner_key,
     generate_encryption_key,
     rotate,
 )
-from pipeline.partners import PartnerConnection
+from pipeline.source.partners import PartnerConnection
 
 SEP = date(2026, 9, 1)
 OCT = date(2026, 10, 1)

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from datetime import date
 
-from pipeline import ledger
-from pipeline.billing_month import BillingMonth
-from pipeline.ledger import DELIVERED, LedgerEntry
-from pipeline.lineage import explain
+from pipeline.gradient import ledger
+from pipeline.billing.month import BillingMonth
+from pipeline.gradient.ledger import DELIVERED, LedgerEntry
+from pipeline.billing.lineage import explain
 from tests.product_rows import ProductRows, at, reference_query, run_month
 
 MARCH = "2026-03-01"

@@ -2,7 +2,7 @@
 
 utilization_extract -> validated_utilization -> billable_counts, with the resources of
 ``pipeline.resources`` pointed at temporary SQLite files (and once at PostgreSQL for both the
-product and the state database), the demo data of ``pipeline.demo_data`` as the source.
+product and the state database), the demo data of ``pipeline.demo.data`` as the source.
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 
 from assets.month_end import billable_counts, utilization_extract, validated_utilization
-from pipeline.billing_month import BillingMonth
-from pipeline.demo_data import (
+from pipeline.billing.month import BillingMonth
+from pipeline.demo.data import (
     BAD_ROW_KINDS,
     GHOST_USER_ID,
     ORPHAN_COMPANY_ID,
@@ -26,9 +26,8 @@ from pipeline.demo_data import (
     load_demo_data,
 )
 from pipeline.resources import BillingRules, ProductDatabase, StateDatabase
-from pipeline.state_store import (
-    billable_counts as billable_counts_table,
-    ensure_state_schema,
+from pipeline.store.schema import billable_counts as billable_counts_table, ensure_state_schema
+from pipeline.store.months import (
     load_billable_counts,
     load_month_computation,
     load_month_computations,

@@ -14,9 +14,9 @@ import pytest
 from dagster._utils.schedules import cron_string_iterator
 
 from pipeline.definitions import defs
-from pipeline.jobs import TAG_PARTNER, TAG_REASON, TAG_TRIGGER, monthly_billing_job
+from pipeline.automation.jobs import TAG_PARTNER, TAG_REASON, TAG_TRIGGER, monthly_billing_job
 from pipeline.partitions import monthly_partitions
-from pipeline.schedules import monthly_billing_schedule
+from pipeline.automation.schedules import monthly_billing_schedule
 
 NY = ZoneInfo("America/New_York")
 UTC = timezone.utc

@@ -1,7 +1,7 @@
 """Sensors, evaluated against a real Dagster instance and real product / state databases, and
 their run requests RUN in process against the real Gradient emulator over HTTP.
 
-Today is 2026-11-21 (``pipeline.sensors._now`` is pinned to it): the latest closed month is
+Today is 2026-11-21 (``pipeline.automation.sensors._now`` is pinned to it): the latest closed month is
 2026-10. Rules under test: ``/work/shared/design.md`` ("Automation").
 """
 
@@ -17,18 +17,19 @@ import pytest
 import sqlalchemy as sa
 from cryptography.fernet import Fernet
 
-from pipeline import failures, ledger
-from pipeline import product_schema as ps
-from pipeline import sensors
+from pipeline.automation import failures
+from pipeline.gradient import ledger
+from pipeline.source import product_schema as ps
+from pipeline.automation import sensors
 from pipeline.definitions import defs as code_location
-from pipeline.demo import register_demo_partners
-from pipeline.demo_data import DemoSpec, connection_rows, demo_partner_key, load_demo_data
-from pipeline.gradient.emulator import API_PREFIX, EmulatorAdmin, EmulatorServer
-from pipeline.gradient.resource import GradientResource
-from pipeline.jobs import TAG_PARTNER, TAG_REASON, TAG_TRIGGER, load_run_config
+from pipeline.demo.run import register_demo_partners
+from pipeline.demo.data import DemoSpec, connection_rows, demo_partner_key, load_demo_data
+from gradient_emulator import API_PREFIX, EmulatorAdmin, EmulatorServer
+from pipeline.resources import GradientResource
+from pipeline.automation.jobs import TAG_PARTNER, TAG_REASON, TAG_TRIGGER, load_run_config
 from pipeline.resources import StateDatabase, default_resources, engine_for
-from pipeline.schedules import monthly_billing_schedule
-from pipeline.sensors import (
+from pipeline.automation.schedules import monthly_billing_schedule
+from pipeline.automation.sensors import (
     MAX_REQUESTS_PER_TICK,
     billing_failure_sensor,
     missed_or_late_months_sensor,
@@ -36,7 +37,7 @@ from pipeline.sensors import (
     partner_disconnected_sensor,
     sync_requests_sensor,
 )
-from pipeline.state_store import load_billable_counts, load_month_computation
+from pipeline.store.months import load_billable_counts, load_month_computation
 
 pytestmark = pytest.mark.slow
 

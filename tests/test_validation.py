@@ -15,21 +15,21 @@ import pandas as pd
 import pytest
 import sqlalchemy as sa
 
-from pipeline import product_schema as ps
+from pipeline.source import product_schema as ps
 from pipeline import settings
-from pipeline.billing_month import BillingMonth
-from pipeline.month_end import validate_month
+from pipeline.billing.month import BillingMonth
+from pipeline.validation.month import validate_month
 from pipeline.resources import ProductDatabase, default_resources
-from pipeline.state_store import load_quarantine
-from pipeline.utilization import (
+from pipeline.store.months import load_quarantine
+from pipeline.source.utilization import (
     CONTRACT_COLUMNS,
-    aggregate_billable_users,
     load_known_skus,
     month_parameters,
     utilization_query,
-    valid_row_sql,
 )
-from pipeline.validation import REASONS, RULE_NAMES, check_contract
+from pipeline.billing.counts import aggregate_billable_users, valid_row_sql
+from pipeline.validation.rows import REASONS, RULE_NAMES
+from pipeline.source.contract import check_contract
 from tests.product_rows import NY, ProductRows, as_dict, at, known_skus, reference_query, run_month
 
 UTC = timezone.utc
@@ -565,7 +565,7 @@ def test_sqlite_read_timestamps_convert_even_when_numpy_raises_on_float_errors()
     must not depend on float arithmetic (it once failed validation intermittently)."""
     import numpy as np
 
-    from pipeline.validation import FAR_FUTURE, timestamps_from_epoch_ms
+    from pipeline.validation.rows import FAR_FUTURE, timestamps_from_epoch_ms
 
     raw = pd.Series(["2023-11-14 22:13:20.123", None, "9999-12-31", "not-a-date"])
     epoch_ms = pd.Series([1_700_000_000_123, None, 253_402_300_799_000, None], dtype=object)

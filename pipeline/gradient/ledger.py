@@ -14,7 +14,13 @@ from datetime import date, datetime, timezone
 
 import sqlalchemy as sa
 
-from pipeline.state_store import metadata, utcnow
+from pipeline.store.schema import (
+    account_sync_failures,
+    gradient_services,
+    ledger_entries,
+    partner_sync_state,
+    utcnow,
+)
 
 DELIVERED = "delivered"
 UNMAPPED = "unmapped"
@@ -23,48 +29,6 @@ SUPERSEDED = "superseded"
 OUTCOMES = (DELIVERED, UNMAPPED, FAILED, SUPERSEDED)
 
 EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
-
-ledger_entries = sa.Table(
-    "ledger_entries",
-    metadata,
-    sa.Column("entry_id", sa.Integer, primary_key=True, autoincrement=True),
-    sa.Column("partner_id", sa.Text, nullable=False),
-    sa.Column("month", sa.Date, nullable=False),
-    sa.Column("account_id", sa.Text, nullable=False),
-    sa.Column("sku", sa.Text, nullable=False),
-    sa.Column("service_id", sa.Text, nullable=True),
-    sa.Column("value", sa.Integer, nullable=False),
-    sa.Column("outcome", sa.Text, nullable=False),
-    sa.Column("http_status", sa.Integer, nullable=True),
-    sa.Column("detail", sa.Text, nullable=True),
-    sa.Column("run_id", sa.Text, nullable=False),
-    sa.Column("recorded_at", sa.DateTime(timezone=True), nullable=False),
-    sa.Index("ix_ledger_partner_pair", "partner_id", "account_id", "sku", "outcome"),
-    sa.Index("ix_ledger_month", "month", "partner_id"),
-)
-
-partner_sync_state = sa.Table(
-    "partner_sync_state",
-    metadata,
-    sa.Column("partner_id", sa.Text, primary_key=True),
-    # what the pipeline last set or saw: pending | active | error | inactive
-    sa.Column("status", sa.Text, nullable=False),
-    sa.Column("last_error", sa.Text, nullable=True),
-    # the product's connected_at this partner was last onboarded for (detects reconnection)
-    sa.Column("onboarded_connection_at", sa.DateTime(timezone=True), nullable=True),
-    sa.Column("delivered_since", sa.DateTime(timezone=True), nullable=False),
-    sa.Column("run_id", sa.Text, nullable=True),
-    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
-)
-
-gradient_services = sa.Table(
-    "gradient_services",
-    metadata,
-    sa.Column("sku", sa.Text, primary_key=True),
-    sa.Column("service_id", sa.Text, nullable=False),
-    sa.Column("name", sa.Text, nullable=False),
-    sa.Column("synced_at", sa.DateTime(timezone=True), nullable=False),
-)
 
 
 @dataclass(frozen=True)
@@ -226,16 +190,6 @@ def month_outcomes(engine: sa.Engine, month: date, run_id: str | None = None) ->
         for partner_id, outcome, n in conn.execute(query):
             out.setdefault(partner_id, {})[outcome] = int(n)
     return out
-
-
-account_sync_failures = sa.Table(
-    "account_sync_failures",
-    metadata,
-    sa.Column("run_id", sa.Text, primary_key=True),
-    sa.Column("partner_id", sa.Text, primary_key=True),
-    sa.Column("error", sa.Text, nullable=False),
-    sa.Column("recorded_at", sa.DateTime(timezone=True), nullable=False),
-)
 
 
 def record_account_sync_failure(engine: sa.Engine, run_id: str, partner_id: str, error: str) -> None:

@@ -1,19 +1,13 @@
-"""Validation of the source contract with pandera.
+"""Row validation with pandera: the ``UtilizationRow`` model.
 
-Two levels:
-
-* the **contract** of the query result as a whole (``check_contract``): every contract column
-  is there and no column comes back as the wrong kind of value (integer ids, text booleans,
-  numeric timestamps). A broken contract always blocks the month.
-* the **rows** (``validate_chunk``): the ``UtilizationRow`` pandera model flags each row that
-  cannot be billed, with a reason a person can act on. Flagged rows are quarantined, never
-  counted, never dropped silently. ``pipeline.utilization.valid_row_sql`` holds the same rules
-  for the database-side aggregation; the two are reconciled on every run.
+Each row that cannot be billed is flagged with a reason a person can act on (the check names
+are the reason codes). Flagged rows are quarantined, never counted, never dropped silently.
+``pipeline.billing.counts.valid_row_sql`` holds the same rules for the database-side count;
+the two are reconciled on every run.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import date, datetime
 
@@ -22,78 +16,12 @@ import pandas as pd
 import pandera.pandas as pa
 from pandera.typing import Series
 
-from pipeline.utilization import CONTRACT_COLUMNS, ID_COLUMNS, SQLITE_MS_PREFIX, TIMESTAMP_COLUMNS
+from pipeline.source.utilization import CONTRACT_COLUMNS, ID_COLUMNS, SQLITE_MS_PREFIX, TIMESTAMP_COLUMNS
 
 UTC = "UTC"
 # The ISO-8601 shapes SQLite's date functions read (and so valid_row_sql accepts): a date,
 # optionally a time to minutes/seconds/fractions, optionally "Z" or a "+HH:MM" offset.
 ISO_TIMESTAMP = r"\d{4}-\d{2}-\d{2}(?:[T ]\d{2}:\d{2}(?::\d{2}(?:\.\d+)?)?)?(?:Z|[+-]\d{2}:\d{2})?"
-
-
-# --------------------------------------------------------------------------- contract
-
-
-@dataclass(frozen=True)
-class ContractViolation:
-    column: str
-    problem: str
-
-    def __str__(self) -> str:
-        return f"{self.column}: {self.problem}"
-
-
-_TEXT_OK = {"string", "empty", "mixed", "unicode"}
-_TS_OK = {"datetime", "datetime64", "string", "empty", "mixed", "date", "unicode"}
-_BOOL_OK = {"boolean", "empty", "mixed", "integer", "mixed-integer-float", "floating"}
-
-
-def check_contract(
-    columns: Iterable[str], sample: pd.DataFrame, dialect_name: str = "sqlite"
-) -> list[ContractViolation]:
-    """What makes the query result unusable as a whole; empty when the contract holds.
-
-    On SQLite timestamps are text (SQLite has no timestamp type); elsewhere they must be real
-    timestamps, since the database compares them when it counts.
-    """
-    present = set(columns)
-    violations = [
-        ContractViolation(c, "missing from the query result — UTILIZATION_SQL must return it")
-        for c in CONTRACT_COLUMNS
-        if c not in present
-    ]
-    if violations or sample.empty:
-        return violations
-    for column in ID_COLUMNS:
-        kind = pd.api.types.infer_dtype(sample[column], skipna=True)
-        if kind not in _TEXT_OK:
-            violations.append(
-                ContractViolation(
-                    column, f"comes back as {kind}, not text — cast it to text in UTILIZATION_SQL"
-                )
-            )
-    timestamp_kinds = _TS_OK if dialect_name == "sqlite" else {"datetime", "datetime64", "empty", "date"}
-    for column in TIMESTAMP_COLUMNS:
-        kind = pd.api.types.infer_dtype(sample[column], skipna=True)
-        if kind not in timestamp_kinds:
-            violations.append(
-                ContractViolation(
-                    column,
-                    f"comes back as {kind}, not a timestamp — return timestamp with time zone "
-                    "(ISO-8601 text on SQLite)",
-                )
-            )
-    kind = pd.api.types.infer_dtype(sample["billable"], skipna=True)
-    values = set(sample["billable"].dropna().unique().tolist())
-    if kind not in _BOOL_OK or (kind in {"integer", "floating"} and not values <= {0, 1}):
-        violations.append(
-            ContractViolation(
-                "billable", f"comes back as {kind}, not boolean — return true/false (1/0 on SQLite)"
-            )
-        )
-    return violations
-
-
-# --------------------------------------------------------------------------- rows
 
 
 REASONS: dict[str, str] = {

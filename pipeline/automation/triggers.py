@@ -15,11 +15,11 @@ from zoneinfo import ZoneInfo
 
 import sqlalchemy as sa
 
-from pipeline import ledger
-from pipeline.billing_month import BillingMonth, add_months, last_closed_month
-from pipeline.partners import CONNECTED, DISCONNECTED, PartnerConnection, as_utc
+from pipeline.gradient import ledger
+from pipeline.billing.month import BillingMonth, add_months, last_closed_month
+from pipeline.source.partners import CONNECTED, DISCONNECTED, PartnerConnection, as_utc
 from pipeline.settings import reference_sql
-from pipeline.utilization import SourceQuery
+from pipeline.source.utilization import SourceQuery
 
 SCHEDULE_TIMEZONE = "America/New_York"
 SCHEDULE_TIME = time(8, 0)

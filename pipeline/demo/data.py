@@ -19,8 +19,8 @@ from datetime import date, datetime, timedelta, timezone
 
 import sqlalchemy as sa
 
-from pipeline import product_schema as ps
-from pipeline.billing_month import add_months
+from pipeline.source import product_schema as ps
+from pipeline.billing.month import add_months
 
 SERVICES = [
     {
@@ -305,7 +305,7 @@ def connection_rows(
     partner_ids: list[str], encryption_keys: str, connected_at: datetime, dialect_name: str
 ) -> list[dict]:
     """Rows of ``gradient_connections`` as the product's Connect button writes them."""
-    from pipeline.partner_keys import encrypt_partner_key
+    from pipeline.gradient.partner_keys import encrypt_partner_key
 
     at = ps.to_db_timestamp(connected_at, dialect_name)
     return [

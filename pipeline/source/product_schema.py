@@ -71,7 +71,7 @@ gradient_connections = sa.Table(
     "gradient_connections",
     metadata,
     sa.Column("partner_id", sa.Text, primary_key=True),
-    # Fernet token (see pipeline.partner_keys); never the plain key.
+    # Fernet token (see pipeline.gradient.partner_keys); never the plain key.
     sa.Column("encrypted_api_key", sa.Text, nullable=True),
     sa.Column("state", sa.Text, nullable=False),  # connected | disconnected
     sa.Column("connected_at", Timestamp, nullable=True),

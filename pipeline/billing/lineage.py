@@ -12,10 +12,15 @@ from dataclasses import dataclass
 import pandas as pd
 import sqlalchemy as sa
 
-from pipeline import ledger
-from pipeline.billing_month import BillingMonth
-from pipeline.state_store import load_billable_counts, load_month_computation, load_month_validation
-from pipeline.utilization import SourceQuery, month_parameters, overlap_sql, valid_row_sql
+from pipeline.gradient import ledger
+from pipeline.billing.month import BillingMonth
+from pipeline.store.months import (
+    load_billable_counts,
+    load_month_computation,
+    load_month_validation,
+)
+from pipeline.source.utilization import SourceQuery, month_parameters
+from pipeline.billing.counts import overlap_sql, valid_row_sql
 
 
 def _billable_filter(dialect_name: str) -> str:

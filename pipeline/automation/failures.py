@@ -7,20 +7,9 @@ from datetime import datetime
 
 import sqlalchemy as sa
 
-from pipeline.ledger import FAILED, ledger_entries, partner_sync_state
-from pipeline.state_store import metadata, utcnow
+from pipeline.gradient.ledger import FAILED
+from pipeline.store.schema import ledger_entries, partner_sync_state, run_failures, utcnow
 
-run_failures = sa.Table(
-    "run_failures",
-    metadata,
-    sa.Column("run_id", sa.Text, primary_key=True),
-    sa.Column("job_name", sa.Text, nullable=False),
-    sa.Column("partition_key", sa.Text, nullable=True),
-    sa.Column("partners", sa.Text, nullable=False),  # comma-separated partner ids affected
-    sa.Column("message", sa.Text, nullable=False),
-    sa.Column("alerts_raised", sa.Integer, nullable=False),
-    sa.Column("recorded_at", sa.DateTime(timezone=True), nullable=False),
-)
 
 MAX_ALERTS_PER_PARTNER = 5
 

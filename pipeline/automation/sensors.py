@@ -9,8 +9,8 @@ from datetime import datetime, timezone
 
 import dagster as dg
 
-from pipeline import ledger
-from pipeline.automation import (
+from pipeline.gradient import ledger
+from pipeline.automation.triggers import (
     SYNC_ACCOUNTS,
     UPDATE_COUNTS,
     connection_events,
@@ -18,11 +18,11 @@ from pipeline.automation import (
     load_sync_requests,
     watched_months,
 )
-from pipeline.billing_month import BillingMonth, last_closed_month
-from pipeline.failures import MAX_ALERTS_PER_PARTNER, affected_partners, record_failure
-from pipeline.gradient.resource import GradientResource
-from pipeline.gradient_load import PartnerTarget, raise_failure_alerts
-from pipeline.jobs import (
+from pipeline.billing.month import BillingMonth, last_closed_month
+from pipeline.automation.failures import MAX_ALERTS_PER_PARTNER, affected_partners, record_failure
+from pipeline.resources import GradientResource
+from pipeline.gradient.load import PartnerTarget, raise_failure_alerts
+from pipeline.automation.jobs import (
     TAG_PARTNER,
     account_sync_job,
     gradient_load_job,
@@ -31,16 +31,16 @@ from pipeline.jobs import (
     run_tags,
 )
 from pipeline.partitions import FIRST_BILLING_MONTH
-from pipeline.partner_keys import PartnerKeyError
-from pipeline.partners import CONNECTED, DISCONNECTED, load_connections
+from pipeline.gradient.partner_keys import PartnerKeyError
+from pipeline.source.partners import CONNECTED, DISCONNECTED, load_connections
 from pipeline.resources import BillingRules, PartnerSources, ProductDatabase, StateDatabase
-from pipeline.state_store import (
+from pipeline.store.months import (
     counts_fingerprint,
     load_month_computations,
     load_month_validation,
     loaded_months,
 )
-from pipeline.utilization import aggregate_billable_users
+from pipeline.billing.counts import aggregate_billable_users
 
 MAX_REQUESTS_PER_TICK = 50
 

@@ -9,7 +9,7 @@ from datetime import date, datetime, timezone
 import click
 
 from pipeline import settings
-from pipeline.billing_month import BillingMonth, last_closed_months
+from pipeline.billing.month import BillingMonth, last_closed_months
 
 
 # The same storage as the repository's dagster.yaml (var/dagster), so `dagster dev` shows these runs.
@@ -81,8 +81,8 @@ def _range(value: str) -> tuple[int, int]:
 
 
 def _seed(seed, partners, companies, users, end_month, history_months, bad_rows):
-    from pipeline.demo import seed as seed_demo_data
-    from pipeline.demo_data import DemoSpec
+    from pipeline.demo.run import seed as seed_demo_data
+    from pipeline.demo.data import DemoSpec
 
     spec = DemoSpec(
         seed=seed,
@@ -101,7 +101,7 @@ def _materialize(
 ) -> list[tuple[BillingMonth, bool, str]]:
     """Run the monthly job for each month in order on the instance; one failure stops none."""
     from pipeline.definitions import build_defs
-    from pipeline.jobs import load_run_config, run_tags
+    from pipeline.automation.jobs import load_run_config, run_tags
 
     job = build_defs().resolve_job_def("monthly_billing")
     run_config = {**QUIET_RUN_CONFIG, **load_run_config(job.name, [], force_superseded)}
@@ -120,7 +120,7 @@ def _materialize(
 
 
 def _print_summaries(results: list[tuple[BillingMonth, bool, str]]) -> None:
-    from pipeline.reporting import month_summary
+    from pipeline.cli.summaries import month_summary
     from pipeline.resources import StateDatabase
 
     state = StateDatabase(url=settings.state_db_url()).engine()
@@ -153,7 +153,7 @@ def backfill(first, last, force_superseded, webserver, wait) -> None:
     """Run a range of months in order, on the configured instance, and say per month what
     happened: counted, delivered, superseded (older than what Gradient holds) or failed.
     Safe to repeat: the ledger sends only what is not already delivered."""
-    from pipeline.billing_month import add_months
+    from pipeline.billing.month import add_months
 
     tz = settings.billing_timezone()
     start, end = _parse_month(first), _parse_month(last)
@@ -175,8 +175,8 @@ def backfill(first, last, force_superseded, webserver, wait) -> None:
 
 
 def _launch_backfill(url: str, months: list[BillingMonth], force: bool, wait: bool) -> None:
-    from pipeline.dagster_graphql import DagsterGraphQLError, DagsterWebserver
-    from pipeline.jobs import load_run_config, monthly_billing_job, run_tags
+    from pipeline.automation.dagster_api import DagsterGraphQLError, DagsterWebserver
+    from pipeline.automation.jobs import load_run_config, monthly_billing_job, run_tags
 
     with DagsterWebserver(url) as dagster:
         try:
@@ -211,7 +211,7 @@ def _launch_backfill(url: str, months: list[BillingMonth], force: bool, wait: bo
 def explain(month, partner_id, company_id, sku) -> None:
     """Trace one number Gradient received back to the users and spans that made it, with
     what was stored and every ledger entry of the push."""
-    from pipeline.lineage import explain as trace
+    from pipeline.billing.lineage import explain as trace
     from pipeline.resources import default_resources
 
     resources = default_resources()
@@ -230,7 +230,7 @@ def explain(month, partner_id, company_id, sku) -> None:
 @click.option("--months", "count", default=3, show_default=True, help="Closed months to run.")
 def demo(count) -> None:
     """Fresh demo data and a local Gradient emulator; run the newest closed months end to end."""
-    from pipeline.demo import run_demo
+    from pipeline.demo.run import run_demo
 
     def run_months(n: int) -> bool:
         results = _materialize(_months((), n), trigger="demo")
@@ -247,36 +247,15 @@ def demo(count) -> None:
 @click.option("--demo-partners", is_flag=True, help="Register the demo data's connected partners.")
 def emulator(host, port, rate_limit, demo_partners) -> None:
     """Serve the Gradient emulator (vendor key: GRADIENT_VENDOR_API_KEY or the demo key)."""
-    import threading
+    from pipeline.demo.run import serve_emulator
 
-    from pipeline.gradient.emulator import EmulatorAdmin, serve
-
-    vendor_key = os.environ.get("GRADIENT_VENDOR_API_KEY") or settings.DEMO_VENDOR_API_KEY
-    if demo_partners:
-        def register() -> None:
-            from pipeline.demo import register_demo_partners
-            from pipeline.resources import engine_for
-            import httpx, time
-
-            url = f"http://{host}:{port}"
-            for _ in range(100):
-                try:
-                    httpx.get(f"{url}/_admin/health", timeout=1)
-                    break
-                except httpx.HTTPError:
-                    time.sleep(0.1)
-            with EmulatorAdmin(url) as admin:
-                names = register_demo_partners(admin, engine_for(settings.product_db_url()))
-            click.echo(f"registered demo partners: {', '.join(names)}")
-
-        threading.Thread(target=register, daemon=True).start()
-    serve(host, port, vendor_key, rate_limit_per_second=rate_limit)
+    serve_emulator(host, port, rate_limit, demo_partners, click.echo)
 
 
 @main.command("generate-encryption-key")
 def generate_encryption_key() -> None:
     """Print a new Fernet key for GRADIENT_KEY_ENCRYPTION_KEYS (put it first to rotate)."""
-    from pipeline.partner_keys import generate_encryption_key as make
+    from pipeline.gradient.partner_keys import generate_encryption_key as make
 
     click.echo(make())
 
@@ -286,7 +265,7 @@ def generate_encryption_key() -> None:
               help="The key the partner pasted; prompted (hidden) when not given. Reads stdin when piped.")
 def encrypt_partner_key(partner_key) -> None:
     """Encrypt a partner's Gradient key for the product to store in gradient_connections."""
-    from pipeline.partner_keys import PartnerKeyError, encrypt_partner_key as encrypt
+    from pipeline.gradient.partner_keys import PartnerKeyError, encrypt_partner_key as encrypt
 
     keys = os.environ.get("GRADIENT_KEY_ENCRYPTION_KEYS") or settings.local_encryption_key()
     try:

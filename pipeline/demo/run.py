@@ -7,9 +7,9 @@ from collections.abc import Callable
 
 import sqlalchemy as sa
 
-from pipeline import product_schema as ps
+from pipeline.source import product_schema as ps
 from pipeline import settings
-from pipeline.demo_data import DemoSpec, DemoSummary, demo_partner_key, load_demo_data
+from pipeline.demo.data import DemoSpec, DemoSummary, demo_partner_key, load_demo_data
 
 
 def reset_embedded_databases() -> None:
@@ -74,7 +74,7 @@ def emulator_totals(admin) -> dict[str, tuple[int, int]]:
 
 
 def run_demo(months: int, echo: Callable[[str], None], run_months: Callable) -> bool:
-    from pipeline.gradient.emulator import EmulatorAdmin, EmulatorServer
+    from gradient_emulator import EmulatorAdmin, EmulatorServer
     from pipeline.resources import engine_for
 
     reset_embedded_databases()
@@ -94,3 +94,31 @@ def run_demo(months: int, echo: Callable[[str], None], run_months: Callable) -> 
             for org, (pairs, units) in sorted(emulator_totals(admin).items()):
                 echo(f"Gradient now shows {org}: {pairs} counts, {units} units in total")
     return ok
+
+
+def serve_emulator(host: str, port: int, rate_limit: float, demo_partners: bool, echo: Callable[[str], None]) -> None:
+    """Serve the Gradient emulator in the foreground; optionally register the demo partners."""
+    import threading
+    import time
+
+    import httpx
+
+    from gradient_emulator import EmulatorAdmin, serve
+    from pipeline.resources import engine_for
+
+    vendor_key = os.environ.get("GRADIENT_VENDOR_API_KEY") or settings.DEMO_VENDOR_API_KEY
+    if demo_partners:
+        def register() -> None:
+            url = f"http://{host}:{port}"
+            for _ in range(100):
+                try:
+                    httpx.get(f"{url}/_admin/health", timeout=1)
+                    break
+                except httpx.HTTPError:
+                    time.sleep(0.1)
+            with EmulatorAdmin(url) as admin:
+                names = register_demo_partners(admin, engine_for(settings.product_db_url()))
+            echo(f"registered demo partners: {', '.join(names)}")
+
+        threading.Thread(target=register, daemon=True).start()
+    serve(host, port, vendor_key, rate_limit_per_second=rate_limit)

@@ -6,7 +6,11 @@ from datetime import date
 
 import sqlalchemy as sa
 
-from pipeline.state_store import load_billable_counts, load_month_computation, load_month_validation
+from pipeline.store.months import (
+    load_billable_counts,
+    load_month_computation,
+    load_month_validation,
+)
 
 
 def month_summary(state: sa.Engine, month: date, run_id: str | None = None) -> str:
@@ -47,7 +51,7 @@ def month_summary(state: sa.Engine, month: date, run_id: str | None = None) -> s
 
 def load_summary(state: sa.Engine, month: date, run_id: str | None = None) -> list[str]:
     """Per partner: what the ledger recorded for the month in Gradient (in one run, if given)."""
-    from pipeline.ledger import OUTCOMES, month_outcomes
+    from pipeline.gradient.ledger import OUTCOMES, month_outcomes
 
     lines = []
     for partner_id, outcomes in sorted(month_outcomes(state, month, run_id).items()):

@@ -23,11 +23,11 @@ from datetime import date
 import pandas as pd
 import sqlalchemy as sa
 
-from pipeline import ledger
+from pipeline.gradient import ledger
 from pipeline.gradient.client import GradientClient, PartnerSession, Secret
 from pipeline.gradient.errors import GradientAuthError, GradientError
-from pipeline.ledger import DELIVERED, FAILED, SUPERSEDED, Delivered, LedgerEntry
-from pipeline.partners import PartnerConnection, ServiceDefinition
+from pipeline.gradient.ledger import DELIVERED, FAILED, SUPERSEDED, Delivered, LedgerEntry
+from pipeline.source.partners import PartnerConnection, ServiceDefinition
 
 PENDING = "pending"
 ACTIVE = "active"
@@ -446,7 +446,7 @@ async def raise_failure_alerts(
     log: Log = _quiet,
 ) -> int:
     """Raise a Gradient alert on (a few of) each affected partner's failed accounts."""
-    from pipeline.failures import alert_text
+    from pipeline.automation.failures import alert_text
 
     raised = 0
     for partner in affected:

@@ -13,7 +13,7 @@ import pandas as pd
 import sqlalchemy as sa
 
 from pipeline.settings import ConfigurationError, reference_sql
-from pipeline.utilization import SourceQuery
+from pipeline.source.utilization import SourceQuery
 
 CONNECTION_COLUMNS = ("partner_id", "encrypted_api_key", "state", "connected_at", "disconnected_at", "updated_at")
 COMPANY_COLUMNS = ("partner_id", "company_id", "company_name")

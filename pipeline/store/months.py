@@ -1,4 +1,4 @@
-"""The pipeline's own database: billable counts, quarantine and month computations.
+"""Month records in the state database: billable counts, quarantine, validations, loads.
 
 SQLite file by default, PostgreSQL in production (``STATE_DB_URL``). Writes for a month are
 delete-then-insert in one transaction, so re-running a month is idempotent.
@@ -15,91 +15,14 @@ from datetime import date, datetime, timezone
 import pandas as pd
 import sqlalchemy as sa
 
-metadata = sa.MetaData()
-
-billable_counts = sa.Table(
-    "billable_counts",
-    metadata,
-    sa.Column("month", sa.Date, primary_key=True),
-    sa.Column("partner_id", sa.Text, primary_key=True),
-    sa.Column("company_id", sa.Text, primary_key=True),
-    sa.Column("sku", sa.Text, primary_key=True),
-    sa.Column("company_name", sa.Text, nullable=False),
-    sa.Column("billable_users", sa.Integer, nullable=False),
-    sa.Column("run_id", sa.Text, nullable=False),
-    sa.Column("computed_at", sa.DateTime(timezone=True), nullable=False),
+from pipeline.store.schema import (
+    billable_counts,
+    month_computations,
+    month_loads,
+    month_validations,
+    quarantined_rows,
+    utcnow,
 )
-
-quarantined_rows = sa.Table(
-    "quarantined_rows",
-    metadata,
-    sa.Column("month", sa.Date, primary_key=True),
-    sa.Column("row_number", sa.Integer, primary_key=True),
-    sa.Column("partner_id", sa.Text),
-    sa.Column("company_id", sa.Text),
-    sa.Column("company_name", sa.Text),
-    sa.Column("sku", sa.Text),
-    sa.Column("user_id", sa.Text),
-    sa.Column("active_from", sa.Text),
-    sa.Column("active_to", sa.Text),
-    sa.Column("billable", sa.Text),
-    sa.Column("reason_codes", sa.Text, nullable=False),
-    sa.Column("reasons", sa.Text, nullable=False),
-    sa.Column("run_id", sa.Text, nullable=False),
-    sa.Column("quarantined_at", sa.DateTime(timezone=True), nullable=False),
-)
-
-month_computations = sa.Table(
-    "month_computations",
-    metadata,
-    sa.Column("month", sa.Date, primary_key=True),
-    sa.Column("rows_in", sa.Integer, nullable=False),
-    sa.Column("rows_quarantined", sa.Integer, nullable=False),
-    sa.Column("rows_counted", sa.Integer, nullable=False),
-    sa.Column("partners", sa.Integer, nullable=False),
-    sa.Column("companies", sa.Integer, nullable=False),
-    sa.Column("billable_users", sa.Integer, nullable=False),
-    # sha256 over the month's counts: what late-data detection compares against the source
-    sa.Column("counts_fingerprint", sa.Text, nullable=False),
-    sa.Column("query_sha256", sa.Text, nullable=False),
-    sa.Column("run_id", sa.Text, nullable=False),
-    sa.Column("computed_at", sa.DateTime(timezone=True), nullable=False),
-)
-
-
-month_validations = sa.Table(
-    "month_validations",
-    metadata,
-    sa.Column("month", sa.Date, primary_key=True),
-    sa.Column("rows_in", sa.Integer, nullable=False),
-    sa.Column("rows_valid", sa.Integer, nullable=False),
-    sa.Column("rows_quarantined", sa.Integer, nullable=False),
-    sa.Column("reason_counts", sa.Text, nullable=False),  # JSON {reason_code: rows}
-    sa.Column("known_skus", sa.Text, nullable=False),  # JSON list the rows were checked against
-    sa.Column("query_sha256", sa.Text, nullable=False),
-    sa.Column("run_id", sa.Text, nullable=False),
-    sa.Column("validated_at", sa.DateTime(timezone=True), nullable=False),
-)
-
-
-month_loads = sa.Table(
-    "month_loads",
-    metadata,
-    sa.Column("month", sa.Date, primary_key=True),
-    sa.Column("run_id", sa.Text, nullable=False),
-    sa.Column("partners", sa.Integer, nullable=False),
-    sa.Column("loaded_at", sa.DateTime(timezone=True), nullable=False),
-)
-
-
-def ensure_state_schema(engine: sa.Engine) -> None:
-    from pipeline import failures, ledger  # noqa: F401  (register their tables on ``metadata``)
-
-    metadata.create_all(engine)
-
-
-def utcnow() -> datetime:
-    return datetime.now(timezone.utc)
 
 
 class QuarantineWriter:

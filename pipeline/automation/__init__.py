@@ -1,0 +1,1 @@
+"""Automation: the jobs, the monthly schedule and the sensors that start runs between schedules."""

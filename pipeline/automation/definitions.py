@@ -1,0 +1,27 @@
+"""The automation folder's contribution to the code location: jobs, schedule, sensors."""
+
+import dagster as dg
+
+from pipeline.automation.jobs import account_sync_job, gradient_load_job, monthly_billing_job
+from pipeline.automation.schedules import monthly_billing_schedule
+from pipeline.automation.sensors import (
+    billing_failure_sensor,
+    missed_or_late_months_sensor,
+    partner_connected_sensor,
+    partner_disconnected_sensor,
+    sync_requests_sensor,
+)
+
+
+def definitions() -> dg.Definitions:
+    return dg.Definitions(
+        jobs=[monthly_billing_job, gradient_load_job, account_sync_job],
+        schedules=[monthly_billing_schedule],
+        sensors=[
+            partner_connected_sensor,
+            partner_disconnected_sensor,
+            sync_requests_sensor,
+            missed_or_late_months_sensor,
+            billing_failure_sensor,
+        ],
+    )

@@ -1,0 +1,51 @@
+"""Extracting a month: the contract query's row count and a sample checked against the contract."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pandas as pd
+import sqlalchemy as sa
+
+from pipeline.billing.month import BillingMonth
+from pipeline.source.utilization import SourceQuery, month_parameters
+from pipeline.source.contract import ContractViolation, check_contract
+
+
+CONTRACT_SAMPLE_ROWS = 1_000
+
+
+@dataclass(frozen=True)
+class MonthExtract:
+    """What the source returned for a month, before row-level validation."""
+
+    month: BillingMonth
+    query: SourceQuery
+    columns: list[str]
+    rows: int
+    contract_violations: list[ContractViolation]
+    sample: pd.DataFrame
+
+    @property
+    def contract_holds(self) -> bool:
+        return not self.contract_violations
+
+
+def extract_month(conn: sa.Connection, query: SourceQuery, month: BillingMonth) -> MonthExtract:
+    """Count the month's rows and check the query result's contract on a sample."""
+    params = month_parameters(month, conn.dialect.name)
+    wrapped = f"SELECT * FROM (\n{query.sql}\n) AS utilization"
+    result = conn.execute(sa.text(f"{wrapped} LIMIT {CONTRACT_SAMPLE_ROWS}"), params)
+    columns = list(result.keys())
+    sample = pd.DataFrame.from_records(result.all(), columns=columns, coerce_float=False)
+    rows = conn.execute(
+        sa.text(f"SELECT COUNT(*) FROM (\n{query.sql}\n) AS utilization"), params
+    ).scalar_one()
+    return MonthExtract(
+        month=month,
+        query=query,
+        columns=columns,
+        rows=int(rows),
+        contract_violations=check_contract(columns, sample, conn.dialect.name),
+        sample=sample,
+    )

@@ -1,0 +1,168 @@
+"""The state database's tables: one ``MetaData`` for everything the pipeline stores.
+
+SQLite file by default, PostgreSQL in production (``STATE_DB_URL``). Billable counts,
+quarantine and month records (``pipeline.store.months``), the Gradient ledger and partner
+sync state (``pipeline.gradient.ledger``), run failures (``pipeline.automation.failures``).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+import sqlalchemy as sa
+
+metadata = sa.MetaData()
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+billable_counts = sa.Table(
+    "billable_counts",
+    metadata,
+    sa.Column("month", sa.Date, primary_key=True),
+    sa.Column("partner_id", sa.Text, primary_key=True),
+    sa.Column("company_id", sa.Text, primary_key=True),
+    sa.Column("sku", sa.Text, primary_key=True),
+    sa.Column("company_name", sa.Text, nullable=False),
+    sa.Column("billable_users", sa.Integer, nullable=False),
+    sa.Column("run_id", sa.Text, nullable=False),
+    sa.Column("computed_at", sa.DateTime(timezone=True), nullable=False),
+)
+
+
+quarantined_rows = sa.Table(
+    "quarantined_rows",
+    metadata,
+    sa.Column("month", sa.Date, primary_key=True),
+    sa.Column("row_number", sa.Integer, primary_key=True),
+    sa.Column("partner_id", sa.Text),
+    sa.Column("company_id", sa.Text),
+    sa.Column("company_name", sa.Text),
+    sa.Column("sku", sa.Text),
+    sa.Column("user_id", sa.Text),
+    sa.Column("active_from", sa.Text),
+    sa.Column("active_to", sa.Text),
+    sa.Column("billable", sa.Text),
+    sa.Column("reason_codes", sa.Text, nullable=False),
+    sa.Column("reasons", sa.Text, nullable=False),
+    sa.Column("run_id", sa.Text, nullable=False),
+    sa.Column("quarantined_at", sa.DateTime(timezone=True), nullable=False),
+)
+
+
+month_computations = sa.Table(
+    "month_computations",
+    metadata,
+    sa.Column("month", sa.Date, primary_key=True),
+    sa.Column("rows_in", sa.Integer, nullable=False),
+    sa.Column("rows_quarantined", sa.Integer, nullable=False),
+    sa.Column("rows_counted", sa.Integer, nullable=False),
+    sa.Column("partners", sa.Integer, nullable=False),
+    sa.Column("companies", sa.Integer, nullable=False),
+    sa.Column("billable_users", sa.Integer, nullable=False),
+    # sha256 over the month's counts: what late-data detection compares against the source
+    sa.Column("counts_fingerprint", sa.Text, nullable=False),
+    sa.Column("query_sha256", sa.Text, nullable=False),
+    sa.Column("run_id", sa.Text, nullable=False),
+    sa.Column("computed_at", sa.DateTime(timezone=True), nullable=False),
+)
+
+
+month_validations = sa.Table(
+    "month_validations",
+    metadata,
+    sa.Column("month", sa.Date, primary_key=True),
+    sa.Column("rows_in", sa.Integer, nullable=False),
+    sa.Column("rows_valid", sa.Integer, nullable=False),
+    sa.Column("rows_quarantined", sa.Integer, nullable=False),
+    sa.Column("reason_counts", sa.Text, nullable=False),  # JSON {reason_code: rows}
+    sa.Column("known_skus", sa.Text, nullable=False),  # JSON list the rows were checked against
+    sa.Column("query_sha256", sa.Text, nullable=False),
+    sa.Column("run_id", sa.Text, nullable=False),
+    sa.Column("validated_at", sa.DateTime(timezone=True), nullable=False),
+)
+
+
+month_loads = sa.Table(
+    "month_loads",
+    metadata,
+    sa.Column("month", sa.Date, primary_key=True),
+    sa.Column("run_id", sa.Text, nullable=False),
+    sa.Column("partners", sa.Integer, nullable=False),
+    sa.Column("loaded_at", sa.DateTime(timezone=True), nullable=False),
+)
+
+
+ledger_entries = sa.Table(
+    "ledger_entries",
+    metadata,
+    sa.Column("entry_id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("partner_id", sa.Text, nullable=False),
+    sa.Column("month", sa.Date, nullable=False),
+    sa.Column("account_id", sa.Text, nullable=False),
+    sa.Column("sku", sa.Text, nullable=False),
+    sa.Column("service_id", sa.Text, nullable=True),
+    sa.Column("value", sa.Integer, nullable=False),
+    sa.Column("outcome", sa.Text, nullable=False),
+    sa.Column("http_status", sa.Integer, nullable=True),
+    sa.Column("detail", sa.Text, nullable=True),
+    sa.Column("run_id", sa.Text, nullable=False),
+    sa.Column("recorded_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Index("ix_ledger_partner_pair", "partner_id", "account_id", "sku", "outcome"),
+    sa.Index("ix_ledger_month", "month", "partner_id"),
+)
+
+
+partner_sync_state = sa.Table(
+    "partner_sync_state",
+    metadata,
+    sa.Column("partner_id", sa.Text, primary_key=True),
+    # what the pipeline last set or saw: pending | active | error | inactive
+    sa.Column("status", sa.Text, nullable=False),
+    sa.Column("last_error", sa.Text, nullable=True),
+    # the product's connected_at this partner was last onboarded for (detects reconnection)
+    sa.Column("onboarded_connection_at", sa.DateTime(timezone=True), nullable=True),
+    sa.Column("delivered_since", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("run_id", sa.Text, nullable=True),
+    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+)
+
+
+gradient_services = sa.Table(
+    "gradient_services",
+    metadata,
+    sa.Column("sku", sa.Text, primary_key=True),
+    sa.Column("service_id", sa.Text, nullable=False),
+    sa.Column("name", sa.Text, nullable=False),
+    sa.Column("synced_at", sa.DateTime(timezone=True), nullable=False),
+)
+
+
+account_sync_failures = sa.Table(
+    "account_sync_failures",
+    metadata,
+    sa.Column("run_id", sa.Text, primary_key=True),
+    sa.Column("partner_id", sa.Text, primary_key=True),
+    sa.Column("error", sa.Text, nullable=False),
+    sa.Column("recorded_at", sa.DateTime(timezone=True), nullable=False),
+)
+
+
+run_failures = sa.Table(
+    "run_failures",
+    metadata,
+    sa.Column("run_id", sa.Text, primary_key=True),
+    sa.Column("job_name", sa.Text, nullable=False),
+    sa.Column("partition_key", sa.Text, nullable=True),
+    sa.Column("partners", sa.Text, nullable=False),  # comma-separated partner ids affected
+    sa.Column("message", sa.Text, nullable=False),
+    sa.Column("alerts_raised", sa.Integer, nullable=False),
+    sa.Column("recorded_at", sa.DateTime(timezone=True), nullable=False),
+)
+
+
+
+def ensure_state_schema(engine: sa.Engine) -> None:
+    metadata.create_all(engine)
