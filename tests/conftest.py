@@ -1,8 +1,10 @@
-"""Shared fixtures: real SQLite files and real PostgreSQL databases.
+"""Shared fixtures: real SQLite files and real PostgreSQL and MariaDB databases.
 
 PostgreSQL comes from ``TEST_POSTGRES_URL`` (default: trust auth on 127.0.0.1:5432). Each
 test gets its own freshly created database. When PostgreSQL is unreachable, tests that need
-it fail loudly under CI (``CI=true``) and are skipped with the reason elsewhere.
+it fail loudly under CI (``CI=true``) and are skipped with the reason elsewhere. MariaDB
+(or MySQL) comes from ``TEST_MARIADB_URL`` (default: root without password on
+127.0.0.1:3306, PyMySQL from the ``mysql`` extra), with the same rules.
 """
 
 from __future__ import annotations
@@ -63,6 +65,58 @@ def postgres_url() -> Iterator[str]:
         engine_for.cache_clear()
         with admin.connect() as conn:
             conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+MARIADB_ADMIN_URL = os.environ.get("TEST_MARIADB_URL", "mysql+pymysql://root@127.0.0.1:3306/test")
+_mariadb_problem: str | None = None
+_mariadb_checked = False
+
+
+def mariadb_problem() -> str | None:
+    """None when MariaDB/MySQL is reachable (driver installed), else why not."""
+    global _mariadb_checked, _mariadb_problem
+    if not _mariadb_checked:
+        _mariadb_checked = True
+        where = make_url(MARIADB_ADMIN_URL).render_as_string(hide_password=True)
+        try:
+            engine = sa.create_engine(MARIADB_ADMIN_URL, connect_args={"connect_timeout": 5})
+            with engine.connect() as conn:
+                conn.execute(sa.text("SELECT 1"))
+            engine.dispose()
+        except ModuleNotFoundError as exc:
+            _mariadb_problem = f"MariaDB driver missing ({exc.name}); install the mysql extra: pip install -e '.[dev,mysql]'"
+        except Exception as exc:  # noqa: BLE001 - any failure means "not available"
+            _mariadb_problem = f"MariaDB at {where} unreachable: {type(exc).__name__}"
+    return _mariadb_problem
+
+
+def require_mariadb() -> None:
+    problem = mariadb_problem()
+    if problem is None:
+        return
+    if os.environ.get("CI", "").lower() in {"1", "true", "yes"}:
+        pytest.fail(f"{problem} — CI must have MariaDB (.ci/run starts it)", pytrace=False)
+    pytest.skip(f"{problem}; start it to run the MariaDB tests")
+
+
+@pytest.fixture
+def mariadb_url() -> Iterator[str]:
+    """A fresh, empty MariaDB/MySQL database (utf8mb4) for one test; dropped afterwards."""
+    require_mariadb()
+    name = f"gbs_test_{uuid.uuid4().hex[:12]}"
+    admin = sa.create_engine(MARIADB_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(sa.text(f"CREATE DATABASE `{name}` CHARACTER SET utf8mb4 COLLATE utf8mb4_bin"))
+    url = make_url(MARIADB_ADMIN_URL).set(database=name).render_as_string(hide_password=False)
+    try:
+        yield url
+    finally:
+        from pipeline.resources import engine_for
+
+        engine_for.cache_clear()
+        with admin.connect() as conn:
+            conn.execute(sa.text(f"DROP DATABASE IF EXISTS `{name}`"))
         admin.dispose()
 
 
