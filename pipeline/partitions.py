@@ -1,12 +1,39 @@
-"""The monthly partitions every billing asset shares: key = the month's first day."""
+"""The monthly partitions every billing asset shares: key = the month's first day.
+
+The first partition is ``FIRST_BILLING_MONTH`` (YYYY-MM) when set, else 12 months before the
+current month: the months the data has, so the UI's partition bars and metadata plots stay
+readable. Months before it cannot be run or backfilled.
+"""
 
 from __future__ import annotations
 
+import os
+from datetime import date, datetime
+from zoneinfo import ZoneInfo
+
 import dagster as dg
 
-from pipeline.settings import billing_timezone
+from pipeline.billing.month import add_months
+from pipeline.settings import ConfigurationError, billing_timezone
 
-FIRST_BILLING_MONTH = "2024-01-01"
+DEFAULT_HISTORY_MONTHS = 12
+
+
+def first_billing_month(now: datetime | None = None) -> date:
+    """``FIRST_BILLING_MONTH`` (YYYY-MM), or 12 months before the current billing month."""
+    raw = (os.environ.get("FIRST_BILLING_MONTH") or "").strip()
+    if raw:
+        try:
+            return date.fromisoformat(f"{raw[:7]}-01")
+        except ValueError:
+            raise ConfigurationError(
+                f"FIRST_BILLING_MONTH={raw!r} is not a month; use YYYY-MM, e.g. 2025-01."
+            ) from None
+    today = (now or datetime.now(ZoneInfo(billing_timezone()))).date()
+    return add_months(today.replace(day=1), -DEFAULT_HISTORY_MONTHS)
+
+
+FIRST_BILLING_MONTH = first_billing_month().isoformat()
 
 monthly_partitions = dg.MonthlyPartitionsDefinition(
     start_date=FIRST_BILLING_MONTH,

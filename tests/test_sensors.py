@@ -557,6 +557,7 @@ def test_missed_months_are_requested_within_the_lookback(make_world, monkeypatch
 
 def test_missed_months_never_before_the_first_billing_month(make_world, monkeypatch):
     world = make_world(connected=3, register=False)
+    monkeypatch.setattr(sensors, "FIRST_BILLING_MONTH", "2024-01-01")
     monkeypatch.setattr(sensors, "_now", lambda: datetime(2024, 3, 10, 12, 0, tzinfo=timezone.utc))
     monkeypatch.setenv("MONTH_WATCH_LOOKBACK_MONTHS", "6")
     result = world.evaluate(missed_or_late_months_sensor)
