@@ -274,5 +274,10 @@ def encrypt_partner_key(partner_key) -> None:
         raise click.ClickException(str(exc)) from None
 
 
+from pipeline.cli.db import db  # noqa: E402 - subcommand modules attach to the group above
+
+main.add_command(db)
+
+
 if __name__ == "__main__":
     main()

@@ -11,6 +11,8 @@ from datetime import datetime, timezone
 
 import sqlalchemy as sa
 
+from pipeline.store.migrations import upgrade_to_head
+
 metadata = sa.MetaData()
 
 
@@ -163,6 +165,7 @@ run_failures = sa.Table(
 )
 
 
-
 def ensure_state_schema(engine: sa.Engine) -> None:
-    metadata.create_all(engine)
+    """Upgrade the state database to the newest migration (``pipeline.store.migrations``):
+    an empty one is created, a pre-migrations one adopted; cheap when already current."""
+    upgrade_to_head(engine, metadata)

@@ -1,0 +1,63 @@
+"""``gradient-billing-sync db``: the state database's schema version (Alembic migrations)."""
+
+from __future__ import annotations
+
+import click
+import sqlalchemy as sa
+
+from pipeline import settings
+from pipeline.store import migrations
+from pipeline.store.schema import metadata
+
+
+@click.group("db")
+def db() -> None:
+    """The state database (STATE_DB_URL): schema version and upgrades."""
+
+
+def _state_engine() -> tuple[sa.Engine, str]:
+    url = settings.state_db_url()
+    return sa.create_engine(url), settings.redact_url(url)
+
+
+@db.command("upgrade")
+def upgrade() -> None:
+    """Upgrade the state database to the newest revision (creates an empty one; adopts a
+    database made before migrations). Safe to run while other processes start."""
+    engine, shown = _state_engine()
+    try:
+        before = migrations.current_revision(engine)
+        head = migrations.upgrade_to_head(engine, metadata)
+    finally:
+        engine.dispose()
+    if before == head:
+        click.echo(f"{shown}: already at revision {head} (head)")
+    else:
+        click.echo(f"{shown}: upgraded from {before or 'no revision'} to {head} (head)")
+
+
+@db.command("current")
+def current() -> None:
+    """Show the state database's revision and whether it is the newest."""
+    engine, shown = _state_engine()
+    try:
+        revision = migrations.current_revision(engine)
+    finally:
+        engine.dispose()
+    head = migrations.head_revision()
+    if revision == head:
+        state = "head"
+    elif revision is None:
+        state = f"no revision; `gradient-billing-sync db upgrade` brings it to {head}"
+    else:
+        state = f"behind head {head}; `gradient-billing-sync db upgrade` brings it there"
+    click.echo(f"{shown}: {revision or '-'} ({state})")
+
+
+@db.command("revision")
+@click.option("-m", "--message", required=True, help="What the revision changes, e.g. 'add push leases'.")
+def revision(message: str) -> None:
+    """(Developers) Autogenerate the next revision from pipeline/store/schema.py's difference
+    to the current head, into pipeline/store/migrations/versions/. Review it before committing."""
+    path = migrations.new_revision(message, metadata)
+    click.echo(f"wrote {path}")

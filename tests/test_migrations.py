@@ -1,0 +1,190 @@
+"""State-database migrations: the migrated schema is the models, on SQLite and PostgreSQL;
+first use upgrades (empty, behind, pre-migrations databases); concurrent first use is safe;
+``gradient-billing-sync db upgrade`` / ``db current``."""
+
+from __future__ import annotations
+
+import multiprocessing
+from datetime import date, datetime, timezone
+
+import pytest
+import sqlalchemy as sa
+from alembic import command
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from click.testing import CliRunner
+from sqlalchemy.engine import make_url
+
+from pipeline.cli import main
+from pipeline.resources import StateDatabase
+from pipeline.store import migrations
+from pipeline.store.schema import billable_counts, ensure_state_schema, ledger_entries, metadata
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def state_url(request, sqlite_url) -> str:
+    return sqlite_url if request.param == "sqlite" else request.getfixturevalue("postgres_url")
+
+
+@pytest.fixture
+def engine(state_url):
+    engine = sa.create_engine(state_url)
+    yield engine
+    engine.dispose()
+
+
+def schema_diff(engine: sa.Engine) -> list:
+    with engine.connect() as conn:
+        return compare_metadata(MigrationContext.configure(conn), metadata)
+
+
+def revision_rows(engine: sa.Engine) -> list[str]:
+    with engine.connect() as conn:
+        return [row[0] for row in conn.execute(sa.text("SELECT version_num FROM alembic_version"))]
+
+
+def baseline_tables() -> list[sa.Table]:
+    return [metadata.tables[name] for name in migrations.BASELINE_TABLES]
+
+
+def test_migrated_schema_equals_models(engine):
+    """Fails when schema.py changed without a revision (or a revision differs from it)."""
+    migrations.upgrade_to_head(engine, metadata)
+    assert schema_diff(engine) == []
+    assert revision_rows(engine) == [migrations.head_revision()]
+
+
+def test_revisions_form_one_line_starting_at_the_baseline():
+    script = ScriptDirectory.from_config(migrations.alembic_config())
+    revisions = list(script.walk_revisions())
+    assert len(script.get_heads()) == 1
+    assert revisions[-1].revision == migrations.BASELINE_REVISION
+    assert [r.revision for r in reversed(revisions)] == [f"{n:04d}" for n in range(1, len(revisions) + 1)]
+
+
+def test_first_use_of_an_empty_database_upgrades_it(state_url):
+    engine = StateDatabase(url=state_url).engine()
+    assert migrations.current_revision(engine) == migrations.head_revision()
+    assert schema_diff(engine) == []
+
+
+def test_a_database_behind_head_is_upgraded_on_first_use(engine):
+    with engine.begin() as conn:
+        command.upgrade(migrations.alembic_config(conn, metadata), migrations.BASELINE_REVISION)
+    _insert_counts(engine)
+
+    ensure_state_schema(engine)
+
+    assert revision_rows(engine) == [migrations.head_revision()]
+    assert schema_diff(engine) == []
+    assert _counted_users(engine) == 17
+
+
+def test_a_pre_migrations_database_is_stamped_and_keeps_its_rows(engine):
+    metadata.create_all(engine, tables=baseline_tables())  # what installs before Alembic did
+    _insert_counts(engine)
+    with engine.begin() as conn:
+        conn.execute(ledger_entries.insert().values(
+            partner_id="p1", month=date(2026, 9, 1), account_id="c1", sku="SAT", value=17,
+            outcome="delivered", http_status=200, run_id="r0", recorded_at=datetime.now(timezone.utc),
+        ))
+    assert migrations.current_revision(engine) is None
+
+    ensure_state_schema(engine)
+
+    assert revision_rows(engine) == [migrations.head_revision()]
+    assert schema_diff(engine) == []
+    assert _counted_users(engine) == 17
+    with engine.connect() as conn:
+        assert conn.execute(sa.select(ledger_entries.c.value)).scalars().all() == [17]
+
+
+def test_a_partial_pre_migrations_database_gets_the_missing_tables(engine):
+    metadata.create_all(engine, tables=[metadata.tables["billable_counts"]])
+    _insert_counts(engine)
+
+    ensure_state_schema(engine)
+
+    assert schema_diff(engine) == []
+    assert _counted_users(engine) == 17
+
+
+def test_a_foreign_table_of_a_baseline_name_is_refused_not_adopted(engine):
+    with engine.begin() as conn:
+        conn.execute(sa.text("CREATE TABLE billable_counts (id INTEGER PRIMARY KEY)"))
+
+    with pytest.raises(migrations.StateSchemaError, match="billable_counts.*company_id"):
+        ensure_state_schema(engine)
+    assert migrations.current_revision(engine) is None
+
+
+def test_at_head_first_use_only_reads_the_revision(engine):
+    ensure_state_schema(engine)
+    statements: list[str] = []
+    sa.event.listen(engine, "before_cursor_execute", lambda *a: statements.append(a[2]))
+
+    ensure_state_schema(engine)
+
+    assert statements, "the revision was not read"
+    assert all(s.lstrip().upper().startswith(("SELECT", "PRAGMA")) for s in statements), statements
+
+
+def _upgrade_in_process(url: str, barrier) -> None:
+    engine = sa.create_engine(url)
+    barrier.wait()
+    ensure_state_schema(engine)
+    engine.dispose()
+
+
+def test_two_processes_upgrading_a_fresh_database_at_once_both_succeed(state_url, engine):
+    spawn = multiprocessing.get_context("spawn")
+    barrier = spawn.Barrier(2)
+    processes = [spawn.Process(target=_upgrade_in_process, args=(state_url, barrier)) for _ in range(2)]
+    for process in processes:
+        process.start()
+    for process in processes:
+        process.join(timeout=300)
+    assert [p.exitcode for p in processes] == [0, 0]
+    assert revision_rows(engine) == [migrations.head_revision()]
+    assert schema_diff(engine) == []
+
+
+def test_cli_db_upgrade_then_current(postgres_url, monkeypatch):
+    # trust authentication ignores the password: it is here to be redacted
+    url = make_url(postgres_url).set(password="s3cret-pw").render_as_string(hide_password=False)
+    monkeypatch.setenv("STATE_DB_URL", url)
+    runner = CliRunner()
+    head = migrations.head_revision()
+
+    first = runner.invoke(main, ["db", "current"])
+    upgraded = runner.invoke(main, ["db", "upgrade"])
+    again = runner.invoke(main, ["db", "upgrade"])
+    current = runner.invoke(main, ["db", "current"])
+
+    for result in (first, upgraded, again, current):
+        assert result.exit_code == 0, result.output
+        assert "s3cret-pw" not in result.output
+        assert "***" in result.output
+    assert f"no revision; `gradient-billing-sync db upgrade` brings it to {head}" in first.output
+    assert f"upgraded from no revision to {head} (head)" in upgraded.output
+    assert f"already at revision {head} (head)" in again.output
+    assert f": {head} (head)" in current.output
+    engine = sa.create_engine(postgres_url)
+    try:
+        assert schema_diff(engine) == []
+    finally:
+        engine.dispose()
+
+
+def _insert_counts(engine: sa.Engine) -> None:
+    with engine.begin() as conn:
+        conn.execute(billable_counts.insert().values(
+            month=date(2026, 9, 1), partner_id="p1", company_id="c1", sku="SAT", company_name="Acme",
+            billable_users=17, run_id="r0", computed_at=datetime.now(timezone.utc),
+        ))
+
+
+def _counted_users(engine: sa.Engine) -> int:
+    with engine.connect() as conn:
+        return conn.execute(sa.select(billable_counts.c.billable_users)).scalar_one()
