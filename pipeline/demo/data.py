@@ -96,6 +96,9 @@ class DemoSpec:
     include_bad_rows: bool = True
     connected_partners: int = 3
     batch_size: int = 20_000
+    # Numbering of the first partner minus one: a slice with an offset can be appended to a
+    # database that already holds partners 1..offset (``load_demo_data(..., reset=False)``).
+    partner_offset: int = 0
 
     @property
     def first_month(self) -> date:
@@ -107,14 +110,14 @@ def _utc(day: date, hour: int = 0, minute: int = 0) -> datetime:
 
 
 class _Generator:
-    def __init__(self, spec: DemoSpec, dialect_name: str) -> None:
+    def __init__(self, spec: DemoSpec, dialect_name: str, first_enrollment_id: int = 1) -> None:
         self.spec = spec
         self.dialect = dialect_name
         self.rng = random.Random(spec.seed)
         self.history_start = _utc(spec.first_month)
         self.history_end = _utc(add_months(spec.end_month, 1))
         self.created = self.history_start - timedelta(days=400)
-        self.enrollment_id = 0
+        self.enrollment_id = first_enrollment_id - 1
         self.partner_rows: list[dict] = []
         self.company_rows: list[dict] = []
         self._company_plan: list[tuple[dict, int]] = []
@@ -130,7 +133,7 @@ class _Generator:
 
     def _plan_partners_and_companies(self) -> None:
         spec, rng = self.spec, self.rng
-        for p in range(spec.partners):
+        for p in range(spec.partner_offset, spec.partner_offset + spec.partners):
             partner_id = f"p-{p + 1:03d}"
             name = PARTNER_NAMES[p % len(PARTNER_NAMES)]
             if p >= len(PARTNER_NAMES):
@@ -337,13 +340,19 @@ def load_demo_data(
 
     With ``encryption_keys``, the first ``spec.connected_partners`` partners are connected to
     Gradient with their demo keys (``demo_partner_key``), encrypted as the product would.
+    Without ``reset`` the rows are appended: give the spec a ``partner_offset`` past the
+    partners already there and ``include_bad_rows=False`` (the bad rows exist once).
     """
     spec = spec or DemoSpec()
     ps.create_product_schema(engine, drop_first=reset)
-    gen = _Generator(spec, engine.dialect.name)
+    with engine.connect() as conn:
+        last_enrollment = conn.execute(sa.select(sa.func.max(ps.service_enrollments.c.enrollment_id))).scalar()
+        has_services = conn.execute(sa.select(sa.func.count()).select_from(ps.services)).scalar_one() > 0
+    gen = _Generator(spec, engine.dialect.name, first_enrollment_id=(last_enrollment or 0) + 1)
     counts = {"users": 0, "enrollments": 0, "bad": 0}
     with engine.begin() as conn:
-        conn.execute(ps.services.insert(), SERVICES)
+        if not has_services:
+            conn.execute(ps.services.insert(), SERVICES)
         conn.execute(ps.partners.insert(), gen.partner_rows)
         _insert_batched(conn, ps.companies, gen.company_rows, spec.batch_size)
         user_buf: list[dict] = []
