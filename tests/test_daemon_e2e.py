@@ -3,7 +3,7 @@ subprocesses on a Postgres-backed Dagster instance (derived from ``deploy/dagste
 queue with tag limits, pools), the code location loaded from ``pipeline.definitions``, a
 SQLite product DB seeded with demo data, a SQLite state DB, and Gradient as the real HTTP
 emulator in this process. Everything is driven through the webserver's GraphQL API
-(``pipeline.dagster_graphql``), as an operator or the CLI would:
+(``pipeline.automation.dagster_api`` over dagster-graphql's client), as an operator or the CLI would:
 
 1. a three-month asset backfill of the monthly job, run by the daemon's backfill loop and
    run queue: every partition succeeds; Gradient ends on October's numbers (the newest month)
@@ -12,7 +12,12 @@ emulator in this process. Everything is driven through the webserver's GraphQL A
    daemon's sensor launches a ``gbs/trigger=connect`` run for that partner only, which creates
    its accounts and pushes its latest closed month.
 
-Rules under test: ``/work/shared/design.md`` ("Automation", "Instances", "The target: Gradient").
+Rules under test: the design notes' "Automation", "Instances" and "The target: Gradient".
+
+Every wait follows progress, not a fixed clock: it goes on while the deployment advances (a
+location loads, a daemon heartbeats, a run starts or finishes a step) and fails only after
+``STALL_TIMEOUT`` without any change, or after its generous overall cap, with the processes' logs.
+A loaded 2-core machine makes the test slower, not red.
 """
 
 from __future__ import annotations
@@ -38,7 +43,10 @@ from sqlalchemy.engine import make_url
 from pipeline.gradient import ledger
 from pipeline.source import product_schema as ps
 from pipeline.billing.month import last_closed_month
-from pipeline.automation.dagster_api import DagsterGraphQLError, DagsterWebserver
+from dagster_graphql import DagsterGraphQLClient
+
+from pipeline.automation import dagster_api
+from pipeline.automation.dagster_api import DagsterGraphQLError
 from pipeline.demo.run import register_demo_partners
 from pipeline.demo.data import DemoSpec, connection_rows, demo_partner_key, load_demo_data
 from gradient_emulator import EmulatorAdmin, EmulatorServer
@@ -46,7 +54,7 @@ from pipeline.source.partners import load_companies
 from pipeline.store.schema import ensure_state_schema
 from pipeline.store.months import load_billable_counts
 
-pytestmark = [pytest.mark.slow, pytest.mark.postgres, pytest.mark.timeout(480)]
+pytestmark = [pytest.mark.slow, pytest.mark.postgres, pytest.mark.timeout(3600)]
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent
@@ -77,9 +85,23 @@ MONTHLY_ASSETS = {
     "gradient_unit_counts",
 }
 
-STARTUP_TIMEOUT = 150  # webserver + code location, daemon heartbeats
-BACKFILL_TIMEOUT = 200  # backfill loop every 30 s, three queued runs, completion tick
-SENSOR_RUN_TIMEOUT = 150  # sensor minimum interval 30 s, then one run
+# A wait fails when nothing it watches changed for STALL_TIMEOUT (seconds), or at its cap.
+# Quiet, the backfill takes ~170 s and the sensor run ~60 s; the caps allow a machine 5-10x slower.
+STALL_TIMEOUT = 600
+STARTUP_CAP = 900  # webserver + code location, daemon heartbeats
+BACKFILL_CAP = 2400  # backfill loop every 30 s, three queued runs one at a time, completion tick
+SENSOR_CAP = 900  # sensor minimum interval 30 s, then one run
+
+_WORKSPACE = """
+query Workspace {
+  workspaceOrError { __typename ... on Workspace { locationEntries {
+    name loadStatus locationOrLoadError { __typename ... on PythonError { message } }
+  } } }
+}"""
+
+_DAEMONS = """
+query Daemons { instance { daemonHealth { allDaemonStatuses { daemonType required healthy } } } }
+"""
 
 
 def org(partner_id: str) -> str:
@@ -179,7 +201,7 @@ class Deployment:
     admin: EmulatorAdmin
     env: dict[str, str]
     processes: list[Process] = field(default_factory=list)
-    dagster: DagsterWebserver | None = None
+    dagster: DagsterGraphQLClient | None = None
 
     def start(self, name: str, args: list[str]) -> Process:
         log = self.tmp / f"{name}.log"
@@ -207,6 +229,52 @@ class Deployment:
 
     def diagnose(self, what: str) -> str:
         return f"{what}\n{self.logs()}"
+
+    def check_alive(self) -> None:
+        for process in self.processes:
+            if not process.alive():
+                pytest.fail(self.diagnose(f"{process.name} exited {process.popen.returncode}"), pytrace=False)
+
+    def wait(self, what: str, fetch, done, progress, *, cap: float, poll_interval: float = 2.0):
+        """Poll ``fetch`` (the processes must stay alive) until ``done``; fail with the logs
+        after STALL_TIMEOUT without a change in ``progress`` or after ``cap`` seconds."""
+
+        def checked():
+            self.check_alive()
+            return fetch()
+
+        try:
+            return dagster_api.wait_on_progress(
+                checked, done, progress, lambda state: f"{what}: {state}",
+                stall_timeout=STALL_TIMEOUT, timeout=cap, poll_interval=poll_interval,
+            )
+        except dagster_api.DagsterWaitTimeout as exc:
+            pytest.fail(self.diagnose(str(exc)), pytrace=False)
+
+    def wait_until_ready(self) -> None:
+        """The webserver answers, the code location is loaded, every required daemon heartbeats."""
+        assert self.dagster is not None
+        client = self.dagster
+
+        def locations() -> dict[str, str] | str:
+            try:
+                data = dagster_api.execute(client, _WORKSPACE)["workspaceOrError"]
+            except DagsterGraphQLError as exc:
+                return exc.message  # not answering yet
+            for entry in data.get("locationEntries") or ():
+                loaded = entry.get("locationOrLoadError") or {}
+                if loaded.get("__typename") == "PythonError":  # waiting will not help
+                    pytest.fail(self.diagnose(f"{entry['name']} failed to load: {loaded['message']}"), pytrace=False)
+            return {e["name"]: e["loadStatus"] for e in data.get("locationEntries") or ()}
+
+        self.wait("code location", locations, lambda s: isinstance(s, dict) and s.get(LOCATION) == "LOADED",
+                  str, cap=STARTUP_CAP, poll_interval=0.5)
+
+        def unhealthy() -> tuple[str, ...]:
+            statuses = dagster_api.execute(client, _DAEMONS)["instance"]["daemonHealth"]["allDaemonStatuses"]
+            return tuple(sorted(d["daemonType"] for d in statuses if d["required"] and not d["healthy"]))
+
+        self.wait("daemons not healthy", unhealthy, lambda s: not s, lambda s: s, cap=STARTUP_CAP, poll_interval=1.0)
 
     # ------------------------------------------------------------------ reading back
     def service_skus(self) -> dict[str, str]:
@@ -320,19 +388,13 @@ def deployment(tmp_path: Path, postgres_url: str) -> Iterator[Deployment]:
             [dagster_command("dagster-webserver"), "-h", "127.0.0.1", "-p", str(port), "-w", "workspace.yaml"],
         )
         daemon = world.start("daemon", [dagster_command("dagster-daemon"), "run", "-w", "workspace.yaml"])
-        world.dagster = DagsterWebserver(f"http://127.0.0.1:{port}")
-        try:
-            world.dagster.wait_until_ready(STARTUP_TIMEOUT, location_name=LOCATION, is_alive=web.alive)
-            world.dagster.wait_for_daemons(STARTUP_TIMEOUT)
-        except DagsterGraphQLError as exc:
-            pytest.fail(world.diagnose(f"the deployment did not come up: {exc}"), pytrace=False)
-        assert daemon.alive(), world.diagnose("dagster-daemon exited")
+        world.dagster = dagster_api.connect(f"http://127.0.0.1:{port}")
+        world.wait_until_ready()
+        assert web.alive() and daemon.alive(), world.diagnose("dagster-webserver or dagster-daemon exited")
         yield world
     finally:
         for process in reversed(world.processes):
             process.stop()
-        if world.dagster is not None:
-            world.dagster.close()
         admin.close()
         emulator.stop()
         product.dispose()
@@ -382,19 +444,20 @@ def test_backfill_and_connect_sensor_through_the_daemon(deployment: Deployment) 
     )
 
 
-def _backfill_three_months(world: Deployment, dagster: DagsterWebserver) -> None:
+def _backfill_three_months(world: Deployment, dagster: DagsterGraphQLClient) -> None:
     # The Gradient emulator knows nothing yet.
     assert world.admin.counts() == []
 
-    assert set(dagster.asset_keys("monthly_billing")) == MONTHLY_ASSETS
+    assert set(dagster_api.asset_keys(dagster, "monthly_billing")) == MONTHLY_ASSETS
     # mistakes come back as errors that say what is wrong, and launch nothing
     with pytest.raises(DagsterGraphQLError, match="no_such_sensor") as not_found:
-        dagster.start_sensor("no_such_sensor")
+        dagster_api.start_sensor(dagster, "no_such_sensor")
     assert not_found.value.typename == "SensorNotFoundError"
     with pytest.raises(DagsterGraphQLError) as bad_month:
-        dagster.launch_asset_backfill(["2023-12-01"], job_name="monthly_billing")  # before 2024-01
+        dagster_api.launch_asset_backfill(dagster, ["2023-12-01"], job_name="monthly_billing")  # before 2024-01
     assert bad_month.value.typename is not None, bad_month.value
-    backfill_id = dagster.launch_asset_backfill(
+    backfill_id = dagster_api.launch_asset_backfill(
+        dagster,
         MONTH_KEYS,
         job_name="monthly_billing",
         # whole-month runs carry gbs/partner=all (deploy/dagster.yaml's per-partner limit)
@@ -404,7 +467,14 @@ def _backfill_three_months(world: Deployment, dagster: DagsterWebserver) -> None
         run_config={"execution": {"config": {"in_process": {}}}},
         title="daemon e2e: 2026-08..2026-10",
     )
-    status = dagster.wait_for_backfill(backfill_id, BACKFILL_TIMEOUT)
+    status = world.wait(
+        "backfill",
+        lambda: dagster_api.backfill_status(dagster, backfill_id),
+        lambda s: s["status"] in dagster_api.FINISHED_BACKFILL_STATUSES
+        and all(r["status"] in dagster_api.FINISHED_RUN_STATUSES for r in s["runs"]),
+        dagster_api.backfill_progress,
+        cap=BACKFILL_CAP,
+    )
 
     # ---- Dagster: every partition's run succeeded, every asset materialized for every month
     runs_text = ", ".join(f"{r['tags'].get('dagster/partition')}:{r['status']}" for r in status["runs"])
@@ -468,14 +538,19 @@ def _backfill_three_months(world: Deployment, dagster: DagsterWebserver) -> None
         assert state is not None and state.status == "active", (pid, state)
 
 
-def _partner_connects(world: Deployment, dagster: DagsterWebserver) -> None:
+def _partner_connects(world: Deployment, dagster: DagsterGraphQLClient) -> None:
     sensor_name = "partner_connected_sensor"
-    assert dagster.sensor(sensor_name)["status"] == "STOPPED"  # GBS_SENSORS_DEFAULT_STATUS=stopped
+    assert dagster_api.sensor(dagster, sensor_name)["status"] == "STOPPED"  # GBS_SENSORS_DEFAULT_STATUS=stopped
     turned_on_at = time.time()
-    assert dagster.start_sensor(sensor_name)["status"] == "RUNNING"
+    assert dagster_api.start_sensor(dagster, sensor_name)["status"] == "RUNNING"
 
     # The first evaluation sees p-001..p-003, onboarded by the backfill: nothing to launch.
-    first = dagster.wait_for_sensor_tick(sensor_name, after=turned_on_at - 1, timeout=90)
+    def finished_ticks() -> list[dagster_api.SensorTick]:
+        ticks = dagster_api.sensor(dagster, sensor_name)["ticks"]
+        return [t for t in ticks if t["status"] != "STARTED" and t["timestamp"] > turned_on_at - 1]
+
+    ticks = world.wait("first sensor tick", finished_ticks, bool, lambda t: len(t), cap=SENSOR_CAP)
+    first = min(ticks, key=lambda t: t["timestamp"])
     assert first["error"] is None, first["error"]
     assert first["runIds"] == [], f"the sensor re-onboarded partners the backfill onboarded: {first}"
 
@@ -490,16 +565,22 @@ def _partner_connects(world: Deployment, dagster: DagsterWebserver) -> None:
             connection_rows([NEW_PARTNER], world.fernet_key, connected_at, world.product.dialect.name),
         )
 
-    run = dagster.wait_for_run(
-        tags={"gbs/trigger": "connect", "gbs/partner": NEW_PARTNER}, timeout=SENSOR_RUN_TIMEOUT
+    connect_tags = {"gbs/trigger": "connect", "gbs/partner": NEW_PARTNER}
+    found = world.wait(
+        "the sensor's connect run",
+        lambda: dagster_api.runs(dagster, connect_tags, limit=1),
+        lambda found: bool(found) and found[0]["status"] in dagster_api.FINISHED_RUN_STATUSES,
+        lambda found: tuple((r["runId"], r["status"], r["stepsSucceeded"]) for r in found),
+        cap=SENSOR_CAP,
     )
+    run = found[0]
     latest = last_closed_month(datetime.now(timezone.utc), "America/New_York")
     assert run["status"] == "SUCCESS", world.diagnose(f"connect run {run['runId']} ended {run['status']}")
     assert run["tags"].get("dagster/partition") == latest.key
     if latest.month == OCT:  # October's counts exist: only the load job runs
         assert run["jobName"] == "gradient_load"
     # one run, for the new partner only
-    connect_runs = dagster.runs(tags={"gbs/trigger": "connect"})
+    connect_runs = dagster_api.runs(dagster, {"gbs/trigger": "connect"})
     assert [r["runId"] for r in connect_runs] == [run["runId"]], connect_runs
 
     # ---- Gradient: the new partner's accounts and its latest closed month's counts
@@ -531,5 +612,5 @@ def _partner_connects(world: Deployment, dagster: DagsterWebserver) -> None:
     october = world.delivered(OCT, set(CONNECTED))
     assert {k: v for k, v in others.items() if k in october} == october
 
-    assert dagster.stop_sensor(sensor_name) == "STOPPED"
-    assert dagster.sensor(sensor_name)["status"] == "STOPPED"
+    assert dagster_api.stop_sensor(dagster, sensor_name) == "STOPPED"
+    assert dagster_api.sensor(dagster, sensor_name)["status"] == "STOPPED"

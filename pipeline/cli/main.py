@@ -175,24 +175,25 @@ def backfill(first, last, force_superseded, webserver, wait) -> None:
 
 
 def _launch_backfill(url: str, months: list[BillingMonth], force: bool, wait: bool) -> None:
-    from pipeline.automation.dagster_api import DagsterGraphQLError, DagsterWebserver
+    from pipeline.automation import dagster_api
     from pipeline.automation.jobs import load_run_config, monthly_billing_job, run_tags
 
-    with DagsterWebserver(url) as dagster:
-        try:
-            backfill_id = dagster.launch_asset_backfill(
-                [m.key for m in months],
-                job_name=monthly_billing_job.name,
-                tags=run_tags("backfill"),
-                run_config=load_run_config(monthly_billing_job.name, [], force),
-                title=f"billing {months[0].label}..{months[-1].label}",
-            )
-        except DagsterGraphQLError as exc:
-            raise click.ClickException(f"the webserver refused the backfill: {exc}") from None
-        click.echo(f"launched backfill {backfill_id} of {len(months)} months on {url}")
-        if not wait:
-            return
-        status = dagster.wait_for_backfill(backfill_id, timeout=6 * 3600)
+    try:
+        client = dagster_api.connect(url)
+        backfill_id = dagster_api.launch_asset_backfill(
+            client,
+            [m.key for m in months],
+            job_name=monthly_billing_job.name,
+            tags=run_tags("backfill"),
+            run_config=load_run_config(monthly_billing_job.name, [], force),
+            title=f"billing {months[0].label}..{months[-1].label}",
+        )
+    except dagster_api.DagsterGraphQLError as exc:
+        raise click.ClickException(f"the webserver refused the backfill: {exc}") from None
+    click.echo(f"launched backfill {backfill_id} of {len(months)} months on {url}")
+    if not wait:
+        return
+    status = dagster_api.wait_for_backfill(client, backfill_id, stall_timeout=6 * 3600, timeout=6 * 3600)
     for key, run_status in sorted(status["partitions"].items()):
         click.echo(f"  {key[:7]}: {run_status or 'not run'}")
     click.echo(f"backfill {backfill_id}: {status['status']}")
