@@ -13,15 +13,16 @@ import pandas as pd
 
 from assets.month_end import billable_counts, billing_month, markdown_table, no_retry
 from pipeline.gradient import ledger
-from pipeline.gradient.errors import GradientAuthError, GradientError
+from pipeline.gradient.errors import GradientError
 from pipeline.resources import GradientResource
 from pipeline.gradient.load import (
     PartnerLoad,
     PartnerTarget,
     push_partner_month,
     sync_partner_accounts,
-    sync_services,
+    sync_vendor_services,
 )
+from pipeline.gradient.locks import DEFAULT_WAIT_SECONDS, LockTimeout
 from pipeline.partitions import monthly_partitions
 from pipeline.gradient.partner_keys import PartnerKeyError
 from pipeline.source.partners import load_companies, load_connections, load_services
@@ -40,6 +41,8 @@ class GradientLoadConfig(dg.Config):
 
     partner_ids: list[str] = []
     force_superseded: bool = False
+    # how long a partner's push waits for another run's push of the same partner, then stops
+    lock_wait_seconds: float = DEFAULT_WAIT_SECONDS
 
 
 def resolve_targets(
@@ -76,7 +79,7 @@ def resolve_targets(
 
 PARTNER_COLUMNS = [
     "partner", "delivered", "unmapped", "failed", "superseded", "skipped",
-    "accounts_created", "accounts_renamed", "status", "error",
+    "accounts_created", "accounts_renamed", "status", "error", "outcome",
 ]
 
 
@@ -93,10 +96,14 @@ def partner_table(reports: Sequence[PartnerLoad]) -> pd.DataFrame:
             "accounts_renamed": r.accounts_renamed,
             "status": r.status or "",
             "error": r.error or "",
+            "outcome": r.summary,
         }
         for r in sorted(reports, key=lambda r: r.partner_id)
     ]
     return pd.DataFrame(rows, columns=PARTNER_COLUMNS)
+
+
+DUPLICATE_SERVICES_CHECK = "one_service_per_name"
 
 
 @dg.asset(
@@ -105,6 +112,13 @@ def partner_table(reports: Sequence[PartnerLoad]) -> pd.DataFrame:
     kinds={"gradient"},
     pool=GRADIENT_POOL,
     deps=[billable_counts],
+    check_specs=[
+        dg.AssetCheckSpec(
+            DUPLICATE_SERVICES_CHECK,
+            asset="gradient_services",
+            description="Gradient holds each service name under one id (two ids = units billed twice).",
+        )
+    ],
 )
 def gradient_services(
     context: dg.AssetExecutionContext,
@@ -114,37 +128,51 @@ def gradient_services(
     gradient: GradientResource,
 ) -> dg.MaterializeResult:
     """The vendor's services (SERVICES_SQL) exist in Gradient: missing ones are created by name,
-    idempotently; their Gradient ids are kept in the state DB for the count calls."""
+    idempotently and under the vendor-wide services lock; their Gradient ids are kept in the
+    state DB for the count calls. A name Gradient holds under two ids fails the check and its
+    counts are not pushed."""
     targets, _ = resolve_targets(context, product_db, partner_sources, [])
     with product_db.connect() as conn:
         services = load_services(conn, product_db.services_sql)
     if not targets:
         context.log.info("no connected partner: nothing to sync services with")
-        return dg.MaterializeResult(metadata={"services": len(services), "synced": 0})
+        return dg.MaterializeResult(
+            metadata={"services": len(services), "synced": 0},
+            check_results=[dg.AssetCheckResult(check_name=DUPLICATE_SERVICES_CHECK, passed=True)],
+        )
 
-    async def run() -> dict[str, tuple[str, str]]:
+    async def run():
         async with gradient.client() as client:
-            last_error: GradientError | None = None
-            # Vendor-level calls need a partner's token; any connected partner's works.
-            for target in targets:
-                try:
-                    return await sync_services(client.partner(target.partner_id, target.api_key), services)
-                except GradientAuthError as exc:
-                    last_error = exc
-            assert last_error is not None
-            raise last_error
+            return await sync_vendor_services(client, targets, services, state_db.engine(), context.run_id)
 
     try:
-        service_ids = asyncio.run(run())
-    except GradientError as exc:
+        synced = asyncio.run(run())
+    except (GradientError, LockTimeout) as exc:
         raise dg.Failure(description=f"services sync failed: {exc}") from None
-    ledger.save_service_ids(state_db.engine(), service_ids)
+    for name, ids in synced.duplicates.items():
+        context.log.error(
+            f"Gradient has {len(ids)} services named {name!r} (ids {', '.join(ids)}): counts for it "
+            "are not pushed until the extra ones are deleted in Gradient"
+        )
     return dg.MaterializeResult(
         metadata={
             "services": len(services),
-            "synced": len(service_ids),
-            "service_ids": dg.MetadataValue.json({sku: sid for sku, (sid, _) in service_ids.items()}),
-        }
+            "synced": len(synced.ids),
+            "created": synced.created,
+            "service_ids": dg.MetadataValue.json({sku: sid for sku, (sid, _) in synced.ids.items()}),
+        },
+        check_results=[
+            dg.AssetCheckResult(
+                check_name=DUPLICATE_SERVICES_CHECK,
+                passed=not synced.duplicates,
+                severity=dg.AssetCheckSeverity.ERROR,
+                metadata={"duplicates": dg.MetadataValue.json(synced.duplicates)},
+                description=(
+                    "; ".join(f"{n!r}: ids {', '.join(i)}" for n, i in synced.duplicates.items())
+                    or "every service name maps to one id"
+                ),
+            )
+        ],
     )
 
 
@@ -190,6 +218,7 @@ def gradient_accounts(
                         state,
                         context.run_id,
                         log=context.log.info,
+                        lock_wait_seconds=config.lock_wait_seconds,
                     )
                     for target in targets
                 )
@@ -199,6 +228,9 @@ def gradient_accounts(
     for report in reports:
         if report.error:
             ledger.record_account_sync_failure(state, context.run_id, report.partner_id, report.error)
+        for company, reason in report.refused.items():
+            context.log.error(f"{report.partner_id}: company {company} refused: {reason}")
+        ledger.record_refusals(state, context.run_id, report.partner_id, report.refused)
     table = partner_table(reports)[["partner", "accounts_created", "accounts_renamed", "status", "error"]]
     return dg.MaterializeResult(
         metadata={
@@ -236,6 +268,7 @@ def gradient_unit_counts(
     counts = load_billable_counts(state, month.month)
     service_ids = ledger.service_ids(state)
     accounts_failed = ledger.account_sync_failures_of(state, context.run_id)
+    service_conflicts = ledger.service_conflicts(state)
 
     async def run() -> tuple[list[PartnerLoad], dict]:
         async with gradient.client() as client:
@@ -251,6 +284,8 @@ def gradient_unit_counts(
                         context.run_id,
                         force=config.force_superseded,
                         accounts_error=accounts_failed.get(target.partner_id),
+                        service_conflicts=service_conflicts,
+                        lock_wait_seconds=config.lock_wait_seconds,
                         log=context.log.info,
                     )
                     for target in targets
@@ -260,6 +295,10 @@ def gradient_unit_counts(
 
     pushed, stats = asyncio.run(run())
     reports = failures + pushed
+    for partner_id, refused in ledger.refusals_of(state, context.run_id).items():
+        for report in reports:
+            if report.partner_id == partner_id:
+                report.refused = {**refused, **report.refused}
     totals = {o: sum(r.outcomes.get(o, 0) for r in reports) for o in ledger.OUTCOMES}
     metadata = {
         "month": month.label,
@@ -270,12 +309,12 @@ def gradient_unit_counts(
         "retries": stats.get("retries", 0),
         "per_partner": markdown_table(partner_table(reports), max_rows=200),
     }
-    failed = [r for r in reports if r.failed]
+    failed = [r for r in reports if r.failed or r.refused]
     if failed:
         raise dg.Failure(
             description=(
                 f"{month.label}: {len(failed)} partner(s) not fully delivered: "
-                + "; ".join(f"{r.partner_id}: {r.error or str(r.outcomes.get(ledger.FAILED, 0)) + ' failed'}" for r in failed)
+                + "; ".join(f"{r.partner_id}: {r.error or _failure_text(r)}" for r in failed)
                 + ". Everything else was attempted and recorded; re-run the month to finish."
             ),
             metadata=metadata,
@@ -286,3 +325,9 @@ def gradient_unit_counts(
         # run must not hide a month the others never received).
         record_month_load(state, month.month, context.run_id, len(reports))
     return dg.MaterializeResult(metadata=metadata)
+
+
+def _failure_text(report: PartnerLoad) -> str:
+    refused = "; ".join(f"company {c} refused: {reason}" for c, reason in sorted(report.refused.items())[:5])
+    failed = report.outcomes.get(ledger.FAILED, 0)
+    return ", ".join(p for p in (f"{failed} failed" if failed else "", refused) if p)

@@ -12,8 +12,10 @@ from typing import Any, Literal
 
 from .errors import BadRequest
 
-FaultKind = Literal["error", "drop", "timeout"]
-_FAULT_KINDS: tuple[str, ...] = ("error", "drop", "timeout")
+# "lost_response": the request IS handled (its effect happens), then the connection is dropped
+# before the answer, as when a response is lost on the way back.
+FaultKind = Literal["error", "drop", "timeout", "lost_response"]
+_FAULT_KINDS: tuple[str, ...] = ("error", "drop", "timeout", "lost_response")
 
 
 class SlidingWindowRateLimiter:
@@ -79,6 +81,7 @@ class FaultConfig:
     timeout_rate: float = 0.0
     timeout_seconds: float = 30.0
     drop_rate: float = 0.0
+    lost_response_rate: float = 0.0
     rate_limit_per_second: int | None = None
     paths: list[str] | None = None
     seed: int | None = None
@@ -139,9 +142,10 @@ def parse_fault_config(raw: Any) -> FaultConfig:
         timeout_rate=_number(raw, "timeout_rate", 0.0, 0.0, 1.0),
         timeout_seconds=_number(raw, "timeout_seconds", 30.0, 0.001, 3600.0),
         drop_rate=_number(raw, "drop_rate", 0.0, 0.0, 1.0),
+        lost_response_rate=_number(raw, "lost_response_rate", 0.0, 0.0, 1.0),
     )
-    if config.error_rate + config.timeout_rate + config.drop_rate > 1.0:
-        raise BadRequest("error_rate + timeout_rate + drop_rate must not exceed 1.0")
+    if config.error_rate + config.timeout_rate + config.drop_rate + config.lost_response_rate > 1.0:
+        raise BadRequest("error_rate + timeout_rate + drop_rate + lost_response_rate must not exceed 1.0")
     limit = raw.get("rate_limit_per_second")
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
         raise BadRequest("faults.rate_limit_per_second must be a positive integer")
@@ -243,6 +247,8 @@ class FaultInjector:
             kind = "timeout"
         elif draw < config.drop_rate + config.timeout_rate + config.error_rate:
             kind = "error"
+        elif draw < config.drop_rate + config.timeout_rate + config.error_rate + config.lost_response_rate:
+            kind = "lost_response"
         if kind is None and latency == 0:
             return None
         return FaultAction(

@@ -67,6 +67,11 @@ async def _drop_connection(receive: Receive, send: Send) -> None:
     await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"1024")]})
 
 
+async def _swallow(message: Message) -> None:
+    """A ``send`` that loses the response (the request was handled)."""
+    return None
+
+
 async def _wait_for_disconnect(receive: Receive) -> None:
     while (await receive())["type"] != "http.disconnect":
         continue
@@ -137,6 +142,9 @@ class VendorGateway:
         self, action: FaultAction, scope: Scope, raw_receive: Receive, receive: Receive, send: Send
     ) -> None:
         if action.kind == "drop":
+            await _drop_connection(raw_receive, send)
+        elif action.kind == "lost_response":
+            await self.app(scope, receive, _swallow)
             await _drop_connection(raw_receive, send)
         elif action.kind == "timeout":
             await self._time_out(action, scope, receive, send)

@@ -17,7 +17,8 @@ Retries: tenacity, on 429, 5xx and ``httpx.TransportError`` (except the determin
 attempt goes through the limiter again. Other statuses are never retried. POSTs are
 retried too: unit counts overwrite (idempotent); a retried bulk account creation whose
 first attempt landed may answer 409 (duplicate ids), which the caller resolves by reading
-the accounts again.
+the accounts again. ``POST /service`` is the exception: it is sent once, and the caller
+re-reads the services by name before any new attempt (a retry could create a duplicate).
 """
 
 from __future__ import annotations
@@ -247,10 +248,11 @@ class GradientClient:
             raise ValueError(f"Partner {partner_id!r} has an empty Gradient API key")
         return PartnerSession(self, partner_id, key)
 
-    async def _send(self, call: _Call) -> httpx.Response:
-        """Send ``call`` with retries; returns any non-retryable response."""
+    async def _send(self, call: _Call, *, retry: bool = True) -> httpx.Response:
+        """Send ``call`` with retries (one attempt if not ``retry``); returns any
+        non-retryable response."""
         retrying = AsyncRetrying(
-            stop=stop_after_attempt(self._max_attempts),
+            stop=stop_after_attempt(self._max_attempts if retry else 1),
             wait=self._wait,
             retry=retry_if_exception(_is_retryable),
             before_sleep=lambda state: self._before_sleep(call, state),
@@ -330,9 +332,9 @@ class GradientClient:
             raise RuntimeError("GradientClient is not open: use `async with GradientClient(...)`")
         return self._http
 
-    async def _json(self, call: _Call) -> Any:
+    async def _json(self, call: _Call, *, retry: bool = True) -> Any:
         """Send ``call``; any non-2xx raises; returns the decoded JSON body (None if empty)."""
-        response = await self._send(call)
+        response = await self._send(call, retry=retry)
         if not response.is_success:
             raise _status_error(call, response)
         return _decode_json(call, response)
@@ -388,7 +390,12 @@ class PartnerSession:
         support_article: str | None = None,
         support_contact: str | None = None,
     ) -> dict[str, Any]:
-        """Create a SKU; returns the created SKU (the newest one named ``name`` in ``skus``)."""
+        """Create a SKU; returns the created SKU (the newest one named ``name`` in ``skus``).
+
+        Sent exactly once, never retried here: a lost response may hide a SKU that was created,
+        and a blind retry would create a second one of the same name. The caller re-reads the
+        vendor's services by name before trying again (``pipeline.gradient.load.sync_services``).
+        """
         body = _without_none(
             {
                 "name": name,
@@ -400,7 +407,7 @@ class PartnerSession:
             }
         )
         call = self._call("POST", "/service", body=body)
-        vendor = _as_dict(call, _unwrap_data(await self._client._json(call)))
+        vendor = _as_dict(call, _unwrap_data(await self._client._json(call, retry=False)))
         return _newest_sku_named(call, vendor, name)
 
     async def get_service(self, service_id: str) -> dict[str, Any]:
@@ -760,8 +767,10 @@ def _item_id(item: Any) -> str | None:
 
 
 def _segment(value: str) -> str:
-    """One URL path segment, percent-encoded (ids may contain '/', '?', spaces)."""
-    return quote(str(value), safe="")
+    """One URL path segment, percent-encoded: '/', '?', '%', spaces, control characters and
+    dots too ('.' and '..' would otherwise be collapsed by URL normalization, in httpx or on
+    the way, and send e.g. a rename of account '..' to another route)."""
+    return quote(str(value), safe="").replace(".", "%2E")
 
 
 def _without_none(values: dict[str, Any]) -> dict[str, Any]:

@@ -16,6 +16,8 @@ import sqlalchemy as sa
 
 from pipeline.store.schema import (
     account_sync_failures,
+    gradient_refusals,
+    gradient_service_conflicts,
     gradient_services,
     ledger_entries,
     partner_sync_state,
@@ -221,6 +223,65 @@ def save_service_ids(engine: sa.Engine, service_ids: dict[str, tuple[str, str]])
                 gradient_services.insert(),
                 [{"sku": s, "service_id": i, "name": n, "synced_at": now} for s, (i, n) in service_ids.items()],
             )
+
+
+def save_service_conflicts(engine: sa.Engine, skus: Sequence[str], conflicts: dict[str, tuple[str, list[str]]]) -> None:
+    """Replace the conflicts of ``skus``: sku -> (name, the Gradient ids that name maps to)."""
+    now = utcnow()
+    with engine.begin() as conn:
+        conn.execute(sa.delete(gradient_service_conflicts).where(gradient_service_conflicts.c.sku.in_(list(skus))))
+        conn.execute(sa.delete(gradient_services).where(gradient_services.c.sku.in_(list(conflicts))))
+        if conflicts:
+            conn.execute(
+                gradient_service_conflicts.insert(),
+                [
+                    {"sku": sku, "name": name, "service_ids": ",".join(ids), "detected_at": now}
+                    for sku, (name, ids) in conflicts.items()
+                ],
+            )
+
+
+def service_conflicts(engine: sa.Engine) -> dict[str, str]:
+    """sku -> why its counts are not pushed (its name maps to several Gradient services)."""
+    with engine.connect() as conn:
+        rows = conn.execute(sa.select(gradient_service_conflicts)).all()
+    return {
+        r.sku: (
+            f"not sent: Gradient has {len(r.service_ids.split(','))} services named {r.name!r} "
+            f"(ids {r.service_ids}); delete the extra ones in Gradient, then re-run"
+        )
+        for r in rows
+    }
+
+
+def record_refusals(engine: sa.Engine, run_id: str, partner_id: str, refused: dict[str, str]) -> None:
+    """Companies refused on the way to Gradient: item -> reason."""
+    if not refused:
+        return
+    now = utcnow()
+    with engine.begin() as conn:
+        conn.execute(
+            sa.delete(gradient_refusals).where(
+                gradient_refusals.c.run_id == run_id, gradient_refusals.c.partner_id == partner_id
+            )
+        )
+        conn.execute(
+            gradient_refusals.insert(),
+            [
+                {"run_id": run_id, "partner_id": partner_id, "item": item, "reason": reason, "recorded_at": now}
+                for item, reason in refused.items()
+            ],
+        )
+
+
+def refusals_of(engine: sa.Engine, run_id: str) -> dict[str, dict[str, str]]:
+    """partner -> {item: reason} refused in this run."""
+    with engine.connect() as conn:
+        rows = conn.execute(sa.select(gradient_refusals).where(gradient_refusals.c.run_id == run_id)).all()
+    out: dict[str, dict[str, str]] = {}
+    for r in rows:
+        out.setdefault(r.partner_id, {})[r.item] = r.reason
+    return out
 
 
 def service_ids(engine: sa.Engine) -> dict[str, str]:

@@ -16,6 +16,7 @@ Dagster assets in ``assets/gradient_load.py`` call them. The rules (``../shared/
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import date
@@ -23,9 +24,10 @@ from datetime import date
 import pandas as pd
 import sqlalchemy as sa
 
-from pipeline.gradient import ledger
+from pipeline.gradient import ledger, locks
 from pipeline.gradient.client import GradientClient, PartnerSession, Secret
 from pipeline.gradient.errors import GradientAuthError, GradientError
+from pipeline.gradient.ids import account_id_problem, company_problem, name_problem, service_id_problem
 from pipeline.gradient.ledger import DELIVERED, FAILED, SUPERSEDED, Delivered, LedgerEntry
 from pipeline.source.partners import PartnerConnection, ServiceDefinition
 
@@ -33,7 +35,11 @@ PENDING = "pending"
 ACTIVE = "active"
 ERROR = "error"
 INACTIVE = "inactive"
-LEDGER_BATCH = 500
+# Ledger writes during a push (the crash window, see _PartnerPush): whichever comes first.
+LEDGER_FLUSH_ENTRIES = 100
+LEDGER_FLUSH_SECONDS = 1.0
+# Count calls scheduled at once (the client's semaphore bounds those in flight).
+SEND_CHUNK = 500
 
 Log = Callable[[str], None]
 
@@ -45,23 +51,111 @@ def _quiet(_: str) -> None:
 # --------------------------------------------------------------------------- services
 
 
-async def sync_services(
-    session: PartnerSession, services: Sequence[ServiceDefinition]
-) -> dict[str, tuple[str, str]]:
-    """Create the vendor's missing services by name (idempotent); sku -> (service id, name)."""
+@dataclass(frozen=True)
+class ServiceSync:
+    """sku -> (Gradient id, name) for the services that map to exactly one id; the skus whose
+    name Gradient holds under several ids (never pushed to); every duplicated name in Gradient."""
+
+    ids: dict[str, tuple[str, str]]
+    conflicts: dict[str, tuple[str, list[str]]]
+    duplicates: dict[str, list[str]]
+    created: int = 0
+
+
+def _retryable(exc: GradientError) -> bool:
+    return exc.status_code is None or exc.status_code == 429 or 500 <= exc.status_code <= 599
+
+
+async def _services_by_name(session: PartnerSession) -> dict[str, list[str]]:
     vendor = await session.get_vendor()
-    by_name = {s["name"]: str(s.get("id") or s.get("_id")) for s in vendor.get("skus", [])}
+    by_name: dict[str, list[str]] = {}
+    for sku in vendor.get("skus", []):
+        sid = sku.get("id") or sku.get("_id")
+        if sid is not None and str(sid) not in by_name.setdefault(sku.get("name"), []):
+            by_name[sku.get("name")].append(str(sid))
+    return by_name
+
+
+async def sync_services(
+    session: PartnerSession,
+    services: Sequence[ServiceDefinition],
+    *,
+    attempts: int = 4,
+    backoff_seconds: float = 0.5,
+) -> ServiceSync:
+    """Create the vendor's missing services by name, never two of one name.
+
+    ``POST /service`` is sent once per attempt; after a failed or unanswered attempt the
+    services are read again by name before another (the lost answer may hide a creation).
+    Run it under the services lock (``sync_vendor_services``) so two runs cannot both create.
+    """
+    by_name = await _services_by_name(session)
+    created = 0
     for service in services:
-        if service.name in by_name:
-            continue
-        created = await session.create_service(
-            name=service.name,
-            description=service.description or service.name,
-            category=service.category,
-            subcategory=service.subcategory,
+        tries = 0
+        while not by_name.get(service.name):
+            tries += 1
+            try:
+                sku = await session.create_service(
+                    name=service.name,
+                    description=service.description or service.name,
+                    category=service.category,
+                    subcategory=service.subcategory,
+                )
+                by_name[service.name] = [str(sku.get("id") or sku.get("_id"))]
+                created += 1
+            except GradientError as exc:
+                if not _retryable(exc) or tries >= attempts:
+                    raise
+                await asyncio.sleep(backoff_seconds * 2 ** (tries - 1))
+                by_name = await _services_by_name(session)
+    ids: dict[str, tuple[str, str]] = {}
+    conflicts: dict[str, tuple[str, list[str]]] = {}
+    for service in services:
+        found = by_name[service.name]
+        if len(found) == 1:
+            ids[service.sku] = (found[0], service.name)
+        else:
+            conflicts[service.sku] = (service.name, sorted(found))
+    duplicates = {str(name): sorted(found) for name, found in by_name.items() if len(found) > 1}
+    return ServiceSync(ids=ids, conflicts=conflicts, duplicates=duplicates, created=created)
+
+
+async def sync_vendor_services(
+    client: GradientClient,
+    targets: Sequence[PartnerTarget],
+    services: Sequence[ServiceDefinition],
+    state_db: sa.Engine,
+    run_id: str,
+    *,
+    lock_wait_seconds: float = locks.DEFAULT_WAIT_SECONDS,
+) -> ServiceSync:
+    """Sync services under the vendor-wide services lock and store the result.
+
+    Vendor-level calls need a partner's token; the first connected partner whose key Gradient
+    accepts is used. Refused names (``pipeline.gradient.ids``) raise before anything is sent.
+    """
+    bad = {s.sku: p for s in services if (p := name_problem(s.name, "service name"))}
+    if bad:
+        raise GradientError(
+            "SERVICES_SQL returned service names Gradient cannot take: "
+            + "; ".join(f"{sku}: {reason}" for sku, reason in sorted(bad.items()))
+            + ". Fix the names in the product's services table (or SERVICES_SQL)."
         )
-        by_name[service.name] = str(created.get("id") or created.get("_id"))
-    return {s.sku: (by_name[s.name], s.name) for s in services}
+    async with locks.holding(state_db, locks.SERVICES_LOCK, run_id, wait_seconds=lock_wait_seconds):
+        last_error: GradientError | None = None
+        for target in targets:
+            try:
+                synced = await sync_services(client.partner(target.partner_id, target.api_key), services)
+                break
+            except GradientAuthError as exc:
+                last_error = exc
+        else:
+            assert last_error is not None
+            raise last_error
+        ledger.save_service_conflicts(state_db, [s.sku for s in services], synced.conflicts)
+        ledger.save_service_ids(state_db, synced.ids)
+    return synced
 
 
 # --------------------------------------------------------------------------- accounts
@@ -161,6 +255,10 @@ class PartnerLoad:
     accounts_renamed: int = 0
     status: str | None = None
     error: str | None = None
+    # seconds spent waiting for another run's push of this partner (the state-DB lock)
+    waited_seconds: float = 0.0
+    # companies refused on the way to Gradient: company id -> reason
+    refused: dict[str, str] = field(default_factory=dict)
 
     def count(self, outcome: str, n: int = 1) -> None:
         self.outcomes[outcome] = self.outcomes.get(outcome, 0) + n
@@ -169,9 +267,27 @@ class PartnerLoad:
     def failed(self) -> bool:
         return self.error is not None or self.outcomes.get(FAILED, 0) > 0
 
+    @property
+    def summary(self) -> str:
+        """What this run did for the partner, e.g. ``waited 4.1 s; delivered 12, superseded 0``."""
+        parts = [f"waited {self.waited_seconds:.1f} s for another push"] if self.waited_seconds >= 0.5 else []
+        parts += [f"{o} {n}" for o, n in sorted(self.outcomes.items())]
+        if self.refused:
+            parts.append(f"{len(self.refused)} compan{'y' if len(self.refused) == 1 else 'ies'} refused")
+        if self.error:
+            parts.append(f"error: {self.error}")
+        return "; ".join(parts) or "nothing to send"
+
 
 class _PartnerPush:
-    """Sends one partner's planned counts, writing the ledger as Gradient answers."""
+    """Sends one partner's planned counts, writing the ledger as Gradient answers.
+
+    Crash window: acknowledged calls are written to the ledger every ``LEDGER_FLUSH_ENTRIES``
+    answers or every ``LEDGER_FLUSH_SECONDS``, whichever comes first, and at the end. A crash
+    (kill -9) loses at most the acknowledgements of that last second or 100 answers, plus the
+    calls in flight (at most the client's ``max_concurrency``): a re-run sends those again, with
+    the same values (a count call overwrites, so values stay exact).
+    """
 
     def __init__(
         self,
@@ -181,16 +297,21 @@ class _PartnerPush:
         state: sa.Engine,
         run_id: str,
         report: PartnerLoad,
+        service_conflicts: dict[str, str] | None = None,
+        lock: locks.HeldLock | None = None,
     ) -> None:
         self.session = session
         self.month = month
         self.service_ids = service_ids
+        self.service_conflicts = service_conflicts or {}
         self.state = state
         self.run_id = run_id
         self.report = report
+        self.lock = lock
         self.auth_error: GradientAuthError | None = None
         self.pending: list[LedgerEntry] = []
         self.last_delivered: CountCall | None = None
+        self.flushed_at = time.monotonic()
 
     def entry(self, call: CountCall, outcome: str, status: int | None, detail: str | None) -> LedgerEntry:
         return LedgerEntry(
@@ -207,6 +328,8 @@ class _PartnerPush:
         )
 
     async def send(self, call: CountCall, *, no_build: bool) -> LedgerEntry:
+        if call.sku in self.service_conflicts:
+            return self.entry(call, FAILED, None, self.service_conflicts[call.sku])
         service_id = self.service_ids.get(call.sku)
         if service_id is None:
             return self.entry(
@@ -214,8 +337,17 @@ class _PartnerPush:
                 f"service {call.sku} does not exist in Gradient (services sync failed or it is "
                 "not in SERVICES_SQL); re-run after the services sync succeeds",
             )
+        problem = service_id_problem(service_id)
+        if problem is not None:
+            return self.entry(call, FAILED, None, f"not sent: {problem}")
         if self.auth_error is not None:
             return self.entry(call, FAILED, 401, "not sent: Gradient rejected the partner's key")
+        if self.lock is not None and self.lock.lost:
+            return self.entry(
+                call, FAILED, None,
+                "not sent: this run lost its push lease of the partner (the state database "
+                "could not be reached to renew it); re-run the month",
+            )
         try:
             result = await self.session.set_unit_count(
                 service_id, call.account_id, call.value, no_build=no_build
@@ -227,32 +359,47 @@ class _PartnerPush:
             return self.entry(call, FAILED, exc.status_code, str(exc))
         return self.entry(call, result.outcome, result.status_code, result.message)
 
-    def keep(self, entries: Sequence[LedgerEntry]) -> None:
-        self.pending.extend(entries)
-        for e in entries:
-            self.report.count(e.outcome)
-            if e.outcome == DELIVERED:
-                self.last_delivered = CountCall(e.account_id, e.sku, e.value)
-        if len(self.pending) >= LEDGER_BATCH:
+    def keep(self, entry: LedgerEntry) -> None:
+        self.pending.append(entry)
+        self.report.count(entry.outcome)
+        if entry.outcome == DELIVERED:
+            self.last_delivered = CountCall(entry.account_id, entry.sku, entry.value)
+        if len(self.pending) >= LEDGER_FLUSH_ENTRIES or time.monotonic() - self.flushed_at >= LEDGER_FLUSH_SECONDS:
             self.flush()
 
     def flush(self) -> None:
-        ledger.record(self.state, self.pending)
-        self.pending = []
+        if self.pending:
+            ledger.record(self.state, self.pending)
+            self.pending = []
+        self.flushed_at = time.monotonic()
+
+    async def _flush_every_interval(self) -> None:
+        while True:
+            await asyncio.sleep(LEDGER_FLUSH_SECONDS)
+            self.flush()
+
+    async def _send_and_keep(self, call: CountCall, *, no_build: bool) -> LedgerEntry:
+        entry = await self.send(call, no_build=no_build)
+        self.keep(entry)
+        return entry
 
     async def run(self, plan: PushPlan) -> None:
         calls = plan.to_send
         head, last = calls[:-1], calls[-1:]
-        for i in range(0, len(head), LEDGER_BATCH):
-            batch = head[i : i + LEDGER_BATCH]
-            self.keep(await asyncio.gather(*(self.send(c, no_build=True) for c in batch)))
-        final = [await self.send(c, no_build=False) for c in last]
-        self.keep(final)
-        if final and final[0].outcome != DELIVERED and self.last_delivered and not self.auth_error:
-            # The last call was not accepted, so Gradient was never told to rebuild: re-send
-            # one value it did accept (same value, idempotent), without no_build.
-            self.pending.append(await self.send(self.last_delivered, no_build=False))
-        self.flush()
+        ticker = asyncio.create_task(self._flush_every_interval())
+        try:
+            for i in range(0, len(head), SEND_CHUNK):
+                await asyncio.gather(
+                    *(self._send_and_keep(c, no_build=True) for c in head[i : i + SEND_CHUNK])
+                )
+            final = [await self._send_and_keep(c, no_build=False) for c in last]
+            if final and final[0].outcome != DELIVERED and self.last_delivered and not self.auth_error:
+                # The last call was not accepted, so Gradient was never told to rebuild:
+                # re-send one value it did accept (same value, idempotent), without no_build.
+                self.pending.append(await self.send(self.last_delivered, no_build=False))
+        finally:
+            ticker.cancel()
+            self.flush()
 
 
 def superseded_entries(
@@ -309,23 +456,67 @@ async def onboard_partner(session: PartnerSession, target: PartnerTarget, state_
     )
 
 
+NULL_COMPANY_FIX = (
+    "COMPANIES_SQL returned a NULL company_id or company_name: the company is not sent to "
+    "Gradient (it would become an account named \"None\"); fix the product's companies row or "
+    "make COMPANIES_SQL return a non-null id and name for every company"
+)
+
+
+def split_companies(companies: Sequence[tuple[object, object]]) -> tuple[list[tuple[str, str]], dict[str, str]]:
+    """(company id, name) pairs Gradient can take, and the refused ones: id -> reason."""
+    valid: list[tuple[str, str]] = []
+    refused: dict[str, str] = {}
+    for company_id, name in companies:
+        problem = company_problem(company_id, name)
+        if problem is None:
+            valid.append((str(company_id), str(name)))
+        elif company_id is None or name is None:
+            refused["NULL" if company_id is None else str(company_id)[:80]] = f"{problem}: {NULL_COMPANY_FIX}"
+        else:
+            refused[str(company_id)[:80]] = f"not sent: {problem}"
+    return valid, refused
+
+
+def _lock_timeout(report: PartnerLoad, exc: locks.LockTimeout, what: str, log: Log) -> PartnerLoad:
+    report.error = f"{exc}; {what} nothing was sent for this partner — re-run once the other push is done"
+    log(f"{report.partner_id}: {report.error}")
+    return report
+
+
 async def sync_partner_accounts(
     client: GradientClient,
     target: PartnerTarget,
-    companies: Sequence[tuple[str, str]],
+    companies: Sequence[tuple[object, object]],
     state_db: sa.Engine,
     run_id: str,
     log: Log = _quiet,
+    *,
+    lock_wait_seconds: float = locks.DEFAULT_WAIT_SECONDS,
 ) -> PartnerLoad:
-    """Onboard when needed, then keep the partner's accounts in step with its companies."""
+    """Onboard when needed, then keep the partner's accounts in step with its companies.
+
+    Runs under the partner's push lock. Companies whose id or name Gradient cannot take
+    (``pipeline.gradient.ids``) are refused with the reason in ``report.refused``; the
+    others go on.
+    """
     report = PartnerLoad(target.partner_id)
+    valid, report.refused = split_companies(companies)
+    for company, reason in report.refused.items():
+        log(f"{target.partner_id}: company {company} refused: {reason}")
     session = client.partner(target.partner_id, target.api_key)
     try:
-        if needs_onboarding(target, ledger.partner_state(state_db, target.partner_id)):
-            await onboard_partner(session, target, state_db, run_id)
-            report.status = PENDING
-            log(f"{target.partner_id}: key verified, integration set to pending")
-        synced = await sync_accounts(session, companies)
+        async with locks.holding(
+            state_db, locks.partner_lock_name(target.partner_id), run_id, wait_seconds=lock_wait_seconds
+        ) as held:
+            report.waited_seconds = held.waited_seconds
+            if needs_onboarding(target, ledger.partner_state(state_db, target.partner_id)):
+                await onboard_partner(session, target, state_db, run_id)
+                report.status = PENDING
+                log(f"{target.partner_id}: key verified, integration set to pending")
+            synced = await sync_accounts(session, valid)
+    except locks.LockTimeout as exc:
+        return _lock_timeout(report, exc, "accounts not synced;", log)
     except GradientError as exc:
         return _partner_failed(report, exc, state_db, run_id, log)
     report.accounts_created = synced.created
@@ -342,6 +533,17 @@ def _partner_failed(report: PartnerLoad, exc: GradientError, state_db: sa.Engine
     return report
 
 
+def _refused_in_counts(counts: pd.DataFrame) -> dict[str, str]:
+    """Company ids of ``counts`` Gradient cannot take (or whose name it cannot take): id -> reason."""
+    names = "company_name" in counts.columns
+    refused: dict[str, str] = {}
+    for r in counts.drop_duplicates("company_id").itertuples(index=False):
+        problem = account_id_problem(r.company_id) or (name_problem(r.company_name) if names else None)
+        if problem is not None:
+            refused[str(r.company_id)] = f"not sent: {problem}"
+    return refused
+
+
 async def push_partner_month(
     client: GradientClient,
     target: PartnerTarget,
@@ -353,15 +555,55 @@ async def push_partner_month(
     *,
     force: bool = False,
     accounts_error: str | None = None,
+    service_conflicts: dict[str, str] | None = None,
+    lock_wait_seconds: float = locks.DEFAULT_WAIT_SECONDS,
     log: Log = _quiet,
 ) -> PartnerLoad:
-    """Push one partner's counts for the month under the superseded guard.
+    """Push one partner's counts for the month, under the partner's push lock.
+
+    Only one push of a partner runs at a time, whoever starts it: a second one waits up to
+    ``lock_wait_seconds`` (``report.waited_seconds``) and then decides the superseded guard and
+    what is left to send against the ledger as it is *now*, or stops with ``report.error``.
 
     ``accounts_error`` says the partner's accounts could not be synced in this run: nothing is
     pushed (every count would 404 and pass for "unmapped"); the planned values are recorded as
-    failed so the run fails and a re-run finishes the job.
+    failed so the run fails and a re-run finishes the job. Counts of companies Gradient cannot
+    take and of services whose name maps to several Gradient ids (``service_conflicts``: sku ->
+    reason) are recorded as failed with the reason; the rest goes on.
     """
     report = PartnerLoad(target.partner_id)
+    try:
+        async with locks.holding(
+            state_db, locks.partner_lock_name(target.partner_id), run_id, wait_seconds=lock_wait_seconds
+        ) as held:
+            report.waited_seconds = held.waited_seconds
+            if held.waited_seconds >= 0.5:
+                log(f"{target.partner_id}: waited {held.waited_seconds:.1f} s for another run's push")
+            return await _push_locked(
+                client, target, month, counts, service_ids, state_db, run_id, report, held,
+                force=force, accounts_error=accounts_error,
+                service_conflicts=service_conflicts or {}, log=log,
+            )
+    except locks.LockTimeout as exc:
+        return _lock_timeout(report, exc, f"{month:%Y-%m} not pushed;", log)
+
+
+async def _push_locked(
+    client: GradientClient,
+    target: PartnerTarget,
+    month: date,
+    counts: pd.DataFrame,
+    service_ids: dict[str, str],
+    state_db: sa.Engine,
+    run_id: str,
+    report: PartnerLoad,
+    held: locks.HeldLock,
+    *,
+    force: bool,
+    accounts_error: str | None,
+    service_conflicts: dict[str, str],
+    log: Log,
+) -> PartnerLoad:
     newest = ledger.newest_delivered_month(state_db, target.partner_id)
     if newest is not None and month < newest and not force:
         entries = superseded_entries(target.partner_id, month, counts, newest, run_id)
@@ -369,7 +611,26 @@ async def push_partner_month(
         report.count(SUPERSEDED, len(entries))
         log(f"{target.partner_id}: {month:%Y-%m} superseded by {newest:%Y-%m}; recorded, not pushed")
         return report
-    plan = plan_push(month, counts, ledger.delivered_pairs(state_db, target.partner_id), service_ids)
+    refused = _refused_in_counts(counts)
+    if refused:
+        report.refused = refused
+        refused_rows = counts[counts.company_id.astype(str).isin(list(refused))]
+        entries = [
+            LedgerEntry(target.partner_id, month, str(r.company_id), str(r.sku), service_ids.get(str(r.sku)),
+                        int(r.billable_users), FAILED, None, refused[str(r.company_id)], run_id)
+            for r in refused_rows.itertuples(index=False)
+        ]
+        ledger.record(state_db, entries)
+        report.count(FAILED, len(entries))
+        for company, reason in refused.items():
+            log(f"{target.partner_id}: company {company!r} {reason}")
+        counts = counts[~counts.company_id.astype(str).isin(list(refused))]
+    delivered = {
+        pair: held_value
+        for pair, held_value in ledger.delivered_pairs(state_db, target.partner_id).items()
+        if pair[0] not in refused
+    }
+    plan = plan_push(month, counts, delivered, service_ids)
     report.skipped = plan.already_delivered
     if accounts_error is not None:
         detail = f"not sent: the partner's accounts could not be synced in this run ({accounts_error})"
@@ -384,7 +645,7 @@ async def push_partner_month(
         log(f"{target.partner_id}: {detail}")
         return report
     session = client.partner(target.partner_id, target.api_key)
-    push = _PartnerPush(session, month, service_ids, state_db, run_id, report)
+    push = _PartnerPush(session, month, service_ids, state_db, run_id, report, service_conflicts, held)
     if plan.to_send:
         await push.run(plan)
     if push.auth_error is not None:

@@ -82,11 +82,22 @@ def load_connections(conn: sa.Connection, sql_path: str | None = None) -> list[P
 
 
 def load_companies(conn: sa.Connection, sql_path: str | None = None) -> pd.DataFrame:
-    """Every company that should be a Gradient account: partner_id, company_id, company_name."""
+    """Every company that should be a Gradient account: partner_id, company_id, company_name.
+
+    Values are text; a NULL stays ``None`` (never the text "None") so that the Gradient side
+    refuses that company with a reason naming COMPANIES_SQL instead of creating an account
+    called "None".
+    """
     query = SourceQuery.load(sql_path or reference_sql(conn.dialect.name, "companies.sql"))
     result = _run_contract_query(conn, query, COMPANY_COLUMNS, "COMPANIES_SQL")
-    frame = pd.DataFrame.from_records(result.all(), columns=list(result.keys()))
-    return frame[list(COMPANY_COLUMNS)].astype(str)
+    frame = pd.DataFrame.from_records(result.all(), columns=list(result.keys()))[list(COMPANY_COLUMNS)]
+    return frame.astype(object).apply(lambda column: column.map(_text_or_none))
+
+
+def _text_or_none(value: object) -> str | None:
+    if value is None or (isinstance(value, float) and pd.isna(value)):
+        return None
+    return str(value)
 
 
 @dataclass(frozen=True)

@@ -165,6 +165,41 @@ run_failures = sa.Table(
 )
 
 
+# One holder per lock name ("partner:<id>", "services") on databases without advisory locks
+# (pipeline.gradient.locks); a lease whose holder died is taken over once it expires.
+push_leases = sa.Table(
+    "push_leases",
+    metadata,
+    sa.Column("lock_name", sa.Text, primary_key=True),
+    sa.Column("holder", sa.Text, nullable=False),
+    sa.Column("acquired_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("expires_at", sa.DateTime(timezone=True), nullable=False),
+)
+
+
+# Service names Gradient holds under more than one id: never pushed to until resolved.
+gradient_service_conflicts = sa.Table(
+    "gradient_service_conflicts",
+    metadata,
+    sa.Column("sku", sa.Text, primary_key=True),
+    sa.Column("name", sa.Text, nullable=False),
+    sa.Column("service_ids", sa.Text, nullable=False),  # comma-separated Gradient ids
+    sa.Column("detected_at", sa.DateTime(timezone=True), nullable=False),
+)
+
+
+# Companies/accounts refused on the way to Gradient (bad id or name), per run and partner.
+gradient_refusals = sa.Table(
+    "gradient_refusals",
+    metadata,
+    sa.Column("run_id", sa.Text, primary_key=True),
+    sa.Column("partner_id", sa.Text, primary_key=True),
+    sa.Column("item", sa.Text, primary_key=True),
+    sa.Column("reason", sa.Text, nullable=False),
+    sa.Column("recorded_at", sa.DateTime(timezone=True), nullable=False),
+)
+
+
 def ensure_state_schema(engine: sa.Engine) -> None:
     """Upgrade the state database to the newest migration (``pipeline.store.migrations``):
     an empty one is created, a pre-migrations one adopted; cheap when already current."""
