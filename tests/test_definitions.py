@@ -25,6 +25,28 @@ def test_dagster_definitions_validate_passes(tmp_path):
     assert "Validation successful for code location gradient_billing_sync" in output
 
 
+def test_dg_check_defs_passes(tmp_path):
+    """`dg check defs` (dagster-dg-cli, what `dg dev` loads): pyproject.toml's [tool.dg] project."""
+    bin_dir = Path(sys.executable).parent
+    result = subprocess.run(
+        [str(bin_dir / "dg"), "check", "defs", "--verbose"],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={
+            "PATH": str(bin_dir),
+            "HOME": str(tmp_path),
+            "GBS_DATA_DIR": str(tmp_path),
+            "DAGSTER_HOME": str(tmp_path),
+            "VIRTUAL_ENV": str(bin_dir.parent),
+        },
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output
+    assert "All definitions loaded successfully" in output, output
+
+
 def test_every_job_sensor_and_schedule_is_in_the_code_location():
     from pipeline.definitions import defs
 
