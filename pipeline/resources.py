@@ -1,14 +1,19 @@
 """Dagster resources: the product database (read only), the state database, the billing rules,
 partner sources and keys, and the Gradient client.
 
-URLs come from ``PRODUCT_DB_URL`` / ``STATE_DB_URL`` as ``EnvVar`` when set, so Dagster shows
-the variable's name and never a password; otherwise from the local SQLite defaults.
+Configured from the one settings object (``pipeline.settings.load_settings``). In the code
+location, URLs, keys and the Gradient base URL set in the environment are passed as ``EnvVar``,
+so Dagster shows the variable's name and never a password or key; built for use outside
+Dagster (the CLI), the resources get the resolved values.
+
+Also here: which failures a retry can fix (``step_failure``) and the Gradient checks made
+before any row is read (``gradient_preflight``).
 """
 
 from __future__ import annotations
 
 import functools
-import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import dagster as dg
@@ -20,6 +25,7 @@ from sqlalchemy.engine import make_url
 from pipeline import settings
 from pipeline.gradient.client import DEFAULT_BASE_URL, GradientClient, Secret
 from pipeline.gradient.partner_keys import decrypt_partner_key
+from pipeline.settings import ConfigurationError, Settings
 from pipeline.source.partners import PartnerConnection
 from pipeline.store.schema import ensure_state_schema
 from pipeline.source.utilization import SourceQuery, load_known_skus, utilization_query
@@ -27,6 +33,12 @@ from pipeline.source.utilization import SourceQuery, load_known_skus, utilizatio
 
 class DatabaseUnavailableError(RuntimeError):
     """A database could not be reached; the message names which one and what to check."""
+
+
+def resolved(value: str) -> str:
+    """A setting's value: an ``EnvVar`` left unresolved (a resource built outside Dagster)
+    is read from the environment, so SQLAlchemy never sees a variable's name as a URL."""
+    return (value.get_value() or "") if isinstance(value, dg.EnvVar) else value
 
 
 @functools.lru_cache(maxsize=None)
@@ -59,7 +71,7 @@ class ProductDatabase(dg.ConfigurableResource):
     chunk_rows: int = 50_000
 
     def engine(self) -> sa.Engine:
-        return engine_for(self.url)
+        return engine_for(resolved(self.url))
 
     def connect(self) -> sa.Connection:
         return connect_or_explain(self.engine(), "product database", "PRODUCT_DB_URL")
@@ -80,17 +92,18 @@ class StateDatabase(dg.ConfigurableResource):
     url: str
 
     def engine(self) -> sa.Engine:
-        engine = engine_for(self.url)
-        if self.url not in _ensured:
+        url = resolved(self.url)
+        engine = engine_for(url)
+        if url not in _ensured:
             try:
                 ensure_state_schema(engine)
             except sa.exc.OperationalError as exc:
                 first_line = str(exc.orig).strip().splitlines()[0] if exc.orig else type(exc).__name__
                 raise DatabaseUnavailableError(
-                    f"the state database at {settings.redact_url(self.url)} is unreachable "
+                    f"the state database at {settings.redact_url(url)} is unreachable "
                     f"({first_line}). Check STATE_DB_URL and that the database is up."
                 ) from None
-            _ensured.add(self.url)
+            _ensured.add(url)
         return engine
 
 
@@ -105,7 +118,7 @@ class PartnerSources(dg.ConfigurableResource):
     encryption_keys: str | None = None
 
     def key_material(self) -> str:
-        return self.encryption_keys or settings.local_encryption_key()
+        return resolved(self.encryption_keys or "") or settings.local_encryption_key()
 
     def decrypt(self, connection: PartnerConnection) -> Secret:
         return Secret(
@@ -143,8 +156,8 @@ class GradientResource(dg.ConfigurableResource):
     def client(self, transport: httpx.AsyncBaseTransport | None = None) -> GradientClient:
         """A new client; use as ``async with resource.client() as client``, once per run."""
         return GradientClient(
-            base_url=self.base_url,
-            vendor_api_key=self.vendor_api_key,
+            base_url=resolved(self.base_url),
+            vendor_api_key=resolved(self.vendor_api_key),
             max_requests_per_second=self.max_requests_per_second,
             timeout_seconds=self.timeout_seconds,
             max_attempts=self.max_attempts,
@@ -162,32 +175,133 @@ class BillingRules(dg.ConfigurableResource):
     quarantine_threshold: float = settings.DEFAULT_QUARANTINE_THRESHOLD
 
 
-def _env_or(name: str, default: str | None) -> str | dg.EnvVar | None:
-    return dg.EnvVar(name) if os.environ.get(name) else default
+def default_resources(config: Settings | None = None, *, env_vars: bool = True) -> dict[str, dg.ConfigurableResource]:
+    """The resources of the code location, configured from the settings object.
 
+    ``env_vars=True`` (the code location): a URL, key or base URL set in the environment is
+    passed as ``dg.EnvVar``, so the UI shows where it comes from and never its value.
+    ``env_vars=False`` (the CLI, outside Dagster): the resolved values. Raises one
+    ``ConfigurationError`` listing every bad variable before any resource is built.
+    """
+    config = config or settings.load_settings()
 
-def default_resources() -> dict[str, object]:
-    """The resources of the code location, configured from the environment."""
+    def source(name: str, value: str) -> str:
+        return dg.EnvVar(name) if env_vars and settings.is_set(name) else value
+
     return {
         "gradient": GradientResource(
-            base_url=os.environ.get("GRADIENT_BASE_URL") or settings.DEFAULT_GRADIENT_BASE_URL,
-            vendor_api_key=_env_or("GRADIENT_VENDOR_API_KEY", settings.DEMO_VENDOR_API_KEY),
-            max_requests_per_second=float(os.environ.get("GRADIENT_MAX_REQUESTS_PER_SECOND") or 100),
+            base_url=source("GRADIENT_BASE_URL", config.gradient_base_url),
+            vendor_api_key=source("GRADIENT_VENDOR_API_KEY", config.vendor_api_key),
+            max_requests_per_second=config.gradient_max_requests_per_second,
         ),
         "partner_sources": PartnerSources(
-            connections_sql=os.environ.get("CONNECTIONS_SQL") or None,
-            companies_sql=os.environ.get("COMPANIES_SQL") or None,
-            sync_requests_sql=os.environ.get("SYNC_REQUESTS_SQL") or None,
-            encryption_keys=_env_or("GRADIENT_KEY_ENCRYPTION_KEYS", None),
+            connections_sql=config.connections_sql,
+            companies_sql=config.companies_sql,
+            sync_requests_sql=config.sync_requests_sql,
+            # unset: None, so the generated local key is read when needed and never shown
+            encryption_keys=source("GRADIENT_KEY_ENCRYPTION_KEYS", None),
         ),
         "product_db": ProductDatabase(
-            url=_env_or("PRODUCT_DB_URL", settings.default_product_db_url()),
-            utilization_sql=settings.utilization_sql_path(),
-            services_sql=os.environ.get("SERVICES_SQL") or None,
+            url=source("PRODUCT_DB_URL", config.product_db),
+            utilization_sql=config.utilization_sql,
+            services_sql=config.services_sql,
         ),
-        "state_db": StateDatabase(url=_env_or("STATE_DB_URL", settings.default_state_db_url())),
+        "state_db": StateDatabase(url=source("STATE_DB_URL", config.state_db)),
         "billing_rules": BillingRules(
-            timezone=settings.billing_timezone(),
-            quarantine_threshold=settings.quarantine_threshold(),
+            timezone=config.billing_timezone,
+            quarantine_threshold=config.quarantine_threshold,
         ),
     }
+
+
+# ---------------------------------------------------------------------- failures a retry cannot fix
+# SQLite reports mistakes in the query itself as OperationalError; these mean the SQL is wrong.
+_SQL_MISTAKES = ("syntax error", "no such table", "no such column", "no such function",
+                 "unknown column", "doesn't exist", "does not exist")
+
+
+def is_retryable(exc: BaseException) -> bool:
+    """Whether a retry may succeed: only a database that could not be reached, or a
+    connection lost mid-query. Configuration, SQL syntax and programming errors, a missing SQL
+    file and anything unexpected would fail the same way again."""
+    if isinstance(exc, DatabaseUnavailableError):
+        return True
+    if isinstance(exc, sa.exc.OperationalError):
+        message = str(exc.orig or exc).lower()
+        return not any(mistake in message for mistake in _SQL_MISTAKES)
+    return isinstance(exc, (sa.exc.DisconnectionError, sa.exc.InterfaceError)) or (
+        isinstance(exc, sa.exc.DBAPIError) and exc.connection_invalidated
+    )
+
+
+def step_failure(exc: Exception) -> dg.Failure:
+    """The Dagster failure for an error of a step: retried (by the step's retry policy) only
+    when a retry may succeed; otherwise it fails the run at once with the error's message."""
+    if isinstance(exc, sa.exc.StatementError):
+        cause = exc.orig or exc
+        lines = str(cause).strip().splitlines()
+        description = f"{type(cause).__name__}: {lines[0] if lines else 'no message'}"
+        if not is_retryable(exc):
+            description += " (the query is wrong: fix the SQL file or the setting that names it; a retry cannot help)"
+    else:
+        description = str(exc) or type(exc).__name__
+    return dg.Failure(description=description, allow_retries=is_retryable(exc))
+
+
+# ---------------------------------------------------------------------- Gradient preflight
+@dataclass(frozen=True)
+class PreflightCheck:
+    """One check made before any work: what was checked, whether it passed, and why not."""
+
+    setting: str
+    what: str
+    ok: bool
+    detail: str = ""
+
+
+def gradient_preflight(
+    gradient: GradientResource,
+    partner_sources: PartnerSources,
+    timeout_seconds: float = 10.0,
+    reach: bool = True,
+) -> list[PreflightCheck]:
+    """Check the Gradient side without a partner key: the encryption keys parse, the vendor
+    key is usable, the base URL parses and (``reach``) Gradient answers an HTTP request at it."""
+    checks = []
+    keys_problem = settings.encryption_keys_problem(partner_sources.key_material())
+    checks.append(PreflightCheck("GRADIENT_KEY_ENCRYPTION_KEYS", "partner-key encryption keys parse",
+                                 keys_problem is None, keys_problem or ""))
+    key_problem = settings.vendor_key_problem(resolved(gradient.vendor_api_key))
+    checks.append(PreflightCheck("GRADIENT_VENDOR_API_KEY", "vendor API key is usable",
+                                 key_problem is None, key_problem or ""))
+    base_url = resolved(gradient.base_url)
+    try:
+        base_url = settings.validate_base_url(base_url)
+    except ConfigurationError as exc:
+        checks.append(PreflightCheck("GRADIENT_BASE_URL", "Gradient base URL parses", False, str(exc)))
+        return checks
+    checks.append(PreflightCheck("GRADIENT_BASE_URL", "Gradient base URL parses", True))
+    if not reach:
+        return checks
+    try:
+        response = httpx.get(base_url, timeout=timeout_seconds, follow_redirects=False)
+    except httpx.HTTPError as exc:
+        checks.append(PreflightCheck(
+            "GRADIENT_BASE_URL", f"Gradient answers at {base_url}", False,
+            f"GRADIENT_BASE_URL={base_url!r} is unreachable ({type(exc).__name__}); check the URL, "
+            "the network and that Gradient (or the emulator) is up, then run again.",
+        ))
+    else:
+        checks.append(PreflightCheck("GRADIENT_BASE_URL", f"Gradient answers at {base_url}", True,
+                                     f"HTTP {response.status_code}"))
+    return checks
+
+
+def require_gradient_ready(gradient: GradientResource, partner_sources: PartnerSources, reach: bool = True) -> None:
+    """Raise one ``ConfigurationError`` naming every failed Gradient preflight check."""
+    failed = [c for c in gradient_preflight(gradient, partner_sources, reach=reach) if not c.ok]
+    if failed:
+        raise ConfigurationError(
+            "Gradient is not ready; nothing was sent:\n" + "\n".join(f"- {c.detail}" for c in failed),
+            {c.setting: c.detail for c in failed},
+        )

@@ -4,7 +4,6 @@ and run failures. Thin: the decisions are in ``pipeline.automation``."""
 from __future__ import annotations
 
 import asyncio
-import os
 from datetime import datetime, timezone
 
 import dagster as dg
@@ -34,6 +33,7 @@ from pipeline.partitions import FIRST_BILLING_MONTH
 from pipeline.gradient.partner_keys import PartnerKeyError
 from pipeline.source.partners import CONNECTED, DISCONNECTED, load_connections
 from pipeline.resources import BillingRules, PartnerSources, ProductDatabase, StateDatabase
+from pipeline.settings import load_settings
 from pipeline.store.months import (
     counts_fingerprint,
     load_month_computations,
@@ -47,7 +47,7 @@ MAX_REQUESTS_PER_TICK = 50
 
 def default_sensor_status() -> dg.DefaultSensorStatus:
     """Sensors run by default in a deployment; GBS_SENSORS_DEFAULT_STATUS=stopped turns that off."""
-    stopped = os.environ.get("GBS_SENSORS_DEFAULT_STATUS", "running").lower() == "stopped"
+    stopped = load_settings().gbs_sensors_default_status == "stopped"
     return dg.DefaultSensorStatus.STOPPED if stopped else dg.DefaultSensorStatus.RUNNING
 
 
@@ -179,7 +179,7 @@ IN_PROGRESS = [
 
 @dg.sensor(
     job=monthly_billing_job,
-    minimum_interval_seconds=int(os.environ.get("MONTH_WATCH_INTERVAL_SECONDS") or 3600),
+    minimum_interval_seconds=load_settings().month_watch_interval_seconds,
     default_status=default_sensor_status(),
     description="Missed or late months: a closed month with no successful load, or whose source "
     "data changed after it was counted, is requested again (bounded lookback).",
@@ -190,7 +190,7 @@ def missed_or_late_months_sensor(
     state_db: StateDatabase,
     billing_rules: BillingRules,
 ) -> dg.SensorResult:
-    lookback = int(os.environ.get("MONTH_WATCH_LOOKBACK_MONTHS") or 3)
+    lookback = load_settings().month_watch_lookback_months
     first = datetime.fromisoformat(FIRST_BILLING_MONTH).date()
     now = _now()
     months = watched_months(now, billing_rules.timezone, lookback, first)
@@ -246,7 +246,7 @@ def billing_failure_sensor(
     partner_ids = [p.partner_id for p in affected] or ([tagged] if tagged and tagged != "all" else [])
     message = _failure_message(context)
     raised = 0
-    if os.environ.get("GRADIENT_FAILURE_ALERTS", "").lower() in {"1", "true", "yes"} and affected:
+    if load_settings().gradient_failure_alerts and affected:
         raised = _raise_alerts(context, product_db, partner_sources, gradient, affected, run.run_id)
     record_failure(state, run.run_id, run.job_name, run.tags.get("dagster/partition"), partner_ids, message, raised)
     context.log.info(

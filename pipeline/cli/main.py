@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import sys
 from datetime import date, datetime, timezone
 
@@ -27,7 +26,7 @@ def _instance():
     from dagster import DagsterInstance
     from dagster._core.instance.ref import InstanceRef
 
-    if os.environ.get("DAGSTER_HOME"):
+    if settings.load_settings().dagster_home:
         return DagsterInstance.get()
     home = settings.data_dir() / "dagster"
     home.mkdir(parents=True, exist_ok=True)
@@ -51,9 +50,28 @@ def _months(months: tuple[str, ...], last_closed: int | None) -> list[BillingMon
     return last_closed_months(datetime.now(timezone.utc), tz, last_closed or 1)
 
 
-@click.group()
-def main() -> None:
+# Commands that must work whatever the configuration: they report it or help to fix it.
+CONFIGURATION_FREE_COMMANDS = frozenset({"check-config", "generate-encryption-key"})
+
+
+class _ConfiguredGroup(click.Group):
+    """Notes whether the command's own --help was asked for: help needs no configuration."""
+
+    def invoke(self, ctx: click.Context) -> object:
+        ctx.meta["gbs.help_only"] = "--help" in ctx.args
+        return super().invoke(ctx)
+
+
+@click.group(cls=_ConfiguredGroup)
+@click.pass_context
+def main(ctx: click.Context) -> None:
     """Monthly MSP billing: product utilization -> billable users -> Gradient MSP."""
+    if ctx.invoked_subcommand in CONFIGURATION_FREE_COMMANDS or ctx.meta.get("gbs.help_only"):
+        return
+    try:
+        settings.load_settings()
+    except settings.ConfigurationError as exc:
+        raise click.ClickException(f"{exc}\n(`gradient-billing-sync check-config` shows every setting)") from None
 
 
 @main.command("seed-demo")
@@ -215,7 +233,7 @@ def explain(month, partner_id, company_id, sku) -> None:
     from pipeline.billing.lineage import explain as trace
     from pipeline.resources import default_resources
 
-    resources = default_resources()
+    resources = default_resources(env_vars=False)  # outside Dagster: resolved values, never EnvVar
     product, state = resources["product_db"], resources["state_db"]
     billing_month = BillingMonth(_parse_month(month), settings.billing_timezone())
     with product.connect() as conn:
@@ -268,7 +286,7 @@ def encrypt_partner_key(partner_key) -> None:
     """Encrypt a partner's Gradient key for the product to store in gradient_connections."""
     from pipeline.gradient.partner_keys import PartnerKeyError, encrypt_partner_key as encrypt
 
-    keys = os.environ.get("GRADIENT_KEY_ENCRYPTION_KEYS") or settings.local_encryption_key()
+    keys = settings.encryption_keys()
     try:
         click.echo(encrypt(partner_key, keys))
     except PartnerKeyError as exc:
@@ -278,6 +296,8 @@ def encrypt_partner_key(partner_key) -> None:
 from pipeline.cli.db import db  # noqa: E402 - subcommand modules attach to the group above
 
 main.add_command(db)
+from pipeline.cli.check_config import check_config  # noqa: E402
+main.add_command(check_config)
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ def reset_embedded_databases() -> None:
 
 
 def encryption_keys() -> str:
-    return os.environ.get("GRADIENT_KEY_ENCRYPTION_KEYS") or settings.local_encryption_key()
+    return settings.encryption_keys()
 
 
 def seed(spec: DemoSpec) -> DemoSummary:
@@ -83,7 +83,7 @@ def run_demo(months: int, echo: Callable[[str], None], run_months: Callable) -> 
         f"seeded demo data: {summary.partners} partners, {summary.companies} companies, "
         f"{summary.users} users, {summary.enrollments} enrollments ({summary.bad_rows} bad rows)"
     )
-    vendor_key = os.environ.get("GRADIENT_VENDOR_API_KEY") or settings.DEMO_VENDOR_API_KEY
+    vendor_key = settings.load_settings().vendor_api_key
     with EmulatorServer(vendor_key) as server:
         os.environ["GRADIENT_BASE_URL"] = server.base_url
         os.environ["GRADIENT_VENDOR_API_KEY"] = vendor_key
@@ -106,7 +106,7 @@ def serve_emulator(host: str, port: int, rate_limit: float, demo_partners: bool,
     from gradient_emulator import EmulatorAdmin, serve
     from pipeline.resources import engine_for
 
-    vendor_key = os.environ.get("GRADIENT_VENDOR_API_KEY") or settings.DEMO_VENDOR_API_KEY
+    vendor_key = settings.load_settings().vendor_api_key
     if demo_partners:
         def register() -> None:
             url = f"http://{host}:{port}"
