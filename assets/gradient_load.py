@@ -26,7 +26,14 @@ from pipeline.gradient.locks import DEFAULT_WAIT_SECONDS, LockTimeout
 from pipeline.partitions import monthly_partitions
 from pipeline.gradient.partner_keys import PartnerKeyError
 from pipeline.source.partners import load_companies, load_connections, load_services
-from pipeline.resources import BillingRules, PartnerSources, ProductDatabase, StateDatabase
+from pipeline.resources import (
+    BillingRules,
+    PartnerSources,
+    ProductDatabase,
+    StateDatabase,
+    require_gradient_ready,
+    step_failure,
+)
 from pipeline.settings import ConfigurationError
 from pipeline.store.months import load_billable_counts, record_month_load
 
@@ -58,8 +65,8 @@ def resolve_targets(
     try:
         with product_db.connect() as conn:
             connections = load_connections(conn, partner_sources.connections_sql)
-    except ConfigurationError as exc:
-        raise no_retry(exc) from None
+    except Exception as exc:
+        raise step_failure(exc) from exc
     wanted = set(partner_ids)
     known = {c.partner_id for c in connections}
     for missing in sorted(wanted - known):
@@ -140,6 +147,11 @@ def gradient_services(
             metadata={"services": len(services), "synced": 0},
             check_results=[dg.AssetCheckResult(check_name=DUPLICATE_SERVICES_CHECK, passed=True)],
         )
+    try:
+        # the start of the push: keys, vendor key, base URL, and that Gradient answers
+        require_gradient_ready(gradient, partner_sources)
+    except ConfigurationError as exc:
+        raise no_retry(exc) from None
 
     async def run():
         async with gradient.client() as client:

@@ -8,8 +8,14 @@ from pipeline.billing.counts import ReconciliationError, count_billable_users
 from pipeline.source.extract import extract_month
 from pipeline.validation.month import validate_month
 from pipeline.partitions import monthly_partitions
-from pipeline.resources import BillingRules, DatabaseUnavailableError, ProductDatabase, StateDatabase
-from pipeline.settings import ConfigurationError, redact_url
+from pipeline.resources import (
+    BillingRules,
+    ProductDatabase,
+    StateDatabase,
+    require_gradient_ready,
+    step_failure,
+)
+from pipeline.settings import redact_url
 from pipeline.store.months import load_month_computation, load_month_validation
 
 GROUP = "month_end"
@@ -23,6 +29,20 @@ def billing_month(context: dg.AssetExecutionContext, rules: BillingRules) -> Bil
 def no_retry(exc: Exception) -> dg.Failure:
     """A failure that a retry cannot fix (configuration, contract, reconciliation)."""
     return dg.Failure(description=str(exc), allow_retries=False)
+
+
+def check_gradient_settings(context: dg.AssetExecutionContext) -> None:
+    """When this run goes on to push to Gradient, check its settings (encryption keys, vendor
+    key, base URL) before any row is read, so a wrong one fails the run before the month is
+    counted. Whether Gradient answers is checked where the push starts (gradient_services):
+    an unreachable Gradient must not stop the month from being counted."""
+    layer = context.job_def.asset_layer
+    pushes = any(layer.asset_graph.get(key).group_name == "gradient_load" for key in layer.selected_asset_keys)
+    resource_defs = context.job_def.resource_defs
+    if not pushes or not {"gradient", "partner_sources"} <= resource_defs.keys():
+        return
+    with dg.build_resources({key: resource_defs[key] for key in ("gradient", "partner_sources")}) as built:
+        require_gradient_ready(built.gradient, built.partner_sources, reach=False)
 
 
 def markdown_table(frame: pd.DataFrame, max_rows: int = 20) -> dg.MetadataValue:
@@ -61,13 +81,12 @@ def utilization_extract(
     (bind parameters for the month window), checked against the source contract."""
     month = billing_month(context, billing_rules)
     try:
+        check_gradient_settings(context)
         query = product_db.utilization_query()
         with product_db.connect() as conn:
             extract = extract_month(conn, query, month)
-    except ConfigurationError as exc:
-        raise no_retry(exc) from None
-    except DatabaseUnavailableError as exc:
-        raise dg.Failure(description=str(exc)) from None
+    except Exception as exc:
+        raise step_failure(exc) from exc
     violations = [str(v) for v in extract.contract_violations]
     if violations:
         context.log.error(f"{month.label}: the utilization query breaks the contract: " + "; ".join(violations))
@@ -132,10 +151,8 @@ def validated_utilization(
                 context.run_id,
                 product_db.chunk_rows,
             )
-    except ConfigurationError as exc:
-        raise no_retry(exc) from None
-    except DatabaseUnavailableError as exc:
-        raise dg.Failure(description=str(exc)) from None
+    except Exception as exc:
+        raise step_failure(exc) from exc
     if outcome.contract_violations:
         raise no_retry(
             ValueError(
@@ -218,10 +235,10 @@ def billable_counts(
             counts, computation = count_billable_users(
                 conn, state, query, month, validation, context.run_id
             )
-    except (ConfigurationError, ReconciliationError) as exc:
+    except ReconciliationError as exc:
         raise no_retry(exc) from None
-    except DatabaseUnavailableError as exc:
-        raise dg.Failure(description=str(exc)) from None
+    except Exception as exc:
+        raise step_failure(exc) from exc
     metadata: dict[str, object] = {
         "month": month.label,
         "rows_in": computation.rows_in,
