@@ -11,29 +11,17 @@ from pipeline import settings
 from pipeline.billing.month import BillingMonth, last_closed_months
 
 
-# The same storage as the repository's dagster.yaml (var/dagster), so `dagster dev` shows these runs.
-EMBEDDED_INSTANCE_YAML = """run_retries:
-  enabled: true
-  max_retries: 1
-telemetry:
-  enabled: false
-"""
 QUIET_RUN_CONFIG = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
 
 
 def _instance():
-    """DAGSTER_HOME's instance when set, else the embedded one under var/dagster."""
-    from dagster import DagsterInstance
-    from dagster._core.instance.ref import InstanceRef
+    """DAGSTER_HOME's instance when set, else the embedded one under var/dagster (created
+    safely by concurrent first runs; runs killed earlier marked failed: pipeline.cli.instance)."""
+    from pipeline.cli.instance import cli_instance
 
     if settings.load_settings().dagster_home:
-        return DagsterInstance.get()
-    home = settings.data_dir() / "dagster"
-    home.mkdir(parents=True, exist_ok=True)
-    config = home / "dagster.yaml"
-    if not config.exists():
-        config.write_text(EMBEDDED_INSTANCE_YAML)
-    return DagsterInstance.from_ref(InstanceRef.from_dir(str(home)))
+        return cli_instance()
+    return cli_instance(settings.data_dir() / "dagster")
 
 
 def _parse_month(value: str) -> date:
@@ -120,6 +108,7 @@ def _materialize(
     """Run the monthly job for each month in order on the instance; one failure stops none."""
     from pipeline.definitions import build_defs
     from pipeline.automation.jobs import load_run_config, run_tags
+    from pipeline.cli.instance import process_tags
 
     job = build_defs().resolve_job_def("monthly_billing")
     run_config = {**QUIET_RUN_CONFIG, **load_run_config(job.name, [], force_superseded)}
@@ -131,7 +120,7 @@ def _materialize(
                 instance=instance,
                 raise_on_error=False,
                 run_config=run_config,
-                tags=run_tags(trigger),
+                tags={**run_tags(trigger), **process_tags()},
             )
             results.append((month, result.success, result.run_id))
     return results

@@ -1,0 +1,155 @@
+"""The CLI's Dagster instance: concurrent first creation on a fresh data directory, and runs
+whose process was killed marked failed at the next start."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+from dagster import DagsterEventType, DagsterInstance, DagsterRun, DagsterRunStatus
+from dagster._core.instance.ref import InstanceRef
+from dagster._core.utils import make_new_run_id
+
+from pipeline.cli import instance as cli_instance_module
+from pipeline.cli.instance import TAG_HOST, TAG_PID, cli_instance, process_tags, sweep_orphaned_runs
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _first_use(home: str, barrier) -> None:
+    barrier.wait()
+    with cli_instance(Path(home)) as instance:
+        instance.get_runs()
+
+
+def test_concurrent_first_creation_on_a_fresh_directory_succeeds(tmp_path):
+    """Without the lock, four at once fail with 'table ... already exists' nearly every time."""
+    home = tmp_path / "dagster"
+    spawn = multiprocessing.get_context("spawn")
+    barrier = spawn.Barrier(4)
+    processes = [spawn.Process(target=_first_use, args=(str(home), barrier)) for _ in range(4)]
+    for process in processes:
+        process.start()
+    for process in processes:
+        process.join(timeout=300)
+    assert [p.exitcode for p in processes] == [0, 0, 0, 0]
+    with cli_instance(home) as instance:
+        assert instance.get_runs() == []
+        assert instance.run_monitoring_enabled
+
+
+def test_repository_dagster_yaml_is_a_valid_instance_config(tmp_path):
+    """run_monitoring and the rest of dagster.yaml are accepted by this dagster release."""
+    config = (REPO / "dagster.yaml").read_text()
+    assert "base_dir: var/dagster" in config
+    (tmp_path / "dagster.yaml").write_text(config.replace("base_dir: var/dagster", f"base_dir: {tmp_path}"))
+    with DagsterInstance.from_ref(InstanceRef.from_dir(str(tmp_path))) as instance:
+        assert instance.run_monitoring_enabled
+        assert instance.run_monitoring_start_timeout_seconds > 0
+
+
+RUN_UNTIL_KILLED = textwrap.dedent(
+    """
+    import sys, time
+    from pathlib import Path
+    from dagster import job, op
+    from pipeline.cli.instance import cli_instance, process_tags
+
+    home, marker = Path(sys.argv[1]), Path(sys.argv[2])
+
+    @op
+    def push_counts():
+        marker.write_text("started")
+        time.sleep(3600)
+
+    @job
+    def monthly_billing():
+        push_counts()
+
+    with cli_instance(home) as instance:
+        monthly_billing.execute_in_process(instance=instance, tags=process_tags())
+    """
+)
+
+
+def test_a_killed_run_is_marked_failed_at_the_next_start(tmp_path):
+    home = tmp_path / "dagster"
+    marker = tmp_path / "started"
+    worker = subprocess.Popen(
+        [sys.executable, "-c", RUN_UNTIL_KILLED, str(home), str(marker)], cwd=REPO,
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )
+    try:
+        while not marker.exists():
+            assert worker.poll() is None, worker.stderr.read().decode()[-2000:]
+            time.sleep(0.2)
+    finally:
+        worker.send_signal(signal.SIGKILL)
+        worker.wait()
+        worker.stderr.close()
+
+    with cli_instance(home) as instance:
+        [run] = instance.get_runs()
+        assert run.status == DagsterRunStatus.FAILURE
+        assert run.tags[TAG_PID] == str(worker.pid)
+        [failure] = instance.get_records_for_run(
+            run.run_id, of_type=DagsterEventType.RUN_FAILURE
+        ).records
+        message = failure.event_log_entry.dagster_event.message
+        assert f"pid {worker.pid}" in message and "killed or crashed" in message
+        assert "was STARTED" in message
+
+
+@pytest.fixture
+def instance(tmp_path):
+    with cli_instance(tmp_path / "dagster") as instance:
+        yield instance
+
+
+def _in_progress_run(instance, tags: dict[str, str]) -> str:
+    run = DagsterRun(job_name="monthly_billing", run_id=make_new_run_id(), status=DagsterRunStatus.STARTED, tags=tags)
+    instance.add_run(run)
+    return run.run_id
+
+
+def _dead_pid() -> int:
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    return child.pid
+
+
+def test_the_sweep_leaves_live_untagged_and_other_hosts_runs_alone(instance):
+    mine = process_tags()
+    dead = _dead_pid()
+    live = _in_progress_run(instance, mine)
+    untagged = _in_progress_run(instance, {})
+    elsewhere = _in_progress_run(instance, {TAG_HOST: "another-host", TAG_PID: str(dead)})
+    orphan = _in_progress_run(instance, {TAG_HOST: mine[TAG_HOST], TAG_PID: str(dead)})
+
+    assert sweep_orphaned_runs(instance) == [orphan]
+
+    statuses = {run_id: instance.get_run_by_id(run_id).status for run_id in (live, untagged, elsewhere, orphan)}
+    assert statuses == {
+        live: DagsterRunStatus.STARTED,
+        untagged: DagsterRunStatus.STARTED,
+        elsewhere: DagsterRunStatus.STARTED,
+        orphan: DagsterRunStatus.FAILURE,
+    }
+    assert sweep_orphaned_runs(instance) == []
+
+
+def test_a_reused_pid_does_not_keep_a_dead_run_in_progress(instance):
+    """The pid is alive (this process) but started at another time: a different process."""
+    tags = {**process_tags(), cli_instance_module.TAG_PID_START: "1"}
+    if os.path.exists("/proc/self/stat") is False:
+        pytest.skip("process start times come from Linux /proc")
+    run_id = _in_progress_run(instance, tags)
+
+    assert sweep_orphaned_runs(instance) == [run_id]
