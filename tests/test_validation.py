@@ -75,6 +75,12 @@ class BadRow:
 
 ALWAYS = at(2026, 1, 1)
 
+
+def _execute(rows: ProductRows, sql: str) -> None:
+    """Write what the reference schema's typed inserts cannot (e.g. invalid UTF-8 on SQLite)."""
+    with rows.engine.begin() as conn:
+        conn.execute(sa.text(sql))
+
 BAD_ROWS: dict[str, BadRow] = {
     "user_id_null": BadRow(
         lambda r: r.enroll(None, "c1", "PHISH", ALWAYS, None),
@@ -190,6 +196,29 @@ BAD_ROWS: dict[str, BadRow] = {
         ("active_to_invalid",),
         ("'31/03/2026' is not a timestamp",),
         sqlite_only=True,
+    ),
+    "user_id_padded": BadRow(
+        lambda r: (r.user(" u_ok"), r.enroll(" u_ok", "c1", "SAT", ALWAYS, None)),
+        ("id_padded",),
+        ("leading or trailing spaces", "user ' u_ok'", "trim it in the product"),
+        raw={"user_id": " u_ok"},
+    ),
+    "company_name_with_a_tab": BadRow(
+        lambda r: (r.company("c_tab", "p1", "Acme\tLtd"), r.enroll("u_bad", "c_tab", "SAT", ALWAYS, None)),
+        ("control_characters",),
+        ("holds control characters", "remove them in the product"),
+        raw={"company_name": "Acme\tLtd"},
+    ),
+    "company_name_invalid_utf8": BadRow(
+        lambda r: (
+            r.company("c_bytes", "p1"),
+            r.enroll("u_bad", "c_bytes", "SAT", ALWAYS, None),
+            _execute(r, "UPDATE companies SET name = CAST(X'41636de5ff' AS TEXT) WHERE company_id = 'c_bytes'"),
+        ),
+        ("value_unreadable",),
+        ("not valid UTF-8", "store ids and names as UTF-8 text"),
+        sqlite_only=True,
+        raw={"company_name": "Acm\\xe5\\xff"},
     ),
 }
 
@@ -558,19 +587,3 @@ def test_vendor_query_file_over_another_schema_works(product_engine, state_engin
     quarantine = load_quarantine(state_engine, date(2026, 3, 1))
     assert sorted(quarantine.user_id) == ["dave", "erin"]
     assert "'FAX' is not a service the vendor sells" in quarantine.set_index("user_id").reasons["dave"]
-
-
-def test_sqlite_read_timestamps_convert_even_when_numpy_raises_on_float_errors():
-    """Another library may set numpy to raise on float warnings; reading SQLite's epoch ms
-    must not depend on float arithmetic (it once failed validation intermittently)."""
-    import numpy as np
-
-    from pipeline.validation.rows import FAR_FUTURE, timestamps_from_epoch_ms
-
-    raw = pd.Series(["2023-11-14 22:13:20.123", None, "9999-12-31", "not-a-date"])
-    epoch_ms = pd.Series([1_700_000_000_123, None, 253_402_300_799_000, None], dtype=object)
-    with np.errstate(all="raise"):
-        parsed, unreadable = timestamps_from_epoch_ms(raw, epoch_ms)
-    assert parsed.iloc[0] == pd.Timestamp("2023-11-14 22:13:20.123", tz="UTC")
-    assert pd.isna(parsed.iloc[1]) and parsed.iloc[2] == FAR_FUTURE and pd.isna(parsed.iloc[3])
-    assert unreadable.tolist() == [False, False, False, True]

@@ -1,9 +1,10 @@
-"""Billable counts: the database counts distinct billable users per partner x company x sku.
+"""Billable counts: distinct billable users per partner x company x sku, counted by the database.
 
-The configured utilization query is wrapped and the database applies the row-validity rules
-(``valid_row_sql``, the SQL form of ``pipeline.validation.rows``) and the half-open month
-overlap. The number of rows the database accepted is reconciled with validation's, so a drift
-between the two rule sets, or a source that changed mid-run, blocks the month.
+The rows that count are the rows breaking none of ``pipeline.validation.rules.RULES`` — the
+same list the quarantine comes from — whose span overlaps the month (half-open). The month's
+one pass (``pipeline.validation.month.validate_month``) already yields the counts; this module
+stores them, and counts again from the database when asked on its own (the late-data sensor,
+or ``billable_counts`` materialized without its validation in the same process).
 """
 
 from __future__ import annotations
@@ -15,63 +16,39 @@ import pandas as pd
 import sqlalchemy as sa
 
 from pipeline.billing.month import BillingMonth
-from pipeline.source.utilization import ID_COLUMNS, SourceQuery, month_parameters, sqlite_timestamp_ok
+from pipeline.source.utilization import SourceQuery, month_parameters
 from pipeline.store.months import MonthComputation, MonthValidation, replace_billable_counts
+from pipeline.validation.rows import checked_counts
+from pipeline.validation.rules import (
+    billable_true,
+    bind_known_skus,
+    ident,
+    overlap_sql,
+    prepare_connection,
+    valid_row_sql,
+)
 
-
-def _text_present(column: str) -> str:
-    return f"({column} IS NOT NULL AND TRIM({column}) <> '')"
-
-
-def _ts(column: str, dialect_name: str) -> str:
-    return f"julianday({column})" if dialect_name == "sqlite" else column
-
-
-def valid_row_sql(dialect_name: str) -> str:
-    """The row-validity rules of ``pipeline.validation.rows`` expressed in SQL (``:known_skus``)."""
-    parts = [_text_present(c) for c in ID_COLUMNS]
-    parts.append("sku IN :known_skus")
-    if dialect_name == "sqlite":
-        parts.append("billable IN (0, 1)")
-        parts.append(sqlite_timestamp_ok("active_from"))
-        parts.append(f"(active_to IS NULL OR {sqlite_timestamp_ok('active_to')})")
-    else:
-        parts.append("billable IS NOT NULL")
-        parts.append("active_from IS NOT NULL")
-    parts.append(
-        f"(active_to IS NULL OR {_ts('active_to', dialect_name)} >= {_ts('active_from', dialect_name)})"
-    )
-    return "\n      AND ".join(parts)
-
-
-def overlap_sql(dialect_name: str) -> str:
-    """Half-open overlap of ``[active_from, active_to)`` with ``[:month_start, :month_end)``;
-    an empty span (``active_to = active_from``) overlaps nothing."""
-    ts = lambda c: _ts(c, dialect_name)  # noqa: E731
-    return (
-        f"({ts('active_from')} < {ts(':month_end')}"
-        f" AND (active_to IS NULL OR ({ts('active_to')} > {ts(':month_start')}"
-        f" AND {ts('active_to')} > {ts('active_from')})))"
-    )
+COUNT_COLUMNS = ["partner_id", "company_id", "company_name", "sku", "billable_users"]
 
 
 def aggregation_sql(query: SourceQuery, dialect_name: str) -> str:
-    billable = "billable = 1" if dialect_name == "sqlite" else "billable IS TRUE"
+    """Billable users per group over the rows that break no rule (binds the month and skus)."""
     overlap = overlap_sql(dialect_name)
+    key = lambda c: ident(c, dialect_name)  # noqa: E731
     return f"""
 SELECT
-    partner_id,
-    company_id,
+    {key('partner_id')} AS partner_id,
+    {key('company_id')} AS company_id,
     MAX(company_name) AS company_name,
-    sku,
-    COUNT(DISTINCT CASE WHEN {billable} AND {overlap} THEN user_id END) AS billable_users,
+    {key('sku')} AS sku,
+    COUNT(DISTINCT CASE WHEN {billable_true(dialect_name)} AND {overlap} THEN {key('user_id')} END) AS billable_users,
     SUM(CASE WHEN {overlap} THEN 1 ELSE 0 END) AS rows_in_month,
     COUNT(*) AS accepted_rows
 FROM (
 {query.sql}
 ) AS utilization
 WHERE {valid_row_sql(dialect_name)}
-GROUP BY partner_id, company_id, sku
+GROUP BY 1, 2, 4
 """
 
 
@@ -83,6 +60,14 @@ class MonthAggregate:
     accepted_rows: int
 
 
+def counts_frame(records: list[tuple]) -> pd.DataFrame:
+    """The month's counts, sorted and checked (unique keys, non-negative ints)."""
+    frame = pd.DataFrame.from_records(records, columns=COUNT_COLUMNS)
+    frame = frame.astype({"billable_users": "int64"})
+    frame = frame.sort_values(["partner_id", "company_id", "sku"]).reset_index(drop=True)
+    return checked_counts(frame)
+
+
 def aggregate_billable_users(
     conn: sa.Connection, query: SourceQuery, month: BillingMonth, known_skus: Sequence[str]
 ) -> MonthAggregate:
@@ -92,33 +77,20 @@ def aggregate_billable_users(
     overlap the month but hold no billable user stay, with 0.
     """
     dialect = conn.dialect.name
-    params = month_parameters(month, dialect)
-    params["known_skus"] = list(known_skus)
-    clause = sa.text(aggregation_sql(query, dialect)).bindparams(
-        sa.bindparam("known_skus", expanding=True)
-    )
-    rows = conn.execute(clause, params).all()
-    frame = pd.DataFrame.from_records(
-        rows,
-        columns=[
-            "partner_id", "company_id", "company_name", "sku",
-            "billable_users", "rows_in_month", "accepted_rows",
-        ],
-    )
-    accepted = int(frame["accepted_rows"].sum()) if len(frame) else 0
-    frame = frame[frame["rows_in_month"] > 0]
-    counts = (
-        frame[["partner_id", "company_id", "company_name", "sku", "billable_users"]]
-        .astype({"billable_users": "int64"})
-        .sort_values(["partner_id", "company_id", "sku"])
-        .reset_index(drop=True)
-    )
-    return MonthAggregate(counts=counts, accepted_rows=accepted)
-
+    prepare_connection(conn)
+    params = {**month_parameters(month, dialect), "known_skus": list(known_skus)}
+    rows = conn.execute(bind_known_skus(aggregation_sql(query, dialect)), params).all()
+    accepted = sum(int(r.accepted_rows) for r in rows)
+    records = [
+        (r.partner_id, r.company_id, r.company_name, r.sku, int(r.billable_users))
+        for r in rows
+        if r.rows_in_month
+    ]
+    return MonthAggregate(counts=counts_frame(records), accepted_rows=accepted)
 
 
 class ReconciliationError(RuntimeError):
-    """Validation and the database's count disagree on how many rows are billable input."""
+    """The month changed between its validation and its count."""
 
 
 def count_billable_users(
@@ -128,12 +100,14 @@ def count_billable_users(
     month: BillingMonth,
     validation: MonthValidation,
     run_id: str,
+    aggregate: MonthAggregate | None = None,
 ) -> tuple[pd.DataFrame, MonthComputation]:
-    """Let the database count the month, reconcile with validation, store the counts.
+    """Store the month's counts: ``aggregate`` when validation's own pass produced it, else a
+    fresh count from the database, which must accept as many rows as validation did.
 
-    Raises ``ReconciliationError`` (and stores nothing) when the database accepted a
-    different number of rows than pandera did: the source changed since validation, or
-    the SQL rules drifted from the model. Either way the counts cannot be trusted.
+    Raises ``ReconciliationError`` (and stores nothing) when the query changed since the
+    validation, or the fresh count accepted a different number of rows: the source changed
+    after validation, so the quarantine no longer describes what would be counted.
     """
     if validation.query_sha256 != query.sha256:
         raise ReconciliationError(
@@ -141,13 +115,13 @@ def count_billable_users(
             f"({validation.query_sha256[:12]}) than it is counted with ({query.sha256[:12]}); "
             "re-run the month from utilization_extract."
         )
-    aggregate = aggregate_billable_users(product, query, month, validation.known_skus)
+    if aggregate is None:
+        aggregate = aggregate_billable_users(product, query, month, validation.known_skus)
     if aggregate.accepted_rows != validation.rows_valid:
         raise ReconciliationError(
             f"{month.label}: validation accepted {validation.rows_valid} rows but the database "
-            f"counted from {aggregate.accepted_rows}. The source changed after validation (re-run "
-            "the month) or the SQL validity rules drifted from the pandera model (a bug: "
-            "compare pipeline.billing.counts.valid_row_sql with pipeline.validation.rows)."
+            f"counted from {aggregate.accepted_rows}: the source changed after validation; "
+            "re-run the month from validated_utilization."
         )
     computation = replace_billable_counts(
         state,

@@ -1,7 +1,7 @@
 """Lineage: from a number Gradient received back to the source rows that made it.
 
 For one (partner, company, sku, month) this reruns the month's contract query with the
-same validity rules, window and billable filter the count used, and lists the users and
+same rules (``pipeline.validation.rules``), window and billable filter the count used, and lists the users and
 spans behind the number, next to what was stored and what the ledger says was sent.
 """
 
@@ -20,11 +20,16 @@ from pipeline.store.months import (
     load_month_validation,
 )
 from pipeline.source.utilization import SourceQuery, month_parameters
-from pipeline.billing.counts import overlap_sql, valid_row_sql
-
-
-def _billable_filter(dialect_name: str) -> str:
-    return "billable = 1" if dialect_name == "sqlite" else "billable IS TRUE"
+from pipeline.validation.rules import (
+    billable_true,
+    bind_known_skus,
+    display,
+    ident,
+    overlap_sql,
+    prepare_connection,
+    text_of,
+    valid_row_sql,
+)
 
 
 def source_rows_behind(
@@ -36,18 +41,22 @@ def source_rows_behind(
     company_id: str,
     sku: str,
 ) -> pd.DataFrame:
-    """The valid, billable contract rows of the pair that overlap the month (user, span)."""
+    """The contract rows of the pair that break no rule, are billable and overlap the month
+    (user, span as text: a span may end in a year no driver reads)."""
     dialect = conn.dialect.name
+    prepare_connection(conn)
+    key = lambda c: ident(c, dialect)  # noqa: E731
     sql = f"""
-SELECT user_id, active_from, active_to
+SELECT user_id, {display('active_from', dialect)} AS active_from, {display('active_to', dialect)} AS active_to
 FROM (
 {query.sql}
 ) AS utilization
 WHERE {valid_row_sql(dialect)}
-  AND {_billable_filter(dialect)}
+  AND {billable_true(dialect)}
   AND {overlap_sql(dialect)}
-  AND partner_id = :lineage_partner AND company_id = :lineage_company AND sku = :lineage_sku
-ORDER BY user_id, active_from
+  AND {key('partner_id')} = :lineage_partner AND {key('company_id')} = :lineage_company
+  AND {key('sku')} = :lineage_sku
+ORDER BY 1, 2
 """
     params = {
         **month_parameters(month, dialect),
@@ -56,9 +65,11 @@ ORDER BY user_id, active_from
         "lineage_company": company_id,
         "lineage_sku": sku,
     }
-    clause = sa.text(sql).bindparams(sa.bindparam("known_skus", expanding=True))
-    rows = conn.execute(clause, params).all()
-    return pd.DataFrame.from_records(rows, columns=["user_id", "active_from", "active_to"])
+    rows = conn.execute(bind_known_skus(sql), params).all()
+    return pd.DataFrame.from_records(
+        [(r.user_id, text_of(r.active_from), text_of(r.active_to)) for r in rows],
+        columns=["user_id", "active_from", "active_to"],
+    )
 
 
 @dataclass(frozen=True)

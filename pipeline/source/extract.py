@@ -1,4 +1,4 @@
-"""Extracting a month: the contract query's row count and a sample checked against the contract."""
+"""Extracting a month: the contract query's row count and its columns checked against the contract."""
 
 from __future__ import annotations
 
@@ -8,11 +8,8 @@ import pandas as pd
 import sqlalchemy as sa
 
 from pipeline.billing.month import BillingMonth
+from pipeline.source.contract import ContractViolation, check_source_contract
 from pipeline.source.utilization import SourceQuery, month_parameters
-from pipeline.source.contract import ContractViolation, check_contract
-
-
-CONTRACT_SAMPLE_ROWS = 1_000
 
 
 @dataclass(frozen=True)
@@ -32,12 +29,9 @@ class MonthExtract:
 
 
 def extract_month(conn: sa.Connection, query: SourceQuery, month: BillingMonth) -> MonthExtract:
-    """Count the month's rows and check the query result's contract on a sample."""
+    """Count the month's rows and check the query result's contract (column kinds)."""
     params = month_parameters(month, conn.dialect.name)
-    wrapped = f"SELECT * FROM (\n{query.sql}\n) AS utilization"
-    result = conn.execute(sa.text(f"{wrapped} LIMIT {CONTRACT_SAMPLE_ROWS}"), params)
-    columns = list(result.keys())
-    sample = pd.DataFrame.from_records(result.all(), columns=columns, coerce_float=False)
+    columns, sample, violations = check_source_contract(conn, query, month)
     rows = conn.execute(
         sa.text(f"SELECT COUNT(*) FROM (\n{query.sql}\n) AS utilization"), params
     ).scalar_one()
@@ -46,6 +40,6 @@ def extract_month(conn: sa.Connection, query: SourceQuery, month: BillingMonth) 
         query=query,
         columns=columns,
         rows=int(rows),
-        contract_violations=check_contract(columns, sample, conn.dialect.name),
+        contract_violations=violations,
         sample=sample,
     )

@@ -1,7 +1,10 @@
-"""Validating a whole month: the rows streamed in chunks through the pandera model.
+"""Validating and counting a month in one pass over the source, inside the product database.
 
-Nothing here holds a month's raw rows in memory. The quarantine and the validation record are
-replaced in one state-DB transaction.
+The database flags every row with the rules it breaks (``pipeline.validation.rules``) and, in
+the same scan, groups the rows: the rows breaking no rule into the month's counts per partner
+x company x sku, the others into identical-row groups that come back — only they — to be
+quarantined with their reasons. Nothing here holds a month's rows in memory; the quarantine
+and the validation record are replaced in one state-DB transaction.
 """
 
 from __future__ import annotations
@@ -11,19 +14,52 @@ from dataclasses import dataclass, field
 import pandas as pd
 import sqlalchemy as sa
 
+from pipeline.billing.counts import MonthAggregate, counts_frame
 from pipeline.billing.month import BillingMonth
-from pipeline.source.utilization import SourceQuery, stream_utilization
+from pipeline.source.contract import ContractViolation, check_source_contract
+from pipeline.source.utilization import CONTRACT_COLUMNS, SourceQuery, month_parameters
 from pipeline.store.months import MonthValidation, QuarantineWriter, save_month_validation, utcnow
-from pipeline.source.contract import ContractViolation, check_contract
-from pipeline.validation.rows import validate_chunk
+from pipeline.validation.rows import QUARANTINE_COLUMNS, checked_quarantine, describe
+from pipeline.validation.rules import (
+    MASK,
+    billable_true,
+    bind_known_skus,
+    codes_of,
+    display,
+    flagged_sql,
+    ident,
+    overlap_sql,
+    prepare_connection,
+    text_of,
+)
 
 QUARANTINE_SAMPLE_ROWS = 20
+GROUP_KEYS = ("partner_id", "company_id", "sku")
 
 
-class _ContractBroken(Exception):
-    def __init__(self, violations: list[ContractViolation]) -> None:
-        super().__init__("contract broken")
-        self.violations = violations
+def month_pass_sql(query: SourceQuery, dialect: str) -> str:
+    """One scan: per group of rows breaking no rule, its billable users; per group of identical
+    rows breaking a rule, their values as text (never decoded by the driver) and how many."""
+    good, bad = f"{MASK} = 0", f"{MASK} <> 0"
+    keys = [f"CASE WHEN {good} THEN {ident(c, dialect)} END AS {c}" for c in GROUP_KEYS]
+    shown = [f"CASE WHEN {bad} THEN {display(c, dialect)} END AS shown_{c}" for c in CONTRACT_COLUMNS]
+    overlap = overlap_sql(dialect)
+    grouped = len(keys) + 1 + len(shown)
+    return f"""
+SELECT
+    {', '.join(keys)},
+    {MASK},
+    {', '.join(shown)},
+    MAX(CASE WHEN {good} THEN company_name END) AS company_name,
+    COUNT(DISTINCT CASE WHEN {good} AND {billable_true(dialect)} AND {overlap}
+        THEN {ident('user_id', dialect)} END) AS billable_users,
+    SUM(CASE WHEN {good} AND {overlap} THEN 1 ELSE 0 END) AS rows_in_month,
+    COUNT(*) AS row_count
+FROM (
+{flagged_sql(query.sql, dialect)}
+) AS flagged
+GROUP BY {', '.join(str(i) for i in range(1, grouped + 1))}
+"""
 
 
 @dataclass
@@ -31,6 +67,26 @@ class ValidationOutcome:
     validation: MonthValidation
     sample: pd.DataFrame = field(default_factory=pd.DataFrame)
     contract_violations: list[ContractViolation] = field(default_factory=list)
+    aggregate: MonthAggregate | None = None
+
+
+@dataclass
+class _Tally:
+    rows: int = 0
+    valid: int = 0
+    reason_counts: dict[str, int] = field(default_factory=dict)
+    counts: list[tuple] = field(default_factory=list)
+    sample: list[dict] = field(default_factory=list)
+
+
+def _quarantine_records(group: sa.Row, first_row_number: int) -> list[dict]:
+    codes = codes_of(int(getattr(group, MASK)))
+    raw = {c: text_of(getattr(group, f"shown_{c}")) for c in CONTRACT_COLUMNS}
+    reasons = describe(codes, raw)
+    return [
+        {"row_number": first_row_number + i, **raw, "reason_codes": ",".join(codes), "reasons": reasons}
+        for i in range(int(group.row_count))
+    ]
 
 
 def validate_month(
@@ -42,55 +98,55 @@ def validate_month(
     run_id: str,
     chunk_rows: int = 50_000,
 ) -> ValidationOutcome:
-    """Stream the month through the pandera model; quarantine what fails, with reasons.
+    """Check the contract, then flag, quarantine and count the month in one database pass.
 
-    The quarantine and the validation record are replaced in one state-DB transaction.
+    The quarantined rows come back in chunks of ``chunk_rows`` groups and are written in bulk;
+    the counts are returned (``aggregate``) for ``count_billable_users`` to store.
     """
-    skus = frozenset(known_skus)
-    rows = valid = 0
-    reason_counts: dict[str, int] = {}
-    samples: list[pd.DataFrame] = []
-    sampled = 0
-    try:
-        with state.begin() as state_conn:
-            writer = QuarantineWriter(state_conn, month.month, run_id)
-            for chunk in stream_utilization(product, query, month, chunk_rows):
-                violations = check_contract(chunk.columns, chunk, product.dialect.name)
-                if violations:
-                    raise _ContractBroken(violations)
-                result = validate_chunk(chunk, skus, first_row_number=rows + 1)
-                rows += result.rows
-                valid += result.valid_rows
-                for code, n in result.reason_counts.items():
-                    reason_counts[code] = reason_counts.get(code, 0) + n
-                writer.write(result.quarantined)
-                if sampled < QUARANTINE_SAMPLE_ROWS and len(result.quarantined):
-                    take = result.quarantined.head(QUARANTINE_SAMPLE_ROWS - sampled)
-                    samples.append(take)
-                    sampled += len(take)
-            validation = MonthValidation(
-                month=month.month,
-                rows_in=rows,
-                rows_valid=valid,
-                rows_quarantined=rows - valid,
-                reason_counts=dict(sorted(reason_counts.items())),
-                known_skus=sorted(skus),
-                query_sha256=query.sha256,
-                run_id=run_id,
-                validated_at=utcnow(),
-            )
-            save_month_validation(state_conn, validation)
-    except _ContractBroken as broken:
-        # Nothing of this attempt is kept: the transaction rolled back.
-        return ValidationOutcome(
-            validation=MonthValidation(
-                month=month.month, rows_in=rows, rows_valid=valid, rows_quarantined=rows - valid,
-                reason_counts={}, known_skus=sorted(skus), query_sha256=query.sha256,
-                run_id=run_id, validated_at=utcnow(),
-            ),
-            contract_violations=broken.violations,
+    dialect = product.dialect.name
+    skus = sorted(set(known_skus))
+
+    def record(tally: _Tally) -> MonthValidation:
+        return MonthValidation(
+            month=month.month, rows_in=tally.rows, rows_valid=tally.valid,
+            rows_quarantined=tally.rows - tally.valid,
+            reason_counts=dict(sorted(tally.reason_counts.items())), known_skus=skus,
+            query_sha256=query.sha256, run_id=run_id, validated_at=utcnow(),
         )
-    sample = pd.concat(samples, ignore_index=True) if samples else pd.DataFrame()
-    return ValidationOutcome(validation=validation, sample=sample)
 
-
+    _, _, violations = check_source_contract(product, query, month)
+    if violations:
+        return ValidationOutcome(validation=record(_Tally()), contract_violations=violations)
+    prepare_connection(product)
+    params = {**month_parameters(month, dialect), "known_skus": skus}
+    tally = _Tally()
+    with state.begin() as state_conn:
+        writer = QuarantineWriter(state_conn, month.month, run_id)
+        result = product.execution_options(stream_results=True, yield_per=chunk_rows).execute(
+            bind_known_skus(month_pass_sql(query, dialect)), params
+        )
+        for groups in result.partitions(chunk_rows):
+            quarantined: list[dict] = []
+            for group in groups:
+                n = int(group.row_count)
+                tally.rows += n
+                if not getattr(group, MASK):
+                    tally.valid += n
+                    if group.rows_in_month:
+                        tally.counts.append(
+                            (group.partner_id, group.company_id, group.company_name, group.sku,
+                             int(group.billable_users))
+                        )
+                    continue
+                for code in codes_of(int(getattr(group, MASK))):
+                    tally.reason_counts[code] = tally.reason_counts.get(code, 0) + n
+                quarantined.extend(_quarantine_records(group, tally.rows - tally.valid - n + 1))
+            if quarantined:
+                frame = checked_quarantine(pd.DataFrame.from_records(quarantined, columns=QUARANTINE_COLUMNS))
+                writer.write(frame)
+                tally.sample.extend(quarantined[: QUARANTINE_SAMPLE_ROWS - len(tally.sample)])
+        validation = record(tally)
+        save_month_validation(state_conn, validation)
+    aggregate = MonthAggregate(counts=counts_frame(tally.counts), accepted_rows=tally.valid)
+    sample = pd.DataFrame.from_records(tally.sample, columns=QUARANTINE_COLUMNS) if tally.sample else pd.DataFrame()
+    return ValidationOutcome(validation=validation, sample=sample, aggregate=aggregate)

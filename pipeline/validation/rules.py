@@ -1,0 +1,219 @@
+"""The billing-row rules, defined once and evaluated by the product database.
+
+Each rule is a reason code (``pipeline.validation.rows.REASONS`` says it in words) and the SQL
+predicate, per dialect, that is true when a row breaks it. From this one list come both
+the quarantine (rows breaking any rule, with every code they break, as a bit mask) and the
+count (rows breaking none), so validation and counting cannot disagree: the database
+compares real dates (far, BC and infinite ones included) and only the failing rows come
+back to Python.
+
+Dialects: ``sqlite`` (text timestamps judged by SQLite's own date functions), ``postgresql``
+(timestamptz, boolean) and ``mysql`` / ``mariadb`` (DATETIME in UTC, TINYINT(1) booleans).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import sqlalchemy as sa
+
+from pipeline.source.utilization import sqlite_timestamp_ok
+
+MYSQL_DIALECTS = frozenset({"mysql", "mariadb"})
+KEY_COLUMNS = ("partner_id", "company_id", "company_name", "sku", "user_id")
+# Ids that name something (a name may be padded; an id with spaces is a look-alike).
+IDS = ("partner_id", "company_id", "sku", "user_id")
+SQLITE_UTF8_FUNCTION = "gbs_utf8_ok"
+
+
+def family(dialect_name: str) -> str:
+    """``sqlite``, ``postgresql`` or ``mysql`` (MariaDB included)."""
+    if dialect_name in MYSQL_DIALECTS:
+        return "mysql"
+    if dialect_name.startswith("postgres"):
+        return "postgresql"
+    if dialect_name == "sqlite":
+        return "sqlite"
+    raise ValueError(f"unsupported product database dialect {dialect_name!r}: use PostgreSQL, MySQL/MariaDB or SQLite")
+
+
+def _present(column: str) -> str:
+    return f"({column} IS NOT NULL AND TRIM({column}) <> '')"
+
+
+def _length(column: str, dialect: str) -> str:
+    return f"CHAR_LENGTH({column})" if dialect != "sqlite" else f"length({column})"
+
+
+def ident(column: str, dialect: str) -> str:
+    """An id as compared exactly (MySQL's default collations fold case and accents)."""
+    if family(dialect) == "mysql":
+        return f"(CONVERT({column} USING utf8mb4) COLLATE utf8mb4_bin)"
+    return column
+
+
+def ts(column: str, dialect: str) -> str:
+    """A timestamp as the database compares it (SQLite reads ISO-8601 text with julianday)."""
+    return f"julianday({column})" if family(dialect) == "sqlite" else column
+
+
+def billable_true(dialect: str) -> str:
+    return "billable IS TRUE" if family(dialect) == "postgresql" else "billable = 1"
+
+
+def _billable_invalid(dialect: str) -> str:
+    if family(dialect) == "postgresql":
+        return "billable IS NULL"
+    return "(billable IS NULL OR billable NOT IN (0, 1))"
+
+
+def _timestamp_invalid(column: str, dialect: str, nullable: bool) -> str:
+    if family(dialect) == "sqlite":
+        bad = f"NOT {sqlite_timestamp_ok(column)}"
+        return f"({column} IS NOT NULL AND {bad})" if nullable else f"({column} IS NULL OR {bad})"
+    return "(1 = 0)" if nullable else f"({column} IS NULL)"
+
+
+def _span_reversed(dialect: str) -> str:
+    return (
+        f"(active_from IS NOT NULL AND active_to IS NOT NULL"
+        f" AND {ts('active_to', dialect)} < {ts('active_from', dialect)})"
+    )
+
+
+def _padded(dialect: str) -> str:
+    return "(" + " OR ".join(
+        f"({_present(c)} AND {_length(c, dialect)} <> {_length(f'TRIM({c})', dialect)})" for c in IDS
+    ) + ")"
+
+
+def _control_characters(dialect: str) -> str:
+    kind = family(dialect)
+    if kind == "sqlite":
+        pattern = "'*[' || char(1) || '-' || char(31) || char(127) || ']*'"
+        tests = [f"(instr(CAST({c} AS BLOB), x'00') > 0 OR {c} GLOB {pattern})" for c in KEY_COLUMNS]
+    elif kind == "postgresql":
+        tests = [f"{c} ~ '[\\x01-\\x1f\\x7f]'" for c in KEY_COLUMNS]
+    else:
+        tests = [f"{c} REGEXP '[[:cntrl:]]'" for c in KEY_COLUMNS]
+    return "(" + " OR ".join(tests) + ")"
+
+
+def _unreadable(dialect: str) -> str:
+    """SQLite only: text that is not valid UTF-8, or an id/name that is not text at all
+    (typed engines cannot hold such values; their drivers read every row). One UTF-8 check
+    per row, over the row's text values joined."""
+    if family(dialect) != "sqlite":
+        return "(1 = 0)"
+    not_text = [f"typeof({c}) NOT IN ('text', 'null')" for c in KEY_COLUMNS]
+    joined = " || ".join(f"COALESCE({c}, '')" for c in (*KEY_COLUMNS, "active_from", "active_to"))
+    return "(" + " OR ".join([*not_text, f"NOT {SQLITE_UTF8_FUNCTION}(CAST({joined} AS BLOB))"]) + ")"
+
+
+@dataclass(frozen=True)
+class Rule:
+    """A reason code and the SQL, per dialect, that is true when a row breaks the rule."""
+
+    code: str
+    breaks: Callable[[str], str]
+
+
+RULES: tuple[Rule, ...] = (
+    Rule("partner_missing", lambda d: f"NOT {_present('partner_id')}"),
+    Rule("company_missing", lambda d: f"NOT {_present('company_id')}"),
+    Rule("company_name_missing", lambda d: f"NOT {_present('company_name')}"),
+    Rule("sku_missing", lambda d: f"NOT {_present('sku')}"),
+    Rule("sku_unknown", lambda d: f"({_present('sku')} AND {ident('sku', d)} NOT IN :known_skus)"),
+    Rule("user_missing", lambda d: f"NOT {_present('user_id')}"),
+    Rule("billable_invalid", _billable_invalid),
+    Rule("active_from_invalid", lambda d: _timestamp_invalid("active_from", d, nullable=False)),
+    Rule("active_to_invalid", lambda d: _timestamp_invalid("active_to", d, nullable=True)),
+    Rule("span_reversed", _span_reversed),
+    Rule("id_padded", _padded),
+    Rule("control_characters", _control_characters),
+    Rule("value_unreadable", _unreadable),
+)
+RULE_CODES: tuple[str, ...] = tuple(rule.code for rule in RULES)
+MASK = "reason_mask"
+
+
+def codes_of(mask: int) -> list[str]:
+    """The reason codes set in a row's bit mask, in rule order."""
+    return [rule.code for bit, rule in enumerate(RULES) if mask & (1 << bit)]
+
+
+def reason_mask_sql(dialect: str) -> str:
+    """The row's broken rules as a bit mask (0 = a row that can be billed)."""
+    return "\n    + ".join(
+        f"(CASE WHEN {rule.breaks(dialect)} THEN {1 << bit} ELSE 0 END)" for bit, rule in enumerate(RULES)
+    )
+
+
+def valid_row_sql(dialect: str) -> str:
+    """True for a row that breaks no rule (binds ``:known_skus``)."""
+    return "NOT (" + "\n  OR ".join(f"COALESCE({rule.breaks(dialect)}, FALSE)" for rule in RULES) + ")"
+
+
+def overlap_sql(dialect: str) -> str:
+    """Half-open overlap of ``[active_from, active_to)`` with ``[:month_start, :month_end)``;
+    an empty span (``active_to = active_from``) overlaps nothing."""
+    t = lambda c: ts(c, dialect)  # noqa: E731
+    return (
+        f"({t('active_from')} < {t(':month_end')}"
+        f" AND (active_to IS NULL OR ({t('active_to')} > {t(':month_start')}"
+        f" AND {t('active_to')} > {t('active_from')})))"
+    )
+
+
+def flagged_sql(query_sql: str, dialect: str) -> str:
+    """The contract query with each row's ``reason_mask``. On PostgreSQL ``OFFSET 0`` keeps
+    the mask computed once per row instead of at every place it is used."""
+    fence = "\nOFFSET 0" if family(dialect) == "postgresql" else ""
+    return (
+        f"SELECT utilization.*,\n    {reason_mask_sql(dialect)} AS {MASK}\n"
+        f"FROM (\n{query_sql}\n) AS utilization{fence}"
+    )
+
+
+def display(column: str, dialect: str) -> str:
+    """A value as text for a person, whatever it holds: cast in SQL so the driver never has to
+    decode it (SQLite and MySQL give bytes, decoded leniently in Python)."""
+    kind = family(dialect)
+    if kind == "sqlite":
+        return f"CAST({column} AS BLOB)"
+    if kind == "mysql":
+        return f"CAST({column} AS BINARY)"
+    return f"CAST({column} AS TEXT)"
+
+
+def bind_known_skus(sql: str) -> sa.TextClause:
+    return sa.text(sql).bindparams(sa.bindparam("known_skus", expanding=True))
+
+
+def _utf8_ok(value: bytes | None) -> bool:
+    if value is None:
+        return True
+    try:
+        bytes(value).decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+def prepare_connection(conn: sa.Connection) -> None:
+    """Give SQLite the UTF-8 check ``value_unreadable`` uses (once per DBAPI connection)."""
+    if family(conn.dialect.name) != "sqlite":
+        return
+    raw = conn.connection.driver_connection
+    raw.create_function(SQLITE_UTF8_FUNCTION, 1, _utf8_ok, deterministic=True)
+
+
+def text_of(value: object) -> str | None:
+    """A displayed value as text: bytes decoded leniently, invalid bytes shown as escapes."""
+    if value is None:
+        return None
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return bytes(value).decode("utf-8", errors="backslashreplace")
+    return str(value)
+
