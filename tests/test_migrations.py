@@ -188,3 +188,33 @@ def _insert_counts(engine: sa.Engine) -> None:
 def _counted_users(engine: sa.Engine) -> int:
     with engine.connect() as conn:
         return conn.execute(sa.select(billable_counts.c.billable_users)).scalar_one()
+
+
+def test_db_revision_autogenerates_the_next_revision_from_the_models(tmp_path, monkeypatch):
+    """The documented way to add a revision: the written file migrates to the changed models."""
+    import shutil
+
+    folder = tmp_path / "migrations"
+    shutil.copytree(migrations.MIGRATIONS_DIR, folder, ignore=shutil.ignore_patterns("__pycache__"))
+    monkeypatch.setattr(migrations, "MIGRATIONS_DIR", folder)
+    migrations.head_revision.cache_clear()
+    changed = sa.MetaData()
+    for table in metadata.sorted_tables:
+        table.to_metadata(changed)
+    sa.Table("partner_notes", changed, sa.Column("partner_id", sa.Text, primary_key=True),
+             sa.Column("note", sa.Text, nullable=False))
+    before = migrations.head_revision()
+    try:
+        path = migrations.new_revision("add partner notes", changed)
+        after = migrations.head_revision()
+        engine = sa.create_engine(f"sqlite:///{tmp_path / 'state.db'}")
+        migrations.upgrade_to_head(engine, changed)
+        with engine.connect() as conn:
+            assert compare_metadata(MigrationContext.configure(conn), changed) == []
+        engine.dispose()
+    finally:
+        migrations.head_revision.cache_clear()
+    assert path.parent == folder / "versions"
+    assert path.name == f"{int(before) + 1:04d}_add_partner_notes.py"
+    assert after == f"{int(before) + 1:04d}"
+    assert "partner_notes" in path.read_text()
