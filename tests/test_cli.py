@@ -132,3 +132,19 @@ def test_demo_runs_end_to_end_and_prints_per_partner_outcomes(env, monkeypatch):
     assert "unmapped" in result.output  # the half-mapped partner
     assert "Gradient now shows org-p-001" in result.output
     assert "demo-partner-key" not in result.output
+
+
+def test_backfill_on_a_webserver_that_is_not_there_says_so(env):
+    """`backfill --webserver` goes through the Dagster GraphQL client: an unreachable webserver
+    is a clear error naming the URL, and nothing runs here instead."""
+    import socket
+
+    with socket.socket() as sock:  # a port nothing listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    url = f"http://127.0.0.1:{port}"
+    result = invoke("backfill", "--from", "2026-09", "--to", "2026-10", "--webserver", url)
+    assert result.exit_code != 0
+    assert "the webserver refused the backfill" in result.output
+    assert f"the Dagster webserver at {url}/graphql is unreachable" in result.output
+    assert "months succeeded" not in result.output

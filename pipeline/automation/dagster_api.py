@@ -23,7 +23,7 @@ from urllib.parse import urlsplit
 
 import requests
 from dagster_graphql import DagsterGraphQLClient, DagsterGraphQLClientError
-from gql.transport.exceptions import TransportQueryError
+from gql.transport.exceptions import TransportConnectionFailed, TransportQueryError
 
 DEFAULT_LOCATION_NAME = "gradient_billing_sync"
 DEFAULT_REPOSITORY_NAME = "__repository__"
@@ -178,7 +178,7 @@ def execute(client: DagsterGraphQLClient, query: str, variables: Mapping[str, An
         if isinstance(cause, TransportQueryError):
             messages = "; ".join(str(e.get("message", e)) for e in cause.errors or ()) or str(cause)
             raise DagsterGraphQLError(f"GraphQL error: {messages}") from exc
-        if isinstance(cause, requests.RequestException):
+        if isinstance(cause, (requests.RequestException, TransportConnectionFailed)):
             raise DagsterGraphQLError(
                 f"the Dagster webserver at {client._url} is unreachable ({type(cause).__name__}); "
                 "check that dagster-webserver is running and the URL is right"
