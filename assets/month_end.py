@@ -1,10 +1,15 @@
-"""Month-end assets: utilization_extract -> validated_utilization -> billable_counts."""
+"""Month-end assets: utilization_extract -> validated_utilization -> billable_counts.
+
+Validation and counting are one pass of the product database; the month-end jobs run their
+steps in one process, so ``billable_counts`` stores the counts validation's pass produced
+(``_PASSED_COUNTS``) and only counts again when it runs apart from its validation.
+"""
 
 import dagster as dg
 import pandas as pd
 
 from pipeline.billing.month import BillingMonth
-from pipeline.billing.counts import ReconciliationError, count_billable_users
+from pipeline.billing.counts import MonthAggregate, ReconciliationError, count_billable_users
 from pipeline.source.extract import extract_month
 from pipeline.validation.month import validate_month
 from pipeline.partitions import monthly_partitions
@@ -20,6 +25,9 @@ from pipeline.store.months import load_month_computation, load_month_validation
 
 GROUP = "month_end"
 DB_RETRY = dg.RetryPolicy(max_retries=2, delay=10, backoff=dg.Backoff.EXPONENTIAL)
+# (run id, partition key) -> the counts of that run's validation pass, until billable_counts
+# of the same run takes them (same process: the in-process executor of the month-end jobs).
+_PASSED_COUNTS: dict[tuple[str, str], MonthAggregate] = {}
 
 
 def billing_month(context: dg.AssetExecutionContext, rules: BillingRules) -> BillingMonth:
@@ -116,7 +124,7 @@ def utilization_extract(
 @dg.asset(
     partitions_def=monthly_partitions,
     group_name=GROUP,
-    kinds={"pandas", "pandera"},
+    kinds={"sql", "pandera"},
     deps=[utilization_extract],
     retry_policy=DB_RETRY,
     check_specs=[
@@ -136,8 +144,9 @@ def validated_utilization(
     state_db: StateDatabase,
     billing_rules: BillingRules,
 ) -> dg.MaterializeResult:
-    """Every row of the month validated with the UtilizationRow pandera model, streamed in
-    chunks; failing rows go to the quarantine table with their reasons."""
+    """Every row of the month checked against the billing-row rules by the product database,
+    in the same pass that counts it; failing rows go to the quarantine table with their
+    reasons (checked with pandera), the counts wait for billable_counts."""
     month = billing_month(context, billing_rules)
     try:
         query = product_db.utilization_query()
@@ -164,6 +173,8 @@ def validated_utilization(
     share = validation.quarantined_share
     threshold = billing_rules.quarantine_threshold
     within = share <= threshold
+    if within and outcome.aggregate is not None:
+        _PASSED_COUNTS[(context.run_id, month.key)] = outcome.aggregate
     if validation.rows_quarantined:
         log = context.log.info if within else context.log.error
         log(
@@ -220,20 +231,24 @@ def billable_counts(
     billing_rules: BillingRules,
 ) -> dg.MaterializeResult:
     """Distinct billable users per partner x company x service for the month, counted by the
-    product database and stored in the state database (delete-then-insert per month)."""
+    product database in validation's pass and stored in the state database
+    (delete-then-insert per month)."""
     month = billing_month(context, billing_rules)
     state = state_db.engine()
+    passed = _PASSED_COUNTS.pop((context.run_id, month.key), None)
     validation = load_month_validation(state, month.month)
     if validation is None:
         raise no_retry(
             ValueError(f"{month.label} has not been validated; materialize validated_utilization first.")
         )
+    if validation.run_id != context.run_id:
+        passed = None  # validated by another run since: count what that validation saw
     previous = load_month_computation(state, month.previous().month)
     try:
         query = product_db.utilization_query()
         with product_db.connect() as conn:
             counts, computation = count_billable_users(
-                conn, state, query, month, validation, context.run_id
+                conn, state, query, month, validation, context.run_id, aggregate=passed
             )
     except ReconciliationError as exc:
         raise no_retry(exc) from None

@@ -16,6 +16,9 @@ monthly_billing_job = dg.define_asset_job(
     selection=dg.AssetSelection.groups(MONTH_END, GRADIENT_LOAD),
     partitions_def=monthly_partitions,
     description="Extract, validate and count one billing month, then load it into Gradient.",
+    # One process for all steps: a step's process start costs more than its work, and
+    # billable_counts takes the counts validation's pass left in this process.
+    executor_def=dg.in_process_executor,
 )
 
 gradient_load_job = dg.define_asset_job(
