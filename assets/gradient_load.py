@@ -241,7 +241,7 @@ def gradient_accounts(
         if report.error:
             ledger.record_account_sync_failure(state, context.run_id, report.partner_id, report.error)
         for company, reason in report.refused.items():
-            context.log.error(f"{report.partner_id}: company {company} refused: {reason}")
+            context.log.error(f"{report.partner_id}: company {company[:80]!r} refused: {reason}")
         ledger.record_refusals(state, context.run_id, report.partner_id, report.refused)
     table = partner_table(reports)[["partner", "accounts_created", "accounts_renamed", "status", "error"]]
     return dg.MaterializeResult(

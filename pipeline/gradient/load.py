@@ -472,9 +472,9 @@ def split_companies(companies: Sequence[tuple[object, object]]) -> tuple[list[tu
         if problem is None:
             valid.append((str(company_id), str(name)))
         elif company_id is None or name is None:
-            refused["NULL" if company_id is None else str(company_id)[:80]] = f"{problem}: {NULL_COMPANY_FIX}"
+            refused["NULL" if company_id is None else str(company_id)] = f"{problem}: {NULL_COMPANY_FIX}"
         else:
-            refused[str(company_id)[:80]] = f"not sent: {problem}"
+            refused[str(company_id)] = f"not sent: {problem}"
     return valid, refused
 
 
@@ -503,7 +503,7 @@ async def sync_partner_accounts(
     report = PartnerLoad(target.partner_id)
     valid, report.refused = split_companies(companies)
     for company, reason in report.refused.items():
-        log(f"{target.partner_id}: company {company} refused: {reason}")
+        log(f"{target.partner_id}: company {company[:80]!r} refused: {reason}")
     session = client.partner(target.partner_id, target.api_key)
     try:
         async with locks.holding(
@@ -623,7 +623,7 @@ async def _push_locked(
         ledger.record(state_db, entries)
         report.count(FAILED, len(entries))
         for company, reason in refused.items():
-            log(f"{target.partner_id}: company {company!r} {reason}")
+            log(f"{target.partner_id}: company {company[:80]!r} {reason}")
         counts = counts[~counts.company_id.astype(str).isin(list(refused))]
     delivered = {
         pair: held_value
