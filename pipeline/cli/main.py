@@ -287,6 +287,8 @@ from pipeline.cli.db import db  # noqa: E402 - subcommand modules attach to the 
 main.add_command(db)
 from pipeline.cli.check_config import check_config  # noqa: E402
 main.add_command(check_config)
+from pipeline.cli.bench import bench  # noqa: E402
+main.add_command(bench)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,308 @@
+"""The month-end benchmark: one billing month at a given scale, measured in one run.
+
+``run_bench`` seeds the scale's demo data in the product database, then measures, for the
+month 2026-10:
+
+* the bare aggregate — the reference utilization query wrapped in ``COUNT(DISTINCT user_id)
+  ... GROUP BY partner, company, sku``, run by the database (the baseline of every ratio);
+* naive pandas — ``read_sql`` of the month + ``groupby().nunique()``, in a child process;
+* the pipeline as Dagster runs it — the month-end asset group of the ``monthly_billing`` job
+  for the partition, real resources, in a child process (seconds, peak RSS, per-step times);
+* the load — the ``gradient_load`` job against the Gradient emulator (20 ms latency, 100
+  requests/s), again with the limit raised to 1000/s, and the unchanged re-run;
+* growth — the product database grown to 2x and 4x (more partners), the pipeline run again.
+
+Nothing is asserted: the figures are printed and written as JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import sqlalchemy as sa
+from sqlalchemy.engine import make_url
+
+from bench.load import gradient_units, register_partners, start_emulator, summarize
+from bench.scales import MONTH, SCALES, Scale, slice_spec
+from pipeline import settings
+from pipeline.billing.month import BillingMonth
+from pipeline.demo.data import connection_rows, load_demo_data
+from pipeline.source import product_schema as ps
+from pipeline.source.utilization import month_parameters, utilization_query
+from pipeline.store.months import load_billable_counts
+
+BENCH_POSTGRES_ADMIN_URL = "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres"
+BENCH_DATABASE = "gbs_bench"
+DEFAULT_RATE_LIMIT = 100
+RAISED_RATE_LIMIT = 1000
+INSTANCE_YAML = "telemetry:\n  enabled: false\n"
+# Settings that would point the child runs at something other than the benchmark's data.
+CLEARED_ENV = (
+    "UTILIZATION_SQL", "SERVICES_SQL", "CONNECTIONS_SQL", "COMPANIES_SQL", "SYNC_REQUESTS_SQL",
+    "BILLING_TIMEZONE", "QUARANTINE_THRESHOLD",
+)
+
+Echo = Callable[[str], None]
+
+
+def bench_database_url(admin_url: str | None = None) -> str:
+    """The dedicated benchmark database on PostgreSQL (created when missing)."""
+    admin_url = admin_url or os.environ.get("BENCH_POSTGRES_ADMIN_URL") or BENCH_POSTGRES_ADMIN_URL
+    admin = sa.create_engine(admin_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        exists = conn.execute(
+            sa.text("SELECT 1 FROM pg_database WHERE datname = :name"), {"name": BENCH_DATABASE}
+        ).first()
+        if not exists:
+            conn.execute(sa.text(f'CREATE DATABASE "{BENCH_DATABASE}"'))
+    admin.dispose()
+    return make_url(admin_url).set(database=BENCH_DATABASE).render_as_string(hide_password=False)
+
+
+def bare_aggregate_sql(query_sql: str) -> str:
+    return (
+        "SELECT partner_id, company_id, sku, COUNT(DISTINCT user_id) AS billable_users "
+        f"FROM (\n{query_sql}\n) AS utilization WHERE billable = TRUE "
+        "GROUP BY partner_id, company_id, sku"
+    )
+
+
+def bare_aggregate(engine: sa.Engine, month: BillingMonth, repeats: int) -> dict:
+    """The database alone counting the month, ``repeats`` times (the first warms the cache)."""
+    query = utilization_query(None, engine.dialect.name)
+    params = month_parameters(month, engine.dialect.name)
+    timings, rows = [], []
+    with engine.connect() as conn:
+        for _ in range(repeats):
+            started = time.perf_counter()
+            rows = conn.execute(sa.text(bare_aggregate_sql(query.sql)), params).all()
+            timings.append(time.perf_counter() - started)
+        month_rows = conn.execute(sa.text(f"SELECT COUNT(*) FROM (\n{query.sql}\n) AS u"), params).scalar_one()
+    return {
+        "seconds": round(statistics.median(timings), 3),
+        "seconds_min": round(min(timings), 3),
+        "seconds_max": round(max(timings), 3),
+        "repeats": repeats,
+        "month_rows": int(month_rows),
+        "groups": len(rows),
+        "billable_users": int(sum(r[3] for r in rows)),
+    }
+
+
+class Bench:
+    """One benchmark run: its work directory, databases, environment and child processes."""
+
+    def __init__(self, scale: Scale, product_url: str, workdir: Path, echo: Echo) -> None:
+        from cryptography.fernet import Fernet
+
+        self.scale = scale
+        self.product_url = product_url
+        self.workdir = workdir
+        self.echo = echo
+        self.month = BillingMonth(MONTH, settings.DEFAULT_BILLING_TIMEZONE)
+        self.encryption_key = Fernet.generate_key().decode()
+        self.product = sa.create_engine(product_url)
+        (workdir / "dagster").mkdir(parents=True, exist_ok=True)
+        (workdir / "dagster" / "dagster.yaml").write_text(INSTANCE_YAML)
+
+    def state_url(self, name: str) -> str:
+        return f"sqlite:///{self.workdir / name}"
+
+    def child_env(self, state_db: str, gradient_url: str = "", rate_limit: int = DEFAULT_RATE_LIMIT) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if k not in CLEARED_ENV}
+        env.update(
+            PRODUCT_DB_URL=self.product_url,
+            STATE_DB_URL=state_db,
+            DAGSTER_HOME=str(self.workdir / "dagster"),
+            GBS_DATA_DIR=str(self.workdir),
+            GRADIENT_BASE_URL=gradient_url or settings.DEFAULT_GRADIENT_BASE_URL,
+            GRADIENT_VENDOR_API_KEY=settings.DEMO_VENDOR_API_KEY,
+            GRADIENT_KEY_ENCRYPTION_KEYS=self.encryption_key,
+            GRADIENT_MAX_REQUESTS_PER_SECOND=str(rate_limit),
+            PYTHONPATH=os.pathsep.join([str(settings.REPO_ROOT), env.get("PYTHONPATH", "")]).rstrip(os.pathsep),
+        )
+        return env
+
+    def child(self, module: str, args: list[str], env: dict[str, str], out_name: str) -> dict:
+        """Run ``python -m module`` and read the JSON it wrote; wall seconds include start-up."""
+        out = self.workdir / out_name
+        started = time.perf_counter()
+        proc = subprocess.run(
+            [sys.executable, "-m", module, *args, "--out", str(out)],
+            env=env, cwd=settings.REPO_ROOT, capture_output=True, text=True,
+        )
+        wall = time.perf_counter() - started
+        if proc.returncode != 0 or not out.exists():
+            raise RuntimeError(f"{module} failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
+        result = json.loads(out.read_text())
+        result["process_seconds"] = round(wall, 3)
+        return result
+
+    def dagster_run(self, job: str, group: str, env: dict[str, str], out_name: str) -> dict:
+        return self.child(
+            "bench.dagster_run",
+            ["--job", job, "--group", group, "--partition", self.month.key],
+            env, out_name,
+        )
+
+    def seed(self, index: int, reset: bool) -> dict:
+        started = time.perf_counter()
+        summary = load_demo_data(self.product, slice_spec(self.scale, index), reset=reset)
+        return {**summary.__dict__, "seconds": round(time.perf_counter() - started, 1)}
+
+    def connect_partners(self, state_db: str) -> list[str]:
+        """Connect partners (in id order) until their counts make the scale's count calls."""
+        counts = load_billable_counts(sa.create_engine(state_db), self.month.month)
+        per_partner = counts.groupby("partner_id").size().sort_index()
+        chosen, calls = [], 0
+        for partner_id, pairs in per_partner.items():
+            if self.scale.load_calls is not None and calls >= self.scale.load_calls:
+                break
+            chosen.append(str(partner_id))
+            calls += int(pairs)
+        with self.product.begin() as conn:
+            conn.execute(ps.gradient_connections.delete())
+            conn.execute(
+                ps.gradient_connections.insert(),
+                connection_rows(chosen, self.encryption_key, self.month.start_utc, self.product.dialect.name),
+            )
+        return chosen
+
+    def load(self, state_db: str, partners: list[str], rate_limit: int, rerun: bool) -> dict:
+        """The gradient_load job against a fresh emulator; optionally run again unchanged."""
+        server, admin = start_emulator(settings.DEMO_VENDOR_API_KEY, rate_limit)
+        try:
+            register_partners(admin, partners)
+            env = self.child_env(state_db, server.base_url, rate_limit)
+            run = self.dagster_run("gradient_load", "gradient_load", env, f"load-{rate_limit}.json")
+            figures = summarize(admin.requests(), rate_limit).as_dict()
+            held, units = gradient_units(admin)
+            result = {"run": run, "sent": figures, "gradient_counts": held, "gradient_units": units}
+            if rerun:
+                admin.clear_requests()
+                again = self.dagster_run("gradient_load", "gradient_load", env, f"load-{rate_limit}-rerun.json")
+                result["rerun"] = {"run": again, "sent": summarize(admin.requests(), rate_limit).as_dict()}
+            return result
+        finally:
+            admin.close()
+            server.stop()
+
+
+def run_bench(
+    scale_name: str,
+    product_url: str | None = None,
+    workdir: Path | None = None,
+    json_path: Path | None = None,
+    echo: Echo = print,
+) -> dict:
+    """Seed, measure, print the table and write the JSON; returns the results."""
+    scale = SCALES[scale_name]
+    workdir = workdir or settings.data_dir() / "bench" / scale_name
+    if workdir.exists():
+        shutil.rmtree(workdir)
+    workdir.mkdir(parents=True)
+    product_url = product_url or bench_database_url()
+    bench = Bench(scale, product_url, workdir, echo)
+    results: dict = {
+        "scale": scale_name,
+        "month": bench.month.label,
+        "product_db": settings.redact_url(product_url),
+        "dialect": bench.product.dialect.name,
+        "workdir": str(workdir),
+    }
+    echo(f"bench {scale_name}: seeding {settings.redact_url(product_url)} ...")
+    results["seed"] = bench.seed(0, reset=True)
+    echo(f"  seeded in {results['seed']['seconds']} s: {results['seed']['enrollments']:,} enrollments")
+
+    repeats = 2 if scale_name == "large" else 3
+    results["bare_aggregate"] = bare_aggregate(bench.product, bench.month, repeats)
+    echo(f"  bare aggregate: {results['bare_aggregate']['seconds']} s, "
+         f"{results['bare_aggregate']['month_rows']:,} rows in the month")
+
+    results["naive_pandas"] = bench.child(
+        "bench.naive_pandas", ["--url", product_url, "--month", bench.month.label],
+        bench.child_env(bench.state_url("unused.db")), "naive.json",
+    )
+    echo(f"  naive pandas: {results['naive_pandas']['seconds']} s")
+
+    state_db = bench.state_url("state.db")
+    results["pipeline"] = bench.dagster_run("monthly_billing", "month_end", bench.child_env(state_db), "pipeline.json")
+    results["pipeline"]["state_db"] = state_db
+    echo(f"  pipeline (Dagster): {results['pipeline']['seconds']} s, success={results['pipeline']['success']}")
+
+    if results["pipeline"]["success"]:
+        shutil.copy(workdir / "state.db", workdir / "state-before-load.db")
+        partners = bench.connect_partners(state_db)
+        results["load"] = bench.load(state_db, partners, DEFAULT_RATE_LIMIT, rerun=True)
+        results["load"]["partners"] = len(partners)
+        echo(f"  load: {results['load']['sent']['count_calls']:,} count calls")
+        results["load_raised"] = bench.load(
+            bench.state_url("state-before-load.db"), partners, RAISED_RATE_LIMIT, rerun=False
+        )
+        echo(f"  load, limit raised: {results['load_raised']['sent']['count_rate_per_second']} count calls/s")
+
+    results["growth"] = growth(bench, results)
+    results["ratios"] = ratios(results)
+    if json_path is None:
+        json_path = workdir / f"bench-{scale_name}.json"
+    json_path.parent.mkdir(parents=True, exist_ok=True)
+    json_path.write_text(json.dumps(results, indent=2, default=str))
+    results["json_path"] = str(json_path)
+    from bench.report import table
+
+    echo(table(results))
+    echo(f"JSON: {json_path}")
+    bench.product.dispose()
+    return results
+
+
+def growth(bench: Bench, results: dict) -> list[dict]:
+    """The pipeline at 1x (the run above), then with the product database grown to each multiple."""
+    pipeline = results["pipeline"]
+    rows = [{
+        "multiple": 1,
+        "month_rows": results["bare_aggregate"]["month_rows"],
+        "bare_aggregate_seconds": results["bare_aggregate"]["seconds"],
+        "seconds": pipeline["seconds"],
+        "rss_mb": pipeline["rss_mb"]["peak"],
+        "success": pipeline["success"],
+        "state_db": pipeline["state_db"],
+    }]
+    slices = 1
+    for multiple in bench.scale.growth:
+        if multiple == 1:
+            continue
+        while slices < multiple:
+            bench.seed(slices, reset=False)
+            slices += 1
+        base = bare_aggregate(bench.product, bench.month, 2)
+        state_db = bench.state_url(f"state-{multiple}x.db")
+        run = bench.dagster_run("monthly_billing", "month_end", bench.child_env(state_db), f"pipeline-{multiple}x.json")
+        rows.append({
+            "multiple": multiple,
+            "month_rows": base["month_rows"],
+            "bare_aggregate_seconds": base["seconds"],
+            "seconds": run["seconds"],
+            "rss_mb": run["rss_mb"]["peak"],
+            "success": run["success"],
+            "state_db": state_db,
+            "steps": run["steps"],
+        })
+        bench.echo(f"  growth {multiple}x: {base['month_rows']:,} rows, {run['seconds']} s")
+    return rows
+
+
+def ratios(results: dict) -> dict:
+    base = results["bare_aggregate"]["seconds"] or float("nan")
+    found = {"naive_pandas": round(results["naive_pandas"]["seconds"] / base, 2)}
+    found["pipeline"] = round(results["pipeline"]["seconds"] / base, 2)
+    found["pipeline_process"] = round(results["pipeline"]["process_seconds"] / base, 2)
+    return found
