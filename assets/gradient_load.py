@@ -11,6 +11,7 @@ from collections.abc import Sequence
 import dagster as dg
 import pandas as pd
 
+from assets import specs
 from assets.month_end import billable_counts, billing_month, markdown_table, no_retry
 from pipeline.gradient import ledger
 from pipeline.gradient.errors import GradientError
@@ -114,6 +115,10 @@ DUPLICATE_SERVICES_CHECK = "one_service_per_name"
 
 
 @dg.asset(
+    owners=specs.OWNERS,
+    tags=specs.stage_tags("load"),
+    code_version="1",
+    metadata=specs.column_schema(specs.GRADIENT_SERVICES),
     partitions_def=monthly_partitions,
     group_name=GROUP,
     kinds={"gradient"},
@@ -189,6 +194,9 @@ def gradient_services(
 
 
 @dg.asset(
+    owners=specs.OWNERS,
+    tags=specs.stage_tags("load"),
+    code_version="1",
     partitions_def=monthly_partitions,
     group_name=GROUP,
     kinds={"gradient"},
@@ -256,6 +264,10 @@ def gradient_accounts(
 
 
 @dg.asset(
+    owners=specs.OWNERS,
+    tags=specs.stage_tags("load"),
+    code_version="1",
+    metadata=specs.column_schema(specs.LEDGER_ENTRIES),
     partitions_def=monthly_partitions,
     group_name=GROUP,
     kinds={"gradient"},

@@ -8,6 +8,7 @@ steps in one process, so ``billable_counts`` stores the counts validation's pass
 import dagster as dg
 import pandas as pd
 
+from assets import specs
 from pipeline.billing.month import BillingMonth
 from pipeline.billing.counts import MonthAggregate, ReconciliationError, count_billable_users
 from pipeline.source.extract import extract_month
@@ -68,6 +69,10 @@ def markdown_table(frame: pd.DataFrame, max_rows: int = 20) -> dg.MetadataValue:
 
 
 @dg.asset(
+    owners=specs.OWNERS,
+    tags=specs.stage_tags("extract"),
+    code_version="1",
+    metadata=specs.column_schema(specs.UTILIZATION_CONTRACT),
     partitions_def=monthly_partitions,
     group_name=GROUP,
     kinds={"sql"},
@@ -122,6 +127,10 @@ def utilization_extract(
 
 
 @dg.asset(
+    owners=specs.OWNERS,
+    tags=specs.stage_tags("validate"),
+    code_version="1",
+    metadata=specs.column_schema(specs.VALIDATED_UTILIZATION),
     partitions_def=monthly_partitions,
     group_name=GROUP,
     kinds={"sql", "pandera"},
@@ -218,6 +227,10 @@ def validated_utilization(
 
 
 @dg.asset(
+    owners=specs.OWNERS,
+    tags=specs.stage_tags("count"),
+    code_version="1",
+    metadata=specs.column_schema(specs.BILLABLE_COUNTS),
     partitions_def=monthly_partitions,
     group_name=GROUP,
     kinds={"sql"},

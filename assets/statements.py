@@ -5,6 +5,7 @@ Thin: the statement itself is ``pipeline.billing.statements``.
 
 import dagster as dg
 
+from assets import specs
 from assets.gradient_load import GROUP, gradient_unit_counts
 from assets.month_end import billing_month, no_retry
 from pipeline.billing import statements as st
@@ -15,6 +16,9 @@ from pipeline.settings import ConfigurationError
 
 
 @dg.asset(
+    owners=specs.OWNERS,
+    tags=specs.stage_tags("report"),
+    code_version="1",
     partitions_def=monthly_partitions,
     group_name=GROUP,
     kinds={"csv", "html"},
