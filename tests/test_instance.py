@@ -153,3 +153,36 @@ def test_a_reused_pid_does_not_keep_a_dead_run_in_progress(instance):
     run_id = _in_progress_run(instance, tags)
 
     assert sweep_orphaned_runs(instance) == [run_id]
+
+
+def test_runs_the_cli_launches_carry_its_host_and_pid(tmp_path, monkeypatch):
+    """What the sweep relies on: a `run` of the CLI is tagged with the process that ran it."""
+    from click.testing import CliRunner
+
+    from pipeline.cli.main import main
+    from pipeline.gradient.partner_keys import generate_encryption_key
+    from pipeline.resources import engine_for
+
+    home = tmp_path / "dagster-home"
+    home.mkdir()
+    for name, value in {
+        "GBS_DATA_DIR": str(tmp_path / "var"),
+        "PRODUCT_DB_URL": f"sqlite:///{tmp_path / 'product.db'}",
+        "STATE_DB_URL": f"sqlite:///{tmp_path / 'state.db'}",
+        "GRADIENT_VENDOR_API_KEY": "instance-test-vendor-key",
+        "GRADIENT_KEY_ENCRYPTION_KEYS": generate_encryption_key(),
+        "DAGSTER_HOME": str(home),
+    }.items():
+        monkeypatch.setenv(name, value)
+    engine_for.cache_clear()
+    runner = CliRunner()
+    seeded = runner.invoke(main, ["seed-demo", "--partners", "1", "--companies", "1-1", "--users", "2-2",
+                                  "--end-month", "2026-10", "--history-months", "1"])
+    assert seeded.exit_code == 0, seeded.output
+
+    runner.invoke(main, ["run", "--month", "2026-10"])  # its outcome (no Gradient here) is not the point
+
+    with DagsterInstance.from_ref(InstanceRef.from_dir(str(home))) as instance:
+        [run] = instance.get_runs()
+    assert {k: run.tags.get(k) for k in process_tags()} == process_tags()
+    engine_for.cache_clear()
