@@ -6,20 +6,25 @@ and report per partner.
 """
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import dagster as dg
 import pandas as pd
+from pydantic import Field
 
-from assets import specs
-from assets.month_end import billable_counts, billing_month, markdown_table, no_retry
+from assets.month_end import billable_counts, billing_month, no_retry
+from assets import push_signals
+from assets.load_preview import preview_accounts, preview_services, preview_unit_counts
+from assets.push_signals import table_value
 from pipeline.gradient import ledger
+from pipeline.gradient.known_accounts import account_changes_of, record_synced_accounts
 from pipeline.gradient.errors import GradientError
 from pipeline.resources import GradientResource
 from pipeline.gradient.load import (
     PartnerLoad,
     PartnerTarget,
     push_partner_month,
+    split_companies,
     sync_partner_accounts,
     sync_vendor_services,
 )
@@ -44,11 +49,31 @@ GROUP = "gradient_load"
 GRADIENT_POOL = "gradient_api"
 
 
-class GradientLoadConfig(dg.Config):
+class GradientPreviewConfig(dg.Config):
+    """Whether the run only previews the load (nothing is sent to Gradient)."""
+
+    preview: bool = Field(
+        default=False,
+        description="Preview only: compute what would be sent (accounts to create and rename, "
+        "counts and how they differ from what Gradient holds per the ledger, superseded and "
+        "unmapped pairs) and show it as metadata; nothing is sent to Gradient, nothing is "
+        "recorded in the ledger.",
+    )
+
+
+class GradientLoadConfig(GradientPreviewConfig):
     """Which partners a run loads, and whether an older month may overwrite a newer one."""
 
-    partner_ids: list[str] = []
-    force_superseded: bool = False
+    partner_ids: list[str] = Field(
+        default=[],
+        description="Partner ids to load (e.g. [\"p-001\"]); empty = every connected partner. "
+        "Only a run of every partner marks the month loaded.",
+    )
+    force_superseded: bool = Field(
+        default=False,
+        description="Push the month even when a partner already holds a newer month in Gradient "
+        "(Gradient keeps only the latest value: this rolls the partner back).",
+    )
     # how long a partner's push waits for another run's push of the same partner, then stops
     lock_wait_seconds: float = DEFAULT_WAIT_SECONDS
 
@@ -115,10 +140,6 @@ DUPLICATE_SERVICES_CHECK = "one_service_per_name"
 
 
 @dg.asset(
-    owners=specs.OWNERS,
-    tags=specs.stage_tags("load"),
-    code_version="1",
-    metadata=specs.column_schema(specs.GRADIENT_SERVICES),
     partitions_def=monthly_partitions,
     group_name=GROUP,
     kinds={"gradient"},
@@ -134,6 +155,7 @@ DUPLICATE_SERVICES_CHECK = "one_service_per_name"
 )
 def gradient_services(
     context: dg.AssetExecutionContext,
+    config: GradientPreviewConfig,
     product_db: ProductDatabase,
     state_db: StateDatabase,
     partner_sources: PartnerSources,
@@ -146,6 +168,8 @@ def gradient_services(
     targets, _ = resolve_targets(context, product_db, partner_sources, [])
     with product_db.connect() as conn:
         services = load_services(conn, product_db.services_sql)
+    if config.preview:
+        return preview_services(state_db.engine(), services, DUPLICATE_SERVICES_CHECK)
     if not targets:
         context.log.info("no connected partner: nothing to sync services with")
         return dg.MaterializeResult(
@@ -194,9 +218,6 @@ def gradient_services(
 
 
 @dg.asset(
-    owners=specs.OWNERS,
-    tags=specs.stage_tags("load"),
-    code_version="1",
     partitions_def=monthly_partitions,
     group_name=GROUP,
     kinds={"gradient"},
@@ -223,6 +244,8 @@ def gradient_accounts(
     counts = load_billable_counts(state, month.month)
     billed = counts[["partner_id", "company_id", "company_name"]].drop_duplicates(["partner_id", "company_id"])
     accounts = pd.concat([companies, billed]).drop_duplicates(["partner_id", "company_id"])
+    if config.preview:
+        return preview_accounts(state, month.month, counts, companies, [t.partner_id for t in targets])
 
     async def run() -> list[PartnerLoad]:
         async with gradient.client() as client:
@@ -251,6 +274,10 @@ def gradient_accounts(
         for company, reason in report.refused.items():
             context.log.error(f"{report.partner_id}: company {company[:80]!r} refused: {reason}")
         ledger.record_refusals(state, context.run_id, report.partner_id, report.refused)
+        if not report.error:
+            own = accounts[accounts.partner_id == report.partner_id]
+            valid, _ = split_companies([(r.company_id, r.company_name) for r in own.itertuples()])
+            record_synced_accounts(state, report.partner_id, valid, context.run_id)
     table = partner_table(reports)[["partner", "accounts_created", "accounts_renamed", "status", "error"]]
     return dg.MaterializeResult(
         metadata={
@@ -258,21 +285,18 @@ def gradient_accounts(
             "partners_failed": sum(1 for r in reports if r.error),
             "accounts_created": sum(r.accounts_created for r in reports),
             "accounts_renamed": sum(r.accounts_renamed for r in reports),
-            "per_partner": markdown_table(table, max_rows=200),
+            "per_partner": table_value(table),
         }
     )
 
 
 @dg.asset(
-    owners=specs.OWNERS,
-    tags=specs.stage_tags("load"),
-    code_version="1",
-    metadata=specs.column_schema(specs.LEDGER_ENTRIES),
     partitions_def=monthly_partitions,
     group_name=GROUP,
     kinds={"gradient"},
     pool=GRADIENT_POOL,
     deps=[billable_counts, gradient_accounts, gradient_services],
+    check_specs=push_signals.PUSH_CHECK_SPECS,
 )
 def gradient_unit_counts(
     context: dg.AssetExecutionContext,
@@ -282,14 +306,24 @@ def gradient_unit_counts(
     partner_sources: PartnerSources,
     billing_rules: BillingRules,
     gradient: GradientResource,
-) -> dg.MaterializeResult:
+) -> Iterator[dg.MaterializeResult | dg.AssetCheckResult]:
     """The month's billable counts pushed to Gradient per connected partner, recorded in the
     ledger: delivered, unmapped (404), failed, or superseded by a newer delivered month.
-    Fails after attempting everything when anything failed, so a re-run finishes the job."""
+    Fails after attempting everything when anything failed, so a re-run finishes the job; the
+    superseded / unmapped / failed checks (WARN) are reported either way, and the run is
+    tagged ``gbs/outcome`` with the month's outcome."""
     month = billing_month(context, billing_rules)
     state = state_db.engine()
     targets, failures = resolve_targets(context, product_db, partner_sources, config.partner_ids)
     counts = load_billable_counts(state, month.month)
+    if config.preview:
+        with product_db.connect() as conn:
+            companies = load_companies(conn, partner_sources.companies_sql)
+        push_signals.tag_outcome(context, "preview")
+        yield preview_unit_counts(
+            state, month.month, counts, companies, [t.partner_id for t in targets], config.force_superseded
+        )
+        return
     service_ids = ledger.service_ids(state)
     accounts_failed = ledger.account_sync_failures_of(state, context.run_id)
     service_conflicts = ledger.service_conflicts(state)
@@ -324,17 +358,24 @@ def gradient_unit_counts(
             if report.partner_id == partner_id:
                 report.refused = {**refused, **report.refused}
     totals = {o: sum(r.outcomes.get(o, 0) for r in reports) for o in ledger.OUTCOMES}
-    metadata = {
-        "month": month.label,
-        "partners": len(reports),
-        **totals,
-        "skipped": sum(r.skipped for r in reports),
-        "requests_sent": stats.get("requests_sent", 0),
-        "retries": stats.get("retries", 0),
-        "per_partner": markdown_table(partner_table(reports), max_rows=200),
-    }
+    pairs = ledger.run_pairs(state, month.month, context.run_id)
+    partners = push_signals.fill_partner_table(
+        partner_table(reports), pairs, account_changes_of(state, context.run_id)
+    )
+    outcome = ledger.month_outcome(partners.status)
+    push_signals.tag_outcome(context, outcome)
+    metadata = push_signals.push_metadata(month.label, partners, totals, stats, outcome)
+    checks = push_signals.push_check_results(
+        month.month,
+        partners,
+        pairs,
+        push_signals.names_of(counts),
+        {p: ledger.newest_delivered_month(state, p) for p in partners.partner[partners.superseded > 0]},
+    )
     failed = [r for r in reports if r.failed or r.refused]
     if failed:
+        # the checks are reported before the step fails, so the UI shows them for this run
+        yield from checks
         raise dg.Failure(
             description=(
                 f"{month.label}: {len(failed)} partner(s) not fully delivered: "
@@ -348,7 +389,7 @@ def gradient_unit_counts(
         # Only a run for every connected partner makes the month loaded (a partner-filtered
         # run must not hide a month the others never received).
         record_month_load(state, month.month, context.run_id, len(reports))
-    return dg.MaterializeResult(metadata=metadata)
+    yield dg.MaterializeResult(metadata=metadata, check_results=checks)
 
 
 def _failure_text(report: PartnerLoad) -> str:

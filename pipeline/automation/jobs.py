@@ -11,11 +11,46 @@ from pipeline.partitions import monthly_partitions
 MONTH_END = "month_end"
 GRADIENT_LOAD = "gradient_load"
 
+TAG_TRIGGER = "gbs/trigger"
+TAG_PARTNER = "gbs/partner"
+TAG_REASON = "gbs/reason"
+TAG_OUTCOME = "gbs/outcome"
+ALL_PARTNERS = "all"
+MANUAL = "manual"
+LOAD_OPS = ("gradient_services", "gradient_accounts", "gradient_unit_counts")
+ACCOUNT_SYNC_OPS = ("gradient_services", "gradient_accounts")
+
+
+def load_run_config(
+    job_name: str, partner_ids: Sequence[str] = (), force: bool = False, preview: bool = False
+) -> dict:
+    """Run config choosing partners (empty = all connected) for the load assets of a job;
+    ``force`` pushes a month older than the newest delivered one; ``preview`` sends nothing."""
+    load = {"partner_ids": list(partner_ids), "force_superseded": force, "preview": preview}
+    ops = ACCOUNT_SYNC_OPS if job_name == "account_sync" else LOAD_OPS
+    return {
+        "ops": {
+            op: {"config": {"preview": preview} if op == "gradient_services" else load} for op in ops
+        }
+    }
+
+
+def run_tags(trigger: str, partner_id: str | None = None, reason: str | None = None) -> dict[str, str]:
+    tags = {TAG_TRIGGER: trigger, TAG_PARTNER: partner_id or ALL_PARTNERS}
+    if reason:
+        tags[TAG_REASON] = reason[:250]
+    return tags
+
+
+# Runs launched from the UI carry these; sensors, the schedule and the CLI override them. The
+# default run config pre-fills the launchpad with every load option.
 monthly_billing_job = dg.define_asset_job(
     name="monthly_billing",
     selection=dg.AssetSelection.groups(MONTH_END, GRADIENT_LOAD),
     partitions_def=monthly_partitions,
     description="Extract, validate and count one billing month, then load it into Gradient.",
+    config=load_run_config("monthly_billing"),
+    run_tags=run_tags(MANUAL),
     # One process for all steps: a step's process start costs more than its work, and
     # billable_counts takes the counts validation's pass left in this process.
     executor_def=dg.in_process_executor,
@@ -26,6 +61,8 @@ gradient_load_job = dg.define_asset_job(
     selection=dg.AssetSelection.groups(GRADIENT_LOAD),
     partitions_def=monthly_partitions,
     description="Load a month's stored billable counts into Gradient (services, accounts, counts).",
+    config=load_run_config("gradient_load"),
+    run_tags=run_tags(MANUAL),
 )
 
 account_sync_job = dg.define_asset_job(
@@ -33,23 +70,6 @@ account_sync_job = dg.define_asset_job(
     selection=dg.AssetSelection.assets("gradient_services", "gradient_accounts"),
     partitions_def=monthly_partitions,
     description="Keep partners' Gradient accounts in step with their companies.",
+    config=load_run_config("account_sync"),
+    run_tags=run_tags(MANUAL),
 )
-
-TAG_TRIGGER = "gbs/trigger"
-TAG_PARTNER = "gbs/partner"
-TAG_REASON = "gbs/reason"
-ALL_PARTNERS = "all"
-
-
-def load_run_config(job_name: str, partner_ids: Sequence[str] = (), force: bool = False) -> dict:
-    """Run config choosing partners (empty = all connected) for the load assets of a job."""
-    config = {"config": {"partner_ids": list(partner_ids), "force_superseded": force}}
-    ops = ["gradient_accounts"] if job_name == account_sync_job.name else ["gradient_accounts", "gradient_unit_counts"]
-    return {"ops": {op: config for op in ops}}
-
-
-def run_tags(trigger: str, partner_id: str | None = None, reason: str | None = None) -> dict[str, str]:
-    tags = {TAG_TRIGGER: trigger, TAG_PARTNER: partner_id or ALL_PARTNERS}
-    if reason:
-        tags[TAG_REASON] = reason[:250]
-    return tags

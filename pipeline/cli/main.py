@@ -285,10 +285,10 @@ def encrypt_partner_key(partner_key) -> None:
 from pipeline.cli.db import db  # noqa: E402 - subcommand modules attach to the group above
 
 main.add_command(db)
+from pipeline.cli.preview import preview  # noqa: E402
+main.add_command(preview)
 from pipeline.cli.check_config import check_config  # noqa: E402
 main.add_command(check_config)
-from pipeline.cli.bench import bench  # noqa: E402
-main.add_command(bench)
 
 
 if __name__ == "__main__":

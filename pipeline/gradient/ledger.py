@@ -12,6 +12,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime, timezone
 
+import pandas as pd
 import sqlalchemy as sa
 
 from pipeline.store.schema import (
@@ -295,3 +296,85 @@ def entries_for(engine: sa.Engine, month: date, partner_ids: Sequence[str] | Non
         query = query.where(ledger_entries.c.partner_id.in_(list(partner_ids)))
     with engine.connect() as conn:
         return [dict(r) for r in conn.execute(query).mappings()]
+
+
+LEDGER_COLUMNS = [
+    "partner", "account", "sku", "value", "outcome", "http_status", "detail", "recorded_at", "run_id",
+]
+TOTALS_COLUMNS = ["partner", "outcome", "pairs", "units"]
+
+
+def month_ledger(engine: sa.Engine, month: date, partner_ids: Sequence[str] | None = None) -> pd.DataFrame:
+    """The month's ledger as it stands: per partner, account and service the newest entry —
+    the value sent (or held back), Gradient's outcome and HTTP status, and when."""
+    rows = entries_for(engine, month, partner_ids)
+    frame = pd.DataFrame(
+        [
+            {
+                "partner": r["partner_id"], "account": r["account_id"], "sku": r["sku"],
+                "value": r["value"], "outcome": r["outcome"], "http_status": r["http_status"],
+                "detail": r["detail"] or "", "recorded_at": _aware(r["recorded_at"]), "run_id": r["run_id"],
+            }
+            for r in rows
+        ],
+        columns=LEDGER_COLUMNS,
+    )
+    newest = frame.drop_duplicates(["partner", "account", "sku"], keep="last")
+    return newest.sort_values(["partner", "account", "sku"]).reset_index(drop=True)
+
+
+def ledger_totals(frame: pd.DataFrame) -> pd.DataFrame:
+    """Pairs and units per partner and outcome of a ``month_ledger`` frame."""
+    if frame.empty:
+        return pd.DataFrame(columns=TOTALS_COLUMNS)
+    totals = frame.groupby(["partner", "outcome"], as_index=False).agg(
+        pairs=("account", "size"), units=("value", "sum")
+    )
+    return totals[TOTALS_COLUMNS].sort_values(["partner", "outcome"]).reset_index(drop=True)
+
+
+PARTIAL = "partial"
+RUN_PAIR_COLUMNS = ["partner", "account", "sku", "value", "outcome", "http_status", "detail"]
+
+
+def partner_status(outcomes: dict[str, int], error: str | None = None) -> str:
+    """One partner's outcome in a run: delivered (incl. unmapped and nothing left to send),
+    superseded, failed, or partial (some sent, some failed)."""
+    sent = outcomes.get(DELIVERED, 0) + outcomes.get(UNMAPPED, 0)
+    if error is not None or outcomes.get(FAILED, 0):
+        return PARTIAL if sent else FAILED
+    if outcomes.get(SUPERSEDED, 0) and not sent:
+        return SUPERSEDED
+    return DELIVERED
+
+
+def month_outcome(statuses: Iterable[str]) -> str:
+    """The month's outcome from its partners' statuses: all delivered (or no partner) →
+    delivered; all superseded → superseded; all failed → failed; anything mixed → partial."""
+    distinct = set(statuses)
+    if not distinct or distinct == {DELIVERED}:
+        return DELIVERED
+    if len(distinct) == 1 and distinct <= {SUPERSEDED, FAILED}:
+        return distinct.pop()
+    return PARTIAL
+
+
+def run_pairs(engine: sa.Engine, month: date, run_id: str) -> pd.DataFrame:
+    """What one run recorded for the month, one row per ledger entry."""
+    query = (
+        sa.select(ledger_entries)
+        .where(ledger_entries.c.month == month, ledger_entries.c.run_id == run_id)
+        .order_by(ledger_entries.c.entry_id)
+    )
+    with engine.connect() as conn:
+        rows = [dict(r) for r in conn.execute(query).mappings()]
+    return pd.DataFrame(
+        [
+            {
+                "partner": r["partner_id"], "account": r["account_id"], "sku": r["sku"], "value": r["value"],
+                "outcome": r["outcome"], "http_status": r["http_status"], "detail": r["detail"] or "",
+            }
+            for r in rows
+        ],
+        columns=RUN_PAIR_COLUMNS,
+    )

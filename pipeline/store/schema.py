@@ -200,6 +200,21 @@ gradient_refusals = sa.Table(
 )
 
 
+# The accounts Gradient holds per the pipeline's last successful account sync of each partner
+# (what a preview diffs against without calling Gradient).
+synced_accounts = sa.Table(
+    "synced_accounts",
+    metadata,
+    sa.Column("partner_id", sa.Text, primary_key=True),
+    sa.Column("account_id", sa.Text, primary_key=True),
+    sa.Column("account_name", sa.Text, nullable=False),
+    sa.Column("created_run_id", sa.Text, nullable=False),
+    sa.Column("renamed_run_id", sa.Text, nullable=True),
+    sa.Column("run_id", sa.Text, nullable=False),
+    sa.Column("synced_at", sa.DateTime(timezone=True), nullable=False),
+)
+
+
 def ensure_state_schema(engine: sa.Engine) -> None:
     """Upgrade the state database to the newest migration (``pipeline.store.migrations``):
     an empty one is created, a pre-migrations one adopted; cheap when already current."""

@@ -1,0 +1,264 @@
+"""Push outcomes as Dagster signals: the WARN checks of gradient_unit_counts (superseded,
+unmapped, failed), typed per-partner table and numeric metadata, the ``gbs/outcome`` run tag,
+the gradient_ledger asset, the jobs' default tags and launchpad config, and the configurable
+first partition. Real monthly_billing job, real instance, the Gradient emulator over HTTP.
+"""
+
+from __future__ import annotations
+
+from datetime import date, datetime, timezone
+
+import dagster as dg
+import pytest
+from cryptography.fernet import Fernet
+from dagster._core.definitions.metadata.metadata_value import IntMetadataValue, TableMetadataValue
+
+from assets import gradient_ledger as gled
+from assets import gradient_load as gl
+from assets import month_end as me
+from assets import push_signals as ps
+from gradient_emulator import EmulatorAdmin, EmulatorServer
+from pipeline import partitions
+from pipeline.automation.jobs import TAG_OUTCOME, TAG_TRIGGER, load_run_config, monthly_billing_job, run_tags
+from pipeline.demo.data import DemoSpec, load_demo_data
+from pipeline.demo.run import register_demo_partners
+from pipeline.gradient import ledger
+from pipeline.resources import (
+    BillingRules,
+    GradientResource,
+    PartnerSources,
+    ProductDatabase,
+    StateDatabase,
+    engine_for,
+)
+from pipeline.store.months import load_billable_counts
+
+pytestmark = pytest.mark.slow
+
+VENDOR_KEY = "vk-signals-5e1f"
+OCT_KEY, SEP_KEY = "2026-10-01", "2026-09-01"
+OCT, SEP = date(2026, 10, 1), date(2026, 9, 1)
+SPEC = DemoSpec(
+    partners=4,
+    connected_partners=3,
+    companies_per_partner=(3, 5),
+    users_per_company=(2, 6),
+    end_month=date(2026, 11, 1),
+    history_months=4,
+)
+ASSETS = [
+    me.utilization_extract, me.validated_utilization, me.billable_counts,
+    gl.gradient_services, gl.gradient_accounts, gl.gradient_unit_counts, gled.gradient_ledger,
+]
+
+
+@pytest.fixture(scope="module")
+def emulator():
+    with EmulatorServer(VENDOR_KEY) as server:
+        yield server
+
+
+class Billing:
+    """Demo product DB (p-003 half mapped in Gradient), state DB, emulator, one instance."""
+
+    def __init__(self, tmp_path, emulator: EmulatorServer, admin: EmulatorAdmin):
+        self.product_url = f"sqlite:///{tmp_path / 'product.db'}"
+        self.state_url = f"sqlite:///{tmp_path / 'state.db'}"
+        self.fernet_key = Fernet.generate_key().decode()
+        load_demo_data(engine_for(self.product_url), SPEC, encryption_keys=self.fernet_key)
+        register_demo_partners(admin, engine_for(self.product_url))
+        self.emulator, self.admin = emulator, admin
+        self.instance = dg.DagsterInstance.ephemeral()
+        self.defs = dg.Definitions(assets=ASSETS, jobs=[monthly_billing_job], resources=self.resources())
+
+    def resources(self) -> dict:
+        return {
+            "product_db": ProductDatabase(url=self.product_url),
+            "state_db": StateDatabase(url=self.state_url),
+            "billing_rules": BillingRules(quarantine_threshold=0.5),
+            "partner_sources": PartnerSources(encryption_keys=self.fernet_key),
+            "gradient": GradientResource(
+                base_url=self.emulator.base_url, vendor_api_key=VENDOR_KEY,
+                backoff_initial_seconds=0.01, backoff_max_seconds=0.05, max_requests_per_second=60,
+            ),
+        }
+
+    @property
+    def state(self):
+        return StateDatabase(url=self.state_url).engine()
+
+    def run(self, partition: str, run_config: dict | None = None, tags: dict | None = None):
+        return self.defs.resolve_job_def("monthly_billing").execute_in_process(
+            partition_key=partition, instance=self.instance, run_config=run_config, tags=tags,
+            raise_on_error=False,
+        )
+
+    def tags(self, result) -> dict[str, str]:
+        return self.instance.get_run_by_id(result.run_id).tags
+
+
+@pytest.fixture
+def billing(tmp_path, emulator):
+    with EmulatorAdmin(emulator.base_url) as admin:
+        admin.reset()
+        yield Billing(tmp_path, emulator, admin)
+        admin.reset()
+
+
+def checks(result, asset: str = "gradient_unit_counts") -> dict[str, dg.AssetCheckEvaluation]:
+    return {
+        e.event_specific_data.check_name: e.event_specific_data
+        for e in result.all_events
+        if e.event_type_value == "ASSET_CHECK_EVALUATION" and e.event_specific_data.asset_key.path[-1] == asset
+    }
+
+
+def metadata(result, asset: str) -> dict:
+    for event in result.all_events:
+        if event.event_type_value == "ASSET_MATERIALIZATION":
+            mat = event.step_materialization_data.materialization
+            if mat.asset_key.path[-1] == asset:
+                return dict(mat.metadata)
+    raise AssertionError(f"{asset} was not materialized")
+
+
+def rows(value: TableMetadataValue) -> list[dict]:
+    return [dict(r.data) for r in value.records]
+
+
+def test_a_superseded_month_fails_its_warn_check_and_says_how_to_force(billing):
+    october = billing.run(OCT_KEY)
+    assert october.success
+    assert billing.tags(october)[TAG_OUTCOME] == "delivered"
+    assert checks(october)[ps.SUPERSEDED_CHECK].passed
+
+    september = billing.run(SEP_KEY)
+    assert september.success  # superseded is not a failure: the step succeeds, the check warns
+    assert billing.tags(september)[TAG_OUTCOME] == "superseded"
+    check = checks(september)[ps.SUPERSEDED_CHECK]
+    assert not check.passed and check.severity == dg.AssetCheckSeverity.WARN and not check.blocking
+    for partner in ("p-001", "p-002", "p-003"):
+        assert f"{partner}: Gradient holds 2026-10" in check.description
+    assert "force_superseded: true" in check.description
+    assert "gradient-billing-sync run --month 2026-09 --force-superseded" in check.description
+    assert check.metadata["newer_month_held"].value == {p: "2026-10" for p in ("p-001", "p-002", "p-003")}
+
+    meta = metadata(september, "gradient_unit_counts")
+    table = meta["per_partner"]
+    assert isinstance(table, TableMetadataValue)
+    assert [c.name for c in table.schema.columns][:10] == gl.PARTNER_COLUMNS[:10]
+    assert {c.name: c.type for c in table.schema.columns}["superseded"] == "int"
+    shown = {r["partner"]: r for r in rows(table)}
+    assert {p: r["status"] for p, r in shown.items()} == {p: "superseded" for p in ("p-001", "p-002", "p-003")}
+    superseded = len(ledger.entries_for(billing.state, SEP))
+    assert sum(r["superseded"] for r in shown.values()) == superseded
+    for name in ("delivered", "unmapped", "failed", "superseded", "requests_sent", "retries"):
+        assert isinstance(meta[name], IntMetadataValue), name
+    assert meta["superseded"].value == superseded and meta["delivered"].value == 0
+
+
+def test_unmapped_pairs_are_listed_by_partner_account_and_name(billing):
+    october = billing.run(OCT_KEY)
+    assert october.success
+    unmapped = [e for e in ledger.entries_for(billing.state, OCT) if e["outcome"] == ledger.UNMAPPED]
+    assert unmapped and {e["partner_id"] for e in unmapped} == {"p-003"}  # the half-mapped partner
+    check = checks(october)[ps.UNMAPPED_CHECK]
+    assert not check.passed and check.severity == dg.AssetCheckSeverity.WARN
+    names = {
+        (r.partner_id, r.company_id): r.company_name for r in load_billable_counts(billing.state, OCT).itertuples()
+    }
+    assert f"{len(unmapped)} pair(s) unmapped" in check.description
+    for e in unmapped[: ps.LISTED]:
+        assert f"p-003 {e['account_id']} {names[('p-003', e['account_id'])]!r} {e['sku']}" in check.description
+    assert check.metadata["pairs"].value == len(unmapped)
+    listed = rows(check.metadata["listed"])
+    assert {(r["partner"], r["account"], r["account_name"], r["sku"]) for r in listed} == {
+        (e["partner_id"], e["account_id"], names[(e["partner_id"], e["account_id"])], e["sku"]) for e in unmapped
+    }
+    # unmapped is not a failure of the month
+    assert checks(october)[ps.FAILED_CHECK].passed
+    assert billing.tags(october)[TAG_OUTCOME] == "delivered"
+    shown = {r["partner"]: r for r in rows(metadata(october, "gradient_unit_counts")["per_partner"])}
+    assert shown["p-003"]["unmapped"] == len(unmapped) and shown["p-003"]["status"] == "delivered"
+
+
+def test_failed_pairs_are_reported_even_though_the_step_fails(billing):
+    billing.admin.revoke_partner("org-p-001")  # Gradient rejects p-001's key: its counts fail
+    result = billing.run(OCT_KEY)
+    assert not result.success
+    failures = [e for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
+    assert {e.step_key for e in failures} == {"gradient_unit_counts"}
+    failed = [e for e in ledger.entries_for(billing.state, OCT) if e["outcome"] == ledger.FAILED]
+    assert failed and {e["partner_id"] for e in failed} == {"p-001"}
+
+    check = checks(result)[ps.FAILED_CHECK]
+    assert not check.passed and check.severity == dg.AssetCheckSeverity.WARN
+    assert f"{len(failed)} pair(s) failed" in check.description and "p-001" in check.description
+    assert check.metadata["pairs"].value == len(failed)
+    # the record in the instance is what the UI shows for the check
+    record = billing.instance.event_log_storage.get_latest_asset_check_execution_by_key(
+        [dg.AssetCheckKey(dg.AssetKey("gradient_unit_counts"), ps.FAILED_CHECK)]
+    )[dg.AssetCheckKey(dg.AssetKey("gradient_unit_counts"), ps.FAILED_CHECK)]
+    assert record.run_id == result.run_id and record.status.value == "FAILED"
+    # p-002 and p-003 were delivered: the month is partial; the failure carries the table
+    assert billing.tags(result)[TAG_OUTCOME] == "partial"
+    step_failure_meta = failures[0].event_specific_data.user_failure_data.metadata
+    shown = {r["partner"]: r for r in rows(step_failure_meta["per_partner"])}
+    assert shown["p-001"]["status"] == "failed" and shown["p-001"]["error"]
+    assert shown["p-002"]["status"] == "delivered"
+
+
+def test_the_ledger_asset_shows_what_was_sent_what_gradient_answered_and_when(billing):
+    before = datetime.now(timezone.utc)
+    october = billing.run(OCT_KEY)
+    assert october.success
+    meta = metadata(october, "gradient_ledger")
+    # the newest entry per pair (a pair is sent twice when the last call needed a rebuild)
+    entries = list({(e["partner_id"], e["account_id"], e["sku"]): e for e in ledger.entries_for(billing.state, OCT)}.values())
+    shown = rows(meta["entries"])
+    assert len(shown) == meta["dagster/row_count"].value == len(entries)
+    assert {(r["partner"], r["account"], r["sku"]): (r["value"], r["outcome"], r["http_status"]) for r in shown} == {
+        (e["partner_id"], e["account_id"], e["sku"]): (e["value"], e["outcome"], e["http_status"]) for e in entries
+    }
+    assert {r["http_status"] for r in shown} == {201, 404}
+    assert all(datetime.fromisoformat(r["recorded_at"]) >= before.replace(microsecond=0) for r in shown)
+    totals = {(r["partner"], r["outcome"]): (r["pairs"], r["units"]) for r in rows(meta["totals"])}
+    for (partner, outcome), (pairs, units) in totals.items():
+        own = [e for e in entries if e["partner_id"] == partner and e["outcome"] == outcome]
+        assert (pairs, units) == (len(own), sum(e["value"] for e in own))
+    assert meta["delivered"].value == sum(1 for e in entries if e["outcome"] == ledger.DELIVERED)
+    assert meta["last_recorded_at"].value >= before.timestamp() - 1
+
+    # September is superseded: the ledger of September shows it, October's is unchanged
+    september = billing.run(SEP_KEY)
+    sep_meta = metadata(september, "gradient_ledger")
+    assert {r["outcome"] for r in rows(sep_meta["entries"])} == {ledger.SUPERSEDED}
+    assert {r["http_status"] for r in rows(sep_meta["entries"])} == {None}
+
+
+def test_runs_from_the_ui_carry_gbs_tags_and_the_launchpad_is_prefilled(billing):
+    job = billing.defs.resolve_job_def("monthly_billing")
+    assert job.run_tags[TAG_TRIGGER] == "manual"
+    prefilled = job.partitioned_config.get_run_config_for_partition_key(OCT_KEY)
+    assert prefilled == load_run_config("monthly_billing")
+    for op in ("gradient_accounts", "gradient_unit_counts"):
+        assert prefilled["ops"][op]["config"] == {"partner_ids": [], "force_superseded": False, "preview": False}
+    assert prefilled["ops"]["gradient_services"]["config"] == {"preview": False}
+    fields = gl.GradientLoadConfig.model_fields
+    assert all(fields[name].description for name in ("partner_ids", "force_superseded", "preview"))
+
+    manual = billing.run(OCT_KEY)
+    assert billing.tags(manual)[TAG_TRIGGER] == "manual"
+    scheduled = billing.run(OCT_KEY, tags=run_tags("schedule"))
+    assert billing.tags(scheduled)[TAG_TRIGGER] == "schedule"
+
+
+def test_the_first_partition_is_configurable_and_defaults_to_a_year_back(monkeypatch):
+    monkeypatch.delenv("FIRST_BILLING_MONTH", raising=False)
+    now = datetime(2026, 11, 21, 12, tzinfo=timezone.utc)
+    assert partitions.first_billing_month(now) == date(2025, 11, 1)
+    monkeypatch.setenv("FIRST_BILLING_MONTH", "2025-06")
+    assert partitions.first_billing_month(now) == date(2025, 6, 1)
+    monkeypatch.setenv("FIRST_BILLING_MONTH", "June 2025")
+    with pytest.raises(ValueError, match="FIRST_BILLING_MONTH='June 2025' is not a month; use YYYY-MM"):
+        partitions.first_billing_month(now)
