@@ -12,7 +12,7 @@ def definitions() -> dg.Definitions:
     """The assets and checks of the month-end and Gradient-load groups, and the op job that
     disconnects a partner."""
     return dg.Definitions(
-        assets=dg.load_assets_from_modules([month_end, gradient_load, gradient_ledger, statements]),
+        assets=dg.with_source_code_references(dg.load_assets_from_modules([month_end, gradient_load, gradient_ledger, statements])),
         asset_checks=dg.load_asset_checks_from_modules([month_end, gradient_load]),
         jobs=[partner_lifecycle.partner_disconnect],
     )

@@ -12,6 +12,7 @@ import dagster as dg
 import pandas as pd
 from pydantic import Field
 
+from assets import specs
 from assets.month_end import billable_counts, billing_month, no_retry
 from assets import push_signals
 from assets.load_preview import preview_accounts, preview_services, preview_unit_counts
@@ -140,6 +141,10 @@ DUPLICATE_SERVICES_CHECK = "one_service_per_name"
 
 
 @dg.asset(
+    owners=specs.OWNERS,
+    tags=specs.stage_tags("load"),
+    code_version="1",
+    metadata=specs.column_schema(specs.GRADIENT_SERVICES),
     partitions_def=monthly_partitions,
     group_name=GROUP,
     kinds={"gradient"},
@@ -218,6 +223,9 @@ def gradient_services(
 
 
 @dg.asset(
+    owners=specs.OWNERS,
+    tags=specs.stage_tags("load"),
+    code_version="1",
     partitions_def=monthly_partitions,
     group_name=GROUP,
     kinds={"gradient"},
@@ -291,6 +299,10 @@ def gradient_accounts(
 
 
 @dg.asset(
+    owners=specs.OWNERS,
+    tags=specs.stage_tags("load"),
+    code_version="1",
+    metadata=specs.column_schema(specs.LEDGER_ENTRIES),
     partitions_def=monthly_partitions,
     group_name=GROUP,
     kinds={"gradient"},

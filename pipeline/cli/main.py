@@ -289,6 +289,8 @@ from pipeline.cli.preview import preview  # noqa: E402
 main.add_command(preview)
 from pipeline.cli.check_config import check_config  # noqa: E402
 main.add_command(check_config)
+from pipeline.cli.bench import bench  # noqa: E402
+main.add_command(bench)
 
 
 if __name__ == "__main__":
