@@ -218,3 +218,17 @@ def test_db_revision_autogenerates_the_next_revision_from_the_models(tmp_path, m
     assert path.name == f"{int(before) + 1:04d}_add_partner_notes.py"
     assert after == f"{int(before) + 1:04d}"
     assert "partner_notes" in path.read_text()
+
+
+def test_a_database_from_a_newer_release_is_refused_with_the_reason(engine, monkeypatch):
+    migrations.upgrade_to_head(engine, metadata)
+    with engine.begin() as conn:
+        conn.execute(sa.text("UPDATE alembic_version SET version_num = '9999'"))
+
+    with pytest.raises(migrations.StateSchemaError, match="revision 9999, which this release does not have"):
+        ensure_state_schema(engine)
+
+    monkeypatch.setenv("STATE_DB_URL", engine.url.render_as_string(hide_password=False))
+    current = CliRunner().invoke(main, ["db", "current"])
+    assert current.exit_code == 0, current.output
+    assert f"9999 (newer than this release, whose newest is {migrations.head_revision()})" in current.output

@@ -49,6 +49,8 @@ def current() -> None:
         state = "head"
     elif revision is None:
         state = f"no revision; `gradient-billing-sync db upgrade` brings it to {head}"
+    elif not migrations.is_known_revision(revision):
+        state = f"newer than this release, whose newest is {head}"
     else:
         state = f"behind head {head}; `gradient-billing-sync db upgrade` brings it there"
     click.echo(f"{shown}: {revision or '-'} ({state})")

@@ -112,6 +112,11 @@ def head_revision() -> str:
     return head
 
 
+def is_known_revision(revision: str) -> bool:
+    """Whether this release has the revision (a newer release's database has one it lacks)."""
+    return any(r.revision == revision for r in ScriptDirectory.from_config(alembic_config()).walk_revisions())
+
+
 def current_revision(engine: sa.Engine) -> str | None:
     """The revision the database is at; None for an empty or pre-migrations database."""
     with engine.connect() as conn:
@@ -136,10 +141,17 @@ def upgrade_to_head(engine: sa.Engine, metadata: sa.MetaData) -> str:
 
 def _upgrade(conn: sa.Connection, metadata: sa.MetaData) -> None:
     config = alembic_config(conn, metadata)
-    if MigrationContext.configure(conn).get_current_revision() is None:
+    current = MigrationContext.configure(conn).get_current_revision()
+    if current is None:
         present = _present_baseline_tables(conn)
         if present == set(BASELINE_TABLES):
             command.stamp(config, BASELINE_REVISION)
+    elif not is_known_revision(current):
+        raise StateSchemaError(
+            f"the state database is at revision {current}, which this release does not have "
+            f"(its newest is {head_revision()}): a newer gradient-billing-sync migrated it. "
+            "Run that release, or restore the database from before the upgrade."
+        )
     command.upgrade(config, "head")
 
 
