@@ -2,6 +2,7 @@
 
 import dagster as dg
 
+from pipeline.automation.alerts import alert_sensors
 from pipeline.automation.jobs import account_sync_job, gradient_load_job, monthly_billing_job
 from pipeline.automation.schedules import monthly_billing_schedule
 from pipeline.automation.sensors import (
@@ -23,5 +24,7 @@ def definitions() -> dg.Definitions:
             sync_requests_sensor,
             missed_or_late_months_sensor,
             billing_failure_sensor,
+            # e-mail / webhook alerts, only when ALERT_* settings are there
+            *alert_sensors(),
         ],
     )
