@@ -3,6 +3,7 @@ and when — read from the state database, so nobody has to open it."""
 
 import dagster as dg
 
+from assets import specs
 from assets.gradient_load import GROUP, gradient_unit_counts
 from assets.month_end import billing_month
 from assets.push_signals import table_value
@@ -14,6 +15,10 @@ SHOWN_ROWS = 500
 
 
 @dg.asset(
+    owners=specs.OWNERS,
+    tags=specs.stage_tags("ledger"),
+    code_version="1",
+    metadata=specs.column_schema(specs.LEDGER_ENTRIES),
     partitions_def=monthly_partitions,
     group_name=GROUP,
     kinds={"sql"},

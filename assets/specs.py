@@ -31,7 +31,7 @@ _CONTRACT_MEANING = {
 
 
 def stage_tags(stage: str) -> dict[str, str]:
-    """The tags of an asset of the billing flow at ``stage`` (extract, validate, count, load)."""
+    """The tags of an asset at ``stage`` of the flow: extract, validate, count, load, ledger, report."""
     return {"domain": "billing", "stage": stage}
 
 
