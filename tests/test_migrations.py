@@ -232,3 +232,18 @@ def test_a_database_from_a_newer_release_is_refused_with_the_reason(engine, monk
     current = CliRunner().invoke(main, ["db", "current"])
     assert current.exit_code == 0, current.output
     assert f"9999 (newer than this release, whose newest is {migrations.head_revision()})" in current.output
+    upgrade = CliRunner().invoke(main, ["db", "upgrade"])
+    assert upgrade.exit_code == 1
+    assert "revision 9999, which this release does not have" in upgrade.output
+
+
+def test_cli_db_upgrade_names_an_unreachable_database_without_its_password(postgres_url, monkeypatch):
+    url = make_url(postgres_url).set(database="gbs_no_such_database", password="s3cret-pw")
+    monkeypatch.setenv("STATE_DB_URL", url.render_as_string(hide_password=False))
+
+    result = CliRunner().invoke(main, ["db", "upgrade"])
+
+    assert result.exit_code == 1
+    assert "the state database at " in result.output and "is unreachable" in result.output
+    assert "gbs_no_such_database" in result.output and "STATE_DB_URL" in result.output
+    assert "s3cret-pw" not in result.output

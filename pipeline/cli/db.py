@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import click
 import sqlalchemy as sa
 
@@ -15,21 +18,33 @@ def db() -> None:
     """The state database (STATE_DB_URL): schema version and upgrades."""
 
 
-def _state_engine() -> tuple[sa.Engine, str]:
+@contextmanager
+def _state_engine() -> Iterator[tuple[sa.Engine, str]]:
+    """The state database's engine and its URL with the password hidden."""
     url = settings.state_db_url()
-    return sa.create_engine(url), settings.redact_url(url)
+    shown = settings.redact_url(url)
+    engine = sa.create_engine(url)
+    try:
+        yield engine, shown
+    except sa.exc.OperationalError as exc:
+        first_line = str(exc.orig).strip().splitlines()[0] if exc.orig else type(exc).__name__
+        raise click.ClickException(
+            f"the state database at {shown} is unreachable ({first_line}). "
+            "Check STATE_DB_URL and that the database is up."
+        ) from None
+    except migrations.StateSchemaError as exc:
+        raise click.ClickException(f"{shown}: {exc}") from None
+    finally:
+        engine.dispose()
 
 
 @db.command("upgrade")
 def upgrade() -> None:
     """Upgrade the state database to the newest revision (creates an empty one; adopts a
     database made before migrations). Safe to run while other processes start."""
-    engine, shown = _state_engine()
-    try:
+    with _state_engine() as (engine, shown):
         before = migrations.current_revision(engine)
         head = migrations.upgrade_to_head(engine, metadata)
-    finally:
-        engine.dispose()
     if before == head:
         click.echo(f"{shown}: already at revision {head} (head)")
     else:
@@ -39,11 +54,8 @@ def upgrade() -> None:
 @db.command("current")
 def current() -> None:
     """Show the state database's revision and whether it is the newest."""
-    engine, shown = _state_engine()
-    try:
+    with _state_engine() as (engine, shown):
         revision = migrations.current_revision(engine)
-    finally:
-        engine.dispose()
     head = migrations.head_revision()
     if revision == head:
         state = "head"
