@@ -78,10 +78,10 @@ def finish(proc: subprocess.Popen) -> dict[str, dict]:
     return {line["partner"]: line for line in lines if "partner" in line}
 
 
-def job(emulator, state_url: str, month: date, run_id: str, **kw) -> Job:
+def job(emulator, state_url: str, month: date, run_id: str, companies: int = COMPANIES, **kw) -> Job:
     return Job(
         state_url=state_url, base_url=emulator.base_url, vendor_key=VENDOR_KEY, partners=PARTNERS,
-        month=month.isoformat(), companies=COMPANIES, run_id=run_id, **kw,
+        month=month.isoformat(), companies=companies, run_id=run_id, **kw,
     )
 
 
@@ -344,3 +344,61 @@ def test_a_null_company_from_companies_sql_is_refused_not_sent_as_none(tmp_path,
     names = {a["name"] for p in snapshot.values() for a in p["accounts"]}
     ids = {a["id"] for p in snapshot.values() for a in p["accounts"]}
     assert names == {"One", "Nine"} and ids == {"c-1", "c-9"}
+
+
+# =========================================================================== kill -9
+
+
+def _acknowledged_count_calls(admin: EmulatorAdmin) -> int:
+    return sum(1 for r in admin.requests() if r["path"].endswith("/count") and r["status"] == 201)
+
+
+@pytest.mark.parametrize(
+    "seed,db", [(1, "sqlite"), (2, "sqlite"), (3, "sqlite"), (4, "postgresql")], ids=lambda v: str(v)
+)
+def test_sigkill_mid_push_is_exact_after_one_rerun_within_the_crash_window(
+    tmp_path, emulator, admin, request, seed, db
+) -> None:
+    import random
+
+    state_url = request.getfixturevalue("sqlite_url" if db == "sqlite" else "postgres_url")
+    companies, concurrency, rate = 60, 8, 100
+    total = len(PARTNERS) * companies * len(SKUS)
+    kill_after = random.Random(seed).randint(20, total - 60)
+    admin.set_faults(latency_ms=5)
+    kw = dict(companies=companies, max_concurrency=concurrency, max_requests_per_second=rate)
+    killed = start(tmp_path, "killed", job(emulator, state_url, OCT, "run-killed", **kw))
+    while _acknowledged_count_calls(admin) < kill_after:
+        assert killed.poll() is None, killed.communicate()[1][-2000:]
+        time.sleep(0.01)
+    killed.kill()
+    killed.wait()
+    time.sleep(0.5)  # requests the dead process left in flight settle
+    admin.clear_faults()
+    held_before = {(r["organization_id"], r["service_id"], r["account_id"]): r["unit_count"] for r in admin.counts()}
+    seen = len(admin.requests())
+
+    rerun = finish(start(tmp_path, "rerun", job(emulator, state_url, OCT, "run-rerun", **kw)))
+    state = StateDatabase(url=state_url).engine()
+    want = {k: v for k, v in expected_for(companies).items()}
+    assert emulator_values(admin, state) == want
+    resent = [
+        r for r in admin.requests()[seen:]
+        if r["path"].endswith("/count")
+        and held_before.get((r["organization_id"], r["path"].split("/")[-2], r["body"]["accountId"])) == r["body"]["unitCount"]
+    ]
+    # the documented crash window (README): unrecorded answers (at most 100 per partner and one
+    # second of the client's rate) plus the calls in flight
+    window = min(100 * len(PARTNERS), rate * 1) + concurrency
+    print(f"seed {seed} ({db}): killed after {kill_after} of {total} acknowledged calls; "
+          f"re-run sent {sum(r['outcomes'].get('delivered', 0) for r in rerun.values())}, "
+          f"of which {len(resent)} Gradient already held (window {window})")
+    assert len(resent) <= window
+    delivered = {(e["partner_id"], e["account_id"], e["sku"]): e["value"]
+                 for e in ledger.entries_for(state, OCT) if e["outcome"] == "delivered"}
+    assert delivered == want
+
+
+def expected_for(companies: int) -> dict[tuple[str, str, str], int]:
+    frame = month_counts(PARTNERS, OCT, companies)
+    return {(r.partner_id, r.company_id, r.sku): r.billable_users for r in frame.itertuples(index=False)}

@@ -6,7 +6,8 @@
 * SQLite (and any other database): a lease row in ``push_leases``, taken with an atomic
   insert or a conditional update of an expired lease, renewed by a background thread while
   the holder works, deleted on release. A holder that died stops renewing and its lease is
-  taken over once it expires (``LEASE_SECONDS``). A holder that could not renew in time
+  taken over once it expires (``LEASE_SECONDS``), or at once when the holder ran on this
+  host and its process is gone (the holder id names host and pid). A holder that could not renew in time
   marks the lease ``lost``; the push checks it before every call and stops.
 
 Names: ``partner:<partner id>`` for a partner's account sync and count push, ``services`` for
@@ -18,6 +19,8 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import os
+import socket
 import threading
 import time
 import uuid
@@ -85,11 +88,25 @@ class _AdvisoryLock:
         self.conn.close()
 
 
+def _died_here(holder: str) -> bool:
+    """The holder ran on this host and its process no longer exists."""
+    parts = holder.rsplit(":", 3)
+    if len(parts) != 4 or parts[1] != socket.gethostname() or not parts[2].isdigit():
+        return False
+    try:
+        os.kill(int(parts[2]), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
 class _LeaseLock:
     def __init__(self, engine: sa.Engine, name: str, holder: str, lease_seconds: float) -> None:
         self.engine = engine
         self.name = name
-        self.holder = f"{holder}:{uuid.uuid4().hex[:8]}"
+        self.holder = f"{holder}:{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.lease_seconds = lease_seconds
         self.renewer: threading.Thread | None = None
         self.held: HeldLock | None = None
@@ -118,7 +135,15 @@ class _LeaseLock:
                 current = conn.execute(
                     sa.select(push_leases.c.holder).where(push_leases.c.lock_name == self.name)
                 ).scalar_one_or_none()
-        return f"lease held by run {(current or 'unknown').rsplit(':', 1)[0]}"
+            if current is not None and _died_here(current):
+                taken = conn.execute(
+                    push_leases.update()
+                    .where(push_leases.c.lock_name == self.name, push_leases.c.holder == current)
+                    .values(**values)
+                ).rowcount
+                if taken:
+                    return None
+        return f"lease held by run {(current or 'unknown').rsplit(':', 3)[0]}"
 
     def _renew(self) -> bool:
         with self.engine.begin() as conn:
