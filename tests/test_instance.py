@@ -79,7 +79,7 @@ RUN_UNTIL_KILLED = textwrap.dedent(
 )
 
 
-def test_a_killed_run_is_marked_failed_at_the_next_start(tmp_path):
+def test_a_killed_run_is_marked_failed_at_the_next_start(tmp_path, capsys):
     home = tmp_path / "dagster"
     marker = tmp_path / "started"
     worker = subprocess.Popen(
@@ -105,6 +105,7 @@ def test_a_killed_run_is_marked_failed_at_the_next_start(tmp_path):
         message = failure.event_log_entry.dagster_event.message
         assert f"pid {worker.pid}" in message and "killed or crashed" in message
         assert "was STARTED" in message
+    assert f"run {run.run_id} was left in progress by a process that is gone" in capsys.readouterr().err
 
 
 @pytest.fixture

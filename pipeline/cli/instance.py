@@ -18,6 +18,7 @@ import os
 import socket
 from pathlib import Path
 
+import click
 from filelock import FileLock, Timeout
 
 TAG_HOST = "gbs/host"
@@ -49,7 +50,7 @@ def cli_instance(home: Path | None = None):
 
     if home is None:
         instance = DagsterInstance.get()
-        sweep_orphaned_runs(instance)
+        _sweep_and_say(instance)
         return instance
     home.mkdir(parents=True, exist_ok=True)
     lock = FileLock(str(home / LOCK_FILE))
@@ -62,10 +63,15 @@ def cli_instance(home: Path | None = None):
         ) from None
     try:
         instance = _open_embedded(home)
-        sweep_orphaned_runs(instance)
+        _sweep_and_say(instance)
     finally:
         lock.release()
     return instance
+
+
+def _sweep_and_say(instance) -> None:
+    for run_id in sweep_orphaned_runs(instance):
+        click.echo(f"run {run_id} was left in progress by a process that is gone: marked failed", err=True)
 
 
 def _open_embedded(home: Path):
