@@ -63,7 +63,8 @@ def test_every_job_sensor_and_schedule_is_in_the_code_location():
     keys = {k.to_user_string() for k in graph.get_all_asset_keys()}
     assert keys == {
         "utilization_extract", "validated_utilization", "billable_counts",
-        "gradient_services", "gradient_accounts", "gradient_unit_counts", "partner_statements",
+        "gradient_services", "gradient_accounts", "gradient_unit_counts", "gradient_ledger",
+        "partner_statements",
     }
     for key in graph.get_all_asset_keys():
         assert graph.get(key).description, f"{key.to_user_string()} has no description"
