@@ -17,6 +17,7 @@ Nothing is asserted: the figures are printed and written as JSON.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -202,9 +203,13 @@ def run_bench(
     workdir: Path | None = None,
     json_path: Path | None = None,
     echo: Echo = print,
+    load_calls: int | None = None,
 ) -> dict:
-    """Seed, measure, print the table and write the JSON; returns the results."""
+    """Seed, measure, print the table and write the JSON; returns the results.
+    ``load_calls`` overrides how many count calls the load aims for."""
     scale = SCALES[scale_name]
+    if load_calls is not None:
+        scale = dataclasses.replace(scale, load_calls=load_calls)
     workdir = workdir or settings.data_dir() / "bench" / scale_name
     if workdir.exists():
         shutil.rmtree(workdir)

@@ -15,7 +15,10 @@ import click
                    "Default: database gbs_bench on PostgreSQL 127.0.0.1:5432, created when missing.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Where to write the figures as JSON (default var/bench/<scale>/bench-<scale>.json).")
-def bench(scale: str, product_db: str | None, json_path: Path | None) -> None:
+@click.option("--load-calls", type=click.IntRange(min=1), default=None,
+              help="Count calls the load aims for (partners are connected until their counts "
+                   "reach it). Default: 50,000 at large, every partner below.")
+def bench(scale: str, product_db: str | None, json_path: Path | None, load_calls: int | None) -> None:
     """Seed a scale of demo data, then measure one month: the bare database aggregate, naive
     pandas, the month-end assets as Dagster runs them, the load against the Gradient emulator,
     the unchanged re-run and growth at 1x/2x/4x. Prints a table and writes JSON."""
@@ -26,4 +29,4 @@ def bench(scale: str, product_db: str | None, json_path: Path | None) -> None:
             f"the bench package is not importable ({exc}); reinstall the project "
             "(pip install -e '.[dev]') or run from the repository root."
         ) from None
-    run_bench(scale, product_db, json_path=json_path, echo=click.echo)
+    run_bench(scale, product_db, json_path=json_path, echo=click.echo, load_calls=load_calls)
