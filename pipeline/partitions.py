@@ -7,21 +7,20 @@ readable. Months before it cannot be run or backfilled.
 
 from __future__ import annotations
 
-import os
 from datetime import date, datetime
 from zoneinfo import ZoneInfo
 
 import dagster as dg
 
 from pipeline.billing.month import add_months
-from pipeline.settings import ConfigurationError, billing_timezone
+from pipeline.settings import ConfigurationError, billing_timezone, load_settings
 
 DEFAULT_HISTORY_MONTHS = 12
 
 
 def first_billing_month(now: datetime | None = None) -> date:
     """``FIRST_BILLING_MONTH`` (YYYY-MM), or 12 months before the current billing month."""
-    raw = (os.environ.get("FIRST_BILLING_MONTH") or "").strip()
+    raw = load_settings().first_billing_month or ""
     if raw:
         try:
             return date.fromisoformat(f"{raw[:7]}-01")
