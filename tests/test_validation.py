@@ -209,6 +209,11 @@ BAD_ROWS: dict[str, BadRow] = {
         ("holds control characters", "remove them in the product"),
         raw={"company_name": "Acme\tLtd"},
     ),
+    "company_name_too_long": BadRow(
+        lambda r: (r.company("c_long", "p1", "N" * 256), r.enroll("u_bad", "c_long", "SAT", ALWAYS, None)),
+        ("value_too_long",),
+        ("longer than 255 characters", "shorten it in the product"),
+    ),
     "company_name_invalid_utf8": BadRow(
         lambda r: (
             r.company("c_bytes", "p1"),

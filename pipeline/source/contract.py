@@ -142,7 +142,20 @@ def contract_sample(
         if "billable" in present and row["billable_value"] is not None:
             record["billable"] = row["billable_value"]
         records.append(record)
-    return columns, pd.DataFrame.from_records(records, columns=present)
+    sample = pd.DataFrame.from_records(records, columns=present, coerce_float=False)
+    # SQLite types each value: a column whose sampled values include the contract's kind keeps
+    # the contract, and its stray values are their rows' business (quarantined with a reason).
+    for column in present:
+        fits = sample[column].map(lambda v, c=column: _sqlite_fits(c, v))
+        if fits.any():
+            sample[column] = sample[column].where(fits | sample[column].isna(), None)
+    return columns, sample
+
+
+def _sqlite_fits(column: str, value: object) -> bool:
+    if column == "billable":
+        return isinstance(value, int) and value in (0, 1)
+    return isinstance(value, str)
 
 
 def check_source_contract(conn: sa.Connection, query: SourceQuery, month: BillingMonth) -> tuple[

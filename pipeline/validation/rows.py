@@ -37,6 +37,8 @@ REASONS: dict[str, str] = {
     "product",
     "control_characters": "an id or the company name holds control characters (NUL, tab, line "
     "break …) — remove them in the product",
+    "value_too_long": "an id or the company name is longer than 255 characters (Gradient does "
+    "not document its limits, so the pipeline is strict) — shorten it in the product",
     "value_unreadable": "a text value cannot be read: it is not valid UTF-8, or not text at all "
     "(shown with \\x escapes) — store ids and names as UTF-8 text, or cast them to text in "
     "UTILIZATION_SQL",

@@ -25,6 +25,8 @@ KEY_COLUMNS = ("partner_id", "company_id", "company_name", "sku", "user_id")
 # Ids that name something (a name may be padded; an id with spaces is a look-alike).
 IDS = ("partner_id", "company_id", "sku", "user_id")
 SQLITE_UTF8_FUNCTION = "gbs_utf8_ok"
+# Gradient does not document its limits on ids and names: be strict and say so.
+MAX_TEXT_LENGTH = 255
 
 
 def family(dialect_name: str) -> str:
@@ -100,6 +102,10 @@ def _control_characters(dialect: str) -> str:
     return "(" + " OR ".join(tests) + ")"
 
 
+def _too_long(dialect: str) -> str:
+    return "(" + " OR ".join(f"{_length(c, dialect)} > {MAX_TEXT_LENGTH}" for c in KEY_COLUMNS) + ")"
+
+
 def _unreadable(dialect: str) -> str:
     """SQLite only: text that is not valid UTF-8, or an id/name that is not text at all
     (typed engines cannot hold such values; their drivers read every row). One UTF-8 check
@@ -132,6 +138,7 @@ RULES: tuple[Rule, ...] = (
     Rule("span_reversed", _span_reversed),
     Rule("id_padded", _padded),
     Rule("control_characters", _control_characters),
+    Rule("value_too_long", _too_long),
     Rule("value_unreadable", _unreadable),
 )
 RULE_CODES: tuple[str, ...] = tuple(rule.code for rule in RULES)
@@ -210,10 +217,11 @@ def prepare_connection(conn: sa.Connection) -> None:
 
 
 def text_of(value: object) -> str | None:
-    """A displayed value as text: bytes decoded leniently, invalid bytes shown as escapes."""
+    """A displayed value as text: bytes decoded leniently, invalid bytes and NUL shown as
+    escapes (a PostgreSQL state database cannot store NUL)."""
     if value is None:
         return None
     if isinstance(value, (bytes, bytearray, memoryview)):
-        return bytes(value).decode("utf-8", errors="backslashreplace")
-    return str(value)
+        value = bytes(value).decode("utf-8", errors="backslashreplace")
+    return str(value).replace("\x00", "\\x00")
 
