@@ -83,6 +83,8 @@ MONTHLY_ASSETS = {
     "gradient_services",
     "gradient_accounts",
     "gradient_unit_counts",
+    "gradient_ledger",
+    "partner_statements",
 }
 
 # A wait fails when nothing it watches changed for STALL_TIMEOUT (seconds), or at its cap.
@@ -356,7 +358,7 @@ def deployment(tmp_path: Path, postgres_url: str) -> Iterator[Deployment]:
     env = {
         k: v
         for k, v in os.environ.items()
-        if not k.startswith(("DAGSTER_", "GRADIENT_", "GBS_", "PYTEST_", "MONTH_WATCH_"))
+        if not k.startswith(("DAGSTER_", "GRADIENT_", "GBS_", "PYTEST_", "MONTH_WATCH_", "STATEMENTS_"))
         and not k.endswith("_SQL")
         and k not in {"PRODUCT_DB_URL", "STATE_DB_URL", "QUARANTINE_THRESHOLD", "BILLING_TIMEZONE"}
     }
