@@ -8,6 +8,9 @@ refactors that keep every output the same.
 
 from __future__ import annotations
 
+import warnings
+from collections.abc import Sequence
+
 import dagster as dg
 import sqlalchemy as sa
 from dagster_pandera import pandera_schema_to_dagster_type
@@ -70,6 +73,14 @@ def table_schema(table: sa.Table) -> dg.TableSchema:
     )
 
 
+def with_source_links(assets: Sequence[dg.AssetsDefinition]) -> Sequence[dg.AssetsDefinition]:
+    """The assets, each linked to its source file and line in the UI (a beta API, used on purpose:
+    its warning is not repeated on every load of the code location)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", dg.BetaWarning)
+        return dg.with_source_code_references(assets)
+
+
 def column_schema(schema: dg.TableSchema) -> dict[str, object]:
     """Asset metadata showing ``schema`` as the asset's columns (``dagster/column_schema``)."""
     return {"dagster/column_schema": schema}
@@ -77,6 +88,8 @@ def column_schema(schema: dg.TableSchema) -> dict[str, object]:
 
 UTILIZATION_CONTRACT = utilization_contract_schema()
 VALIDATED_UTILIZATION = utilization_contract_schema(REASONS)
-BILLABLE_COUNTS = pandera_schema_to_dagster_type(BillableCount).metadata["schema"].value
+with warnings.catch_warnings():  # dagster-pandera's converter is beta; its output is plain metadata
+    warnings.simplefilter("ignore", dg.BetaWarning)
+    BILLABLE_COUNTS = pandera_schema_to_dagster_type(BillableCount).metadata["schema"].value
 GRADIENT_SERVICES = table_schema(store.gradient_services)
 LEDGER_ENTRIES = table_schema(store.ledger_entries)
