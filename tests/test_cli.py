@@ -32,7 +32,10 @@ def env(tmp_path, monkeypatch):
     }
     for name, value in values.items():
         monkeypatch.setenv(name, value)
-    monkeypatch.delenv("DAGSTER_HOME", raising=False)
+    # the CLI runs on DAGSTER_HOME's instance when set, else the repository's: keep tests' runs here
+    home = tmp_path / "dagster-home"
+    home.mkdir()
+    monkeypatch.setenv("DAGSTER_HOME", str(home))
     engine_for.cache_clear()
     yield values
     engine_for.cache_clear()

@@ -86,6 +86,18 @@ def post_webhook(url: str, text: str, timeout: float = 10.0) -> None:
         raise WebhookError(f"the alert webhook at {webhook_host(url)} answered HTTP {response.status_code}")
 
 
+def first_paragraph(text: str, limit: int = MAX_CAUSE_CHARS) -> str:
+    """A failure's message up to its first blank line, as one line (causes often continue on
+    a second line: "Gradient is not ready; nothing was sent:" / "- GRADIENT_BASE_URL=...")."""
+    lines = []
+    for line in text.strip().splitlines():
+        if not line.strip():
+            break
+        lines.append(line.strip())
+    joined = " ".join(lines)
+    return joined if len(joined) <= limit else joined[: limit - 1] + "…"
+
+
 def failure_cause(context: dg.RunFailureSensorContext) -> str:
     """Each failed step's own message (first line), else Dagster's summary."""
     reasons = []
@@ -96,8 +108,7 @@ def failure_cause(context: dg.RunFailureSensorContext) -> str:
             text = data.user_failure_data.description
         elif data is not None and data.error is not None:
             text = data.error.message
-        text = (text or event.message or "").strip().splitlines()
-        reasons.append(f"{event.step_key}: {text[0] if text else 'failed'}")
+        reasons.append(f"{event.step_key}: {first_paragraph(text or event.message or '') or 'failed'}")
     cause = "; ".join(reasons) or (context.failure_event.message or "run failed")
     return cause[:MAX_CAUSE_CHARS]
 

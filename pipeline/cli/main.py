@@ -21,7 +21,9 @@ def _instance():
 
     if settings.load_settings().dagster_home:
         return cli_instance()
-    return cli_instance(settings.data_dir() / "dagster")
+    from pipeline.cli.runs import instance_home
+
+    return cli_instance(instance_home())  # the repository's instance, as `dagster dev` sees it (not GBS_DATA_DIR's)
 
 
 def _parse_month(value: str) -> date:
@@ -50,10 +52,36 @@ class _ConfiguredGroup(click.Group):
         return super().invoke(ctx)
 
 
-@click.group(cls=_ConfiguredGroup)
+class _TruthfulGroup(_ConfiguredGroup):
+    """An unexpected error is one line with its cause (the messages name the fix); --verbose
+    shows the trace."""
+
+    def invoke(self, ctx: click.Context) -> object:
+        try:
+            return super().invoke(ctx)
+        except (click.exceptions.ClickException, click.exceptions.Exit, click.exceptions.Abort, SystemExit):
+            raise
+        except Exception as exc:
+            if ctx.meta.get("gbs.verbose"):
+                raise
+            from pipeline.cli.runs import one_line_error
+
+            raise click.ClickException(one_line_error(exc) + " (--verbose for the trace)") from None
+
+
+@click.group(cls=_TruthfulGroup)
+@click.version_option(package_name="gradient-billing-sync", prog_name="gradient-billing-sync",
+                      help="Show the installed version and exit.")
+@click.option("--verbose", is_flag=True, help="On failure, print the full error trace and Dagster's log.")
 @click.pass_context
-def main(ctx: click.Context) -> None:
+def main(ctx: click.Context, verbose: bool) -> None:
     """Monthly MSP billing: product utilization -> billable users -> Gradient MSP."""
+    ctx.meta["gbs.verbose"] = verbose
+    if not verbose:
+        import warnings
+
+        # Dagster's notes on its own beta/preview APIs are for developers, not for the operator
+        warnings.filterwarnings("ignore", message=r".* is currently in (beta|preview)")
     if ctx.invoked_subcommand in CONFIGURATION_FREE_COMMANDS or ctx.meta.get("gbs.help_only"):
         return
     try:
@@ -64,11 +92,11 @@ def main(ctx: click.Context) -> None:
 
 @main.command("seed-demo")
 @click.option("--seed", default=7, show_default=True, help="Random seed: same seed, same rows.")
-@click.option("--partners", default=4, show_default=True)
+@click.option("--partners", default=4, show_default=True, help="Number of partners (MSPs).")
 @click.option("--companies", "companies", default="6-12", show_default=True, help="Companies per partner, MIN-MAX.")
 @click.option("--users", "users", default="5-40", show_default=True, help="Users per company, MIN-MAX.")
 @click.option("--end-month", default=None, help="Newest month with data (YYYY-MM); default this month.")
-@click.option("--history-months", default=6, show_default=True)
+@click.option("--history-months", default=6, show_default=True, help="Months of history up to --end-month.")
 @click.option("--no-bad-rows", is_flag=True, help="Leave out the documented bad rows.")
 def seed_demo(seed, partners, companies, users, end_month, history_months, no_bad_rows) -> None:
     """(Re)create the reference schema in PRODUCT_DB_URL and fill it with demo data; the first
@@ -105,16 +133,22 @@ def _seed(seed, partners, companies, users, end_month, history_months, bad_rows)
 def _materialize(
     months: list[BillingMonth], force_superseded: bool = False, trigger: str = "cli"
 ) -> list[tuple[BillingMonth, bool, str]]:
-    """Run the monthly job for each month in order on the instance; one failure stops none."""
+    """Run the monthly job for each month in order on the instance; one failure stops none.
+    Each month's report is printed as soon as that month finishes."""
+    from pipeline.cli.runs import month_report, month_run, progress
     from pipeline.definitions import build_defs
     from pipeline.automation.jobs import load_run_config, run_tags
     from pipeline.cli.instance import process_tags
+    from pipeline.resources import StateDatabase
 
+    verbose = bool(click.get_current_context(silent=True) and click.get_current_context().meta.get("gbs.verbose"))
     job = build_defs().resolve_job_def("monthly_billing")
-    run_config = {**QUIET_RUN_CONFIG, **load_run_config(job.name, [], force_superseded)}
+    quiet = QUIET_RUN_CONFIG if verbose else {"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}}
+    run_config = {**quiet, **load_run_config(job.name, [], force_superseded)}
+    state = StateDatabase(url=settings.state_db_url()).engine()
     results = []
-    with _instance() as instance:
-        for month in months:
+    with _instance() as instance, progress(months, "months") as bar:
+        for month in bar:
             result = job.execute_in_process(
                 partition_key=month.key,
                 instance=instance,
@@ -122,28 +156,22 @@ def _materialize(
                 run_config=run_config,
                 tags={**run_tags(trigger), **process_tags()},
             )
+            ran = month_run(month.month, result)
+            bar.echo(month_report(state, ran))
+            if verbose and ran.trace:
+                bar.echo(ran.trace)
             results.append((month, result.success, result.run_id))
     return results
-
-
-def _print_summaries(results: list[tuple[BillingMonth, bool, str]]) -> None:
-    from pipeline.cli.summaries import month_summary
-    from pipeline.resources import StateDatabase
-
-    state = StateDatabase(url=settings.state_db_url()).engine()
-    for month, success, run_id in results:
-        click.echo(month_summary(state, month.month, run_id))
-        if not success:
-            click.echo(f"  run {run_id} for {month.label} did not succeed; see `dagster dev` for its logs")
 
 
 @main.command("run")
 @click.option("--month", "months", multiple=True, help="Month to run (YYYY-MM); repeatable.")
 @click.option("--last-closed", type=int, default=None, help="Run the N newest closed months.")
-def run(months, last_closed) -> None:
-    """Materialize billing months on the configured instance and print a summary."""
-    results = _materialize(_months(months, last_closed))
-    _print_summaries(results)
+@click.option("--force-superseded", is_flag=True,
+              help="Push a month even when a newer one was already delivered (rolls Gradient back to it).")
+def run(months, last_closed, force_superseded) -> None:
+    """Materialize billing months on the configured instance; a report per month as it finishes."""
+    results = _materialize(_months(months, last_closed), force_superseded)
     sys.exit(0 if all(ok for _, ok, _ in results) else 1)
 
 
@@ -174,7 +202,6 @@ def backfill(first, last, force_superseded, webserver, wait) -> None:
         _launch_backfill(webserver, months, force_superseded, wait)
         return
     results = _materialize(months, force_superseded, trigger="backfill")
-    _print_summaries(results)
     failed = [m.label for m, ok, _ in results if not ok]
     click.echo(f"backfill {first}..{last}: {len(results) - len(failed)} months succeeded"
                + (f", failed: {', '.join(failed)}" if failed else ""))
@@ -213,9 +240,9 @@ def _launch_backfill(url: str, months: list[BillingMonth], force: bool, wait: bo
 
 @main.command("explain")
 @click.option("--month", required=True, help="Billing month (YYYY-MM).")
-@click.option("--partner", "partner_id", required=True)
+@click.option("--partner", "partner_id", required=True, help="The partner id (MSP).")
 @click.option("--company", "company_id", required=True, help="The company id (Gradient account id).")
-@click.option("--sku", required=True)
+@click.option("--sku", required=True, help="The vendor service SKU.")
 def explain(month, partner_id, company_id, sku) -> None:
     """Trace one number Gradient received back to the users and spans that made it, with
     what was stored and every ledger entry of the push."""
@@ -231,6 +258,12 @@ def explain(month, partner_id, company_id, sku) -> None:
                                 partner_id, company_id, sku)
         except LookupError as exc:
             raise click.ClickException(str(exc)) from None
+        from pipeline.cli.lookup import unknown_pair
+
+        problem = unknown_pair(conn, state.engine(), resources["partner_sources"].companies_sql,
+                               billing_month.month, product.known_skus(conn), partner_id, company_id, sku)
+    if problem:
+        raise click.ClickException(problem)
     click.echo("\n".join(explanation.lines()))
 
 
@@ -242,15 +275,14 @@ def demo(count) -> None:
 
     def run_months(n: int) -> bool:
         results = _materialize(_months((), n), trigger="demo")
-        _print_summaries(results)
         return all(ok for _, ok, _ in results)
 
     sys.exit(0 if run_demo(count, click.echo, run_months) else 1)
 
 
 @main.command("emulator")
-@click.option("--host", default="127.0.0.1", show_default=True)
-@click.option("--port", default=8765, show_default=True)
+@click.option("--host", default="127.0.0.1", show_default=True, help="Interface to listen on.")
+@click.option("--port", default=8765, show_default=True, help="Port to listen on (GRADIENT_BASE_URL's).")
 @click.option("--rate-limit", default=100, show_default=True, help="Requests per second before 429.")
 @click.option("--demo-partners", is_flag=True, help="Register the demo data's connected partners.")
 def emulator(host, port, rate_limit, demo_partners) -> None:
@@ -291,6 +323,12 @@ from pipeline.cli.check_config import check_config  # noqa: E402
 main.add_command(check_config)
 from pipeline.cli.bench import bench  # noqa: E402
 main.add_command(bench)
+from pipeline.cli.status import status  # noqa: E402
+main.add_command(status)
+from pipeline.cli.check_source import check_source  # noqa: E402
+main.add_command(check_source)
+from pipeline.cli.statement import statement  # noqa: E402
+main.add_command(statement)
 
 
 if __name__ == "__main__":

@@ -78,6 +78,7 @@ def run_demo(months: int, echo: Callable[[str], None], run_months: Callable) -> 
     from pipeline.resources import engine_for
 
     reset_embedded_databases()
+    echo(f"seeding demo data into {settings.redact_url(settings.product_db_url())} ...")
     summary = seed(DemoSpec())
     echo(
         f"seeded demo data: {summary.partners} partners, {summary.companies} companies, "
@@ -90,6 +91,7 @@ def run_demo(months: int, echo: Callable[[str], None], run_months: Callable) -> 
         with EmulatorAdmin(server.base_url) as admin:
             connected = register_demo_partners(admin, engine_for(settings.product_db_url()))
             echo(f"Gradient emulator at {server.base_url}; connected partners: {', '.join(connected)}")
+            echo(f"running the {months} newest closed month(s) end to end; a report per month as it finishes ...")
             ok = run_months(months)
             for org, (pairs, units) in sorted(emulator_totals(admin).items()):
                 echo(f"Gradient now shows {org}: {pairs} counts, {units} units in total")
