@@ -6,7 +6,7 @@ those few queries, sent through the client's own transport:
 
     client = connect("http://127.0.0.1:3000")
     backfill_id = launch_asset_backfill(client, ["2026-09-01"], job_name="monthly_billing")
-    status = wait_for_backfill(client, backfill_id)
+    status = wait_for_backfill(client, backfill_id, stall_timeout=600, timeout=6 * 3600)
 
 Every failure raises :class:`DagsterGraphQLError` with the webserver's own message; ``typename``
 names the GraphQL error type when the error came as a member of a result union (``PythonError``,
