@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib.metadata
 import os
 import re
+import shutil
 import subprocess
 import sys
 from datetime import date, datetime, timezone
@@ -202,6 +203,17 @@ def test_a_failed_run_reports_its_cause_in_one_line_and_never_earlier_numbers_as
     verbose = invoke("--verbose", "run", "--month", "2026-10")
     assert verbose.exit_code == 1
     assert "Stack Trace" in verbose.output or "Traceback" in verbose.output
+
+    # the push failed, so the run skipped the statements: the statement command still makes them
+    month_dir = Path(env["STATEMENTS_DIR"]) / "2026-10"
+    assert month_dir.is_dir()  # the first, successful run made them
+    shutil.rmtree(month_dir)
+    made = invoke("statement", "--month", "2026-10")
+    assert made.exit_code == 0, made.output
+    assert sorted(p.name for p in month_dir.iterdir()) == sorted(
+        f"{pid}-2026-10.{ext}" for pid in ("p-001", "p-002", "p-003") for ext in ("csv", "html")
+    )
+    assert str(month_dir / "p-001-2026-10.html") in made.output
 
     # the month cannot even be read: the stored counts are shown as the earlier run's, by id and date
     monkeypatch.setenv("GRADIENT_BASE_URL", env["GRADIENT_BASE_URL"])
