@@ -402,3 +402,23 @@ def test_sigkill_mid_push_is_exact_after_one_rerun_within_the_crash_window(
 def expected_for(companies: int) -> dict[tuple[str, str, str], int]:
     frame = month_counts(PARTNERS, OCT, companies)
     return {(r.partner_id, r.company_id, r.sku): r.billable_users for r in frame.itertuples(index=False)}
+
+
+# =========================================================================== services race
+
+
+def test_two_service_syncs_at_once_create_each_service_once(emulator, admin, state_url) -> None:
+    slow_gradient(admin, latency_ms=100)
+    state = StateDatabase(url=state_url).engine()
+
+    async def one(run_id: str):
+        async with GradientClient(emulator.base_url, VENDOR_KEY) as client:
+            return await sync_vendor_services(client, [target("p-001")], SERVICES, state, run_id)
+
+    async def both():
+        return await asyncio.gather(one("run-a"), one("run-b"))
+
+    a, b = asyncio.run(both())
+    admin.clear_faults()
+    assert services_named(admin) == {name: 1 for name, _, _ in SKUS.values()}
+    assert sorted([a.created, b.created]) == [0, len(SKUS)] and a.ids == b.ids
