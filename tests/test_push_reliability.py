@@ -422,3 +422,59 @@ def test_two_service_syncs_at_once_create_each_service_once(emulator, admin, sta
     admin.clear_faults()
     assert services_named(admin) == {name: 1 for name, _, _ in SKUS.values()}
     assert sorted([a.created, b.created]) == [0, len(SKUS)] and a.ids == b.ids
+
+
+# =========================================================================== through Dagster
+
+
+@pytest.fixture
+def world(tmp_path, emulator):
+    from tests.test_gradient_load_e2e import VENDOR_KEY as E2E_KEY, World
+
+    with EmulatorServer(E2E_KEY) as server, EmulatorAdmin(server.base_url) as client:
+        w = World(f"sqlite:///{tmp_path / 'product.db'}", f"sqlite:///{tmp_path / 'state.db'}", server, client)
+        w.register()
+        yield w
+
+
+def test_duplicate_services_fail_the_gradient_services_check_with_their_ids(world) -> None:
+    from tests.test_gradient_load_e2e import CONNECTED, VENDOR_KEY as E2E_KEY
+
+    from pipeline.demo.data import demo_partner_key
+
+    first = world.run("2026-09-01")
+    assert first.success
+    sku_name = next(s["name"] for s in world.admin.state()["vendor"]["skus"])
+    original = next(s for s in world.admin.state()["vendor"]["skus"] if s["name"] == sku_name)
+    token = partner_token(E2E_KEY, demo_partner_key(CONNECTED[0]))
+    body = {k: original[k] for k in ("name", "description", "category", "subcategory")}
+    extra = httpx.post(f"{world.emulator.base_url}{API}/service", json=body, headers={"GRADIENT-TOKEN": token})
+    extra.raise_for_status()
+
+    result = world.run()
+    check = {e.check_name: e for e in result.get_asset_check_evaluations()}["one_service_per_name"]
+    ids = sorted(s["id"] for s in world.admin.state()["vendor"]["skus"] if s["name"] == sku_name)
+    assert not check.passed and check.severity.value == "ERROR"
+    assert all(i in check.description for i in ids)
+    assert not result.success  # that service's counts are recorded failed, the rest delivered
+    failed = {e["detail"] for e in world.entries(OCT) if e["outcome"] == "failed" and e["run_id"] == result.run_id}
+    assert failed and all(ids[0] in d and ids[1] in d for d in failed)
+    assert not any(r["path"].endswith(f"/service/{ids[1]}/count") for r in world.admin.requests())
+
+
+def test_a_null_company_in_companies_sql_fails_the_run_by_name_and_nothing_is_sent_as_none(tmp_path, world) -> None:
+    from pipeline.resources import PartnerSources
+    from tests.test_gradient_load_e2e import CONNECTED, failure_text
+
+    sql = tmp_path / "companies.sql"
+    reference = (Path(__file__).resolve().parents[1] / "pipeline/source/sql/common/companies.sql").read_text()
+    body = "\n".join(line for line in reference.splitlines() if not line.startswith("--") and "ORDER BY" not in line)
+    sql.write_text(f"{body}\nUNION ALL SELECT '{CONNECTED[0]}', NULL, 'Ghost'\nUNION ALL SELECT '{CONNECTED[1]}', 'c-null-name', NULL")
+    world.partner_sources = PartnerSources(encryption_keys=world.fernet_key, companies_sql=str(sql))
+    result = world.run()
+    text = failure_text(result)
+    assert not result.success and "COMPANIES_SQL" in text and "NULL" in text
+    accounts = [a for p in world.admin.state()["partners"].values() for a in p["accounts"]]
+    assert accounts and not any(a["name"] in ("None", "Ghost") or a["id"] in ("None", "c-null-name") for a in accounts)
+    delivered = {e["partner_id"] for e in world.entries(OCT) if e["outcome"] == "delivered"}
+    assert delivered == set(CONNECTED)
