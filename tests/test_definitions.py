@@ -52,11 +52,11 @@ def test_every_job_sensor_and_schedule_is_in_the_code_location():
 
     repo = defs.get_repository_def()
     assert {j.name for j in repo.get_all_jobs()} >= {
-        "monthly_billing", "gradient_load", "account_sync", "partner_disconnect",
+        "monthly_billing", "gradient_load", "account_sync", "partner_disconnect", "statements",
     }
     assert {s.name for s in repo.sensor_defs} == {
         "partner_connected_sensor", "partner_disconnected_sensor", "sync_requests_sensor",
-        "missed_or_late_months_sensor", "billing_failure_sensor",
+        "missed_or_late_months_sensor", "billing_failure_sensor", "statements_after_failed_push_sensor",
     }
     assert [s.name for s in repo.schedule_defs] == ["monthly_billing_schedule"]
     graph = defs.resolve_asset_graph()

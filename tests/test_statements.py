@@ -285,3 +285,45 @@ def test_nothing_is_sent_without_a_contacts_query(world, smtp_server, monkeypatc
     monkeypatch.setenv("STATEMENTS_SMTP_URL", f"smtp://127.0.0.1:{port}")
     assert world.run(OCT).success
     assert inbox.messages == []
+
+
+def test_a_failed_push_asks_for_a_statements_run_of_its_month(world, emulator, tmp_path, monkeypatch):
+    """The code location's own job on a Dagster instance: p-002's key is refused, the push step
+    fails and the run skips the statements; the failure sensor asks for the statements job."""
+    from pipeline.automation.statements import statements_after_failed_push_sensor
+    from pipeline.definitions import build_defs
+
+    for name, value in {
+        "PRODUCT_DB_URL": world.product_url, "STATE_DB_URL": world.state_url,
+        "GRADIENT_BASE_URL": emulator.base_url, "GRADIENT_VENDOR_API_KEY": VENDOR_KEY,
+        "GRADIENT_KEY_ENCRYPTION_KEYS": world.fernet_key, "QUARANTINE_THRESHOLD": "0.5",
+        "GBS_DATA_DIR": str(tmp_path / "var"),
+    }.items():
+        monkeypatch.setenv(name, value)
+    defs = build_defs()
+    world.admin.revoke_partner("org-p-002")
+    with dg.instance_for_test() as instance:
+        failed = defs.resolve_job_def("monthly_billing").execute_in_process(
+            partition_key=OCT.isoformat(), instance=instance, raise_on_error=False
+        )
+        assert not failed.success
+        assert "gradient_unit_counts" in {e.step_key for e in failed.get_step_failure_events()}
+        assert not (tmp_path / "statements" / "2026-10").exists()
+
+        context = dg.build_run_status_sensor_context(
+            sensor_name=statements_after_failed_push_sensor.name,
+            dagster_instance=instance,
+            dagster_run=instance.get_run_by_id(failed.run_id),
+            dagster_event=failed.get_run_failure_event(),
+        ).for_run_failure()
+        request = statements_after_failed_push_sensor(context)
+        assert isinstance(request, dg.RunRequest)
+        assert request.partition_key == OCT.isoformat() and failed.run_id in request.run_key
+        made = defs.resolve_job_def(statements_after_failed_push_sensor.job_name).execute_in_process(
+            partition_key=request.partition_key, instance=instance, tags=request.tags
+        )
+        assert made.success
+    delivered = world.csv("p-001", OCT)
+    assert set(delivered.gradient_outcome) == {"delivered"}
+    assert delivered["sent_value"].sum() == world.emulator_units()["p-001"]
+    assert (world.tmp_path / "statements" / "2026-10" / "p-002-2026-10.html").exists()

@@ -37,7 +37,7 @@ OUTCOME_TEXT = {
     ledger.UNMAPPED: "unmapped: map this account and service in Gradient",
     ledger.FAILED: "failed: will be sent again on the next run",
     ledger.SUPERSEDED: "superseded: Gradient already holds a newer month",
-    NOT_SENT: "not sent: no active Gradient connection",
+    NOT_SENT: "not sent: no active Gradient connection, or the push stopped before this line (a re-run sends it)",
 }
 CONTACT_COLUMNS = ("partner_id", "email")
 
