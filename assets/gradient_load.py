@@ -13,7 +13,7 @@ import pandas as pd
 from pydantic import Field
 
 from assets import specs
-from assets.month_end import billable_counts, billing_month, no_retry
+from assets.month_end import billable_counts, billing_month
 from assets import push_signals
 from assets.load_preview import preview_accounts, preview_services, preview_unit_counts
 from assets.push_signals import table_value
@@ -41,7 +41,6 @@ from pipeline.resources import (
     require_gradient_ready,
     step_failure,
 )
-from pipeline.settings import ConfigurationError
 from pipeline.store.months import load_billable_counts, record_month_load
 
 GROUP = "gradient_load"
@@ -93,7 +92,7 @@ def resolve_targets(
         with product_db.connect() as conn:
             connections = load_connections(conn, partner_sources.connections_sql)
     except Exception as exc:
-        raise step_failure(exc) from exc
+        raise step_failure(exc, context) from exc
     wanted = set(partner_ids)
     known = {c.partner_id for c in connections}
     for missing in sorted(wanted - known):
@@ -184,8 +183,8 @@ def gradient_services(
     try:
         # the start of the push: keys, vendor key, base URL, and that Gradient answers
         require_gradient_ready(gradient, partner_sources)
-    except ConfigurationError as exc:
-        raise no_retry(exc) from None
+    except Exception as exc:
+        raise step_failure(exc, context) from exc
 
     async def run():
         async with gradient.client() as client:

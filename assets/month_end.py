@@ -99,7 +99,7 @@ def utilization_extract(
         with product_db.connect() as conn:
             extract = extract_month(conn, query, month)
     except Exception as exc:
-        raise step_failure(exc) from exc
+        raise step_failure(exc, context) from exc
     violations = [str(v) for v in extract.contract_violations]
     if violations:
         context.log.error(f"{month.label}: the utilization query breaks the contract: " + "; ".join(violations))
@@ -170,7 +170,7 @@ def validated_utilization(
                 product_db.chunk_rows,
             )
     except Exception as exc:
-        raise step_failure(exc) from exc
+        raise step_failure(exc, context) from exc
     if outcome.contract_violations:
         raise no_retry(
             ValueError(
@@ -266,7 +266,7 @@ def billable_counts(
     except ReconciliationError as exc:
         raise no_retry(exc) from None
     except Exception as exc:
-        raise step_failure(exc) from exc
+        raise step_failure(exc, context) from exc
     metadata: dict[str, object] = {
         "month": month.label,
         "rows_in": computation.rows_in,

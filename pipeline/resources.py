@@ -35,6 +35,10 @@ class DatabaseUnavailableError(RuntimeError):
     """A database could not be reached; the message names which one and what to check."""
 
 
+class GradientUnreachableError(RuntimeError):
+    """Gradient did not answer at GRADIENT_BASE_URL; a later run may succeed."""
+
+
 def resolved(value: str) -> str:
     """A setting's value: an ``EnvVar`` left unresolved (a resource built outside Dagster)
     is read from the environment, so SQLAlchemy never sees a variable's name as a URL."""
@@ -224,7 +228,7 @@ def is_retryable(exc: BaseException) -> bool:
     """Whether a retry may succeed: only a database that could not be reached, or a
     connection lost mid-query. Configuration, SQL syntax and programming errors, a missing SQL
     file and anything unexpected would fail the same way again."""
-    if isinstance(exc, DatabaseUnavailableError):
+    if isinstance(exc, (DatabaseUnavailableError, GradientUnreachableError)):
         return True
     if isinstance(exc, sa.exc.OperationalError):
         message = str(exc.orig or exc).lower()
@@ -234,18 +238,27 @@ def is_retryable(exc: BaseException) -> bool:
     )
 
 
-def step_failure(exc: Exception) -> dg.Failure:
+# Run tag turning off the instance's automatic re-execution (run_retries) of one run.
+NO_RUN_RETRY_TAGS = {"dagster/retry_on_asset_or_op_failure": "false"}
+
+
+def step_failure(exc: Exception, context: dg.AssetExecutionContext | None = None) -> dg.Failure:
     """The Dagster failure for an error of a step: retried (by the step's retry policy) only
-    when a retry may succeed; otherwise it fails the run at once with the error's message."""
+    when a retry may succeed; otherwise it fails at once with the error's message and, given
+    the step's context, turns off the automatic re-execution of its run, which would fail the
+    same way."""
+    retryable = is_retryable(exc)
+    if context is not None and not retryable:
+        context.instance.add_run_tags(context.run_id, NO_RUN_RETRY_TAGS)
     if isinstance(exc, sa.exc.StatementError):
         cause = exc.orig or exc
         lines = str(cause).strip().splitlines()
         description = f"{type(cause).__name__}: {lines[0] if lines else 'no message'}"
-        if not is_retryable(exc):
+        if not retryable:
             description += " (the query is wrong: fix the SQL file or the setting that names it; a retry cannot help)"
     else:
         description = str(exc) or type(exc).__name__
-    return dg.Failure(description=description, allow_retries=is_retryable(exc))
+    return dg.Failure(description=description, allow_retries=retryable)
 
 
 # ---------------------------------------------------------------------- Gradient preflight
@@ -257,6 +270,7 @@ class PreflightCheck:
     what: str
     ok: bool
     detail: str = ""
+    transient: bool = False  # may pass later by itself (Gradient not answering)
 
 
 def gradient_preflight(
@@ -290,6 +304,7 @@ def gradient_preflight(
             "GRADIENT_BASE_URL", f"Gradient answers at {base_url}", False,
             f"GRADIENT_BASE_URL={base_url!r} is unreachable ({type(exc).__name__}); check the URL, "
             "the network and that Gradient (or the emulator) is up, then run again.",
+            transient=True,
         ))
     else:
         checks.append(PreflightCheck("GRADIENT_BASE_URL", f"Gradient answers at {base_url}", True,
@@ -298,8 +313,11 @@ def gradient_preflight(
 
 
 def require_gradient_ready(gradient: GradientResource, partner_sources: PartnerSources, reach: bool = True) -> None:
-    """Raise one ``ConfigurationError`` naming every failed Gradient preflight check."""
+    """Raise one ``ConfigurationError`` naming every failed Gradient preflight check, or
+    ``GradientUnreachableError`` when Gradient not answering is the only problem."""
     failed = [c for c in gradient_preflight(gradient, partner_sources, reach=reach) if not c.ok]
+    if failed and all(c.transient for c in failed):
+        raise GradientUnreachableError("\n".join(c.detail for c in failed))
     if failed:
         raise ConfigurationError(
             "Gradient is not ready; nothing was sent:\n" + "\n".join(f"- {c.detail}" for c in failed),
