@@ -531,6 +531,11 @@ def redact_url(url: str) -> str:
 def reference_sql(dialect: str, name: str) -> Path:
     """Path of a reference-schema query for a SQLAlchemy dialect name (dialect-specific
     file when there is one, else the common one)."""
-    folder = "postgresql" if dialect.startswith("postgres") else "sqlite"
+    if dialect.startswith("postgres"):
+        folder = "postgresql"
+    elif dialect in ("mysql", "mariadb"):
+        folder = "mysql"
+    else:
+        folder = "sqlite"
     specific = PACKAGE_SQL_DIR / folder / name
     return specific if specific.exists() else PACKAGE_SQL_DIR / "common" / name
