@@ -371,7 +371,8 @@ def gradient_unit_counts(
     totals = {o: sum(r.outcomes.get(o, 0) for r in reports) for o in ledger.OUTCOMES}
     pairs = ledger.run_pairs(state, month.month, context.run_id)
     partners = push_signals.fill_partner_table(
-        partner_table(reports), pairs, account_changes_of(state, context.run_id)
+        partner_table(reports), {r.partner_id: r.outcomes for r in reports}, pairs,
+        account_changes_of(state, context.run_id),
     )
     outcome = ledger.month_outcome(partners.status)
     push_signals.tag_outcome(context, outcome)
@@ -381,7 +382,7 @@ def gradient_unit_counts(
         partners,
         pairs,
         push_signals.names_of(counts),
-        {p: ledger.newest_delivered_month(state, p) for p in partners.partner[partners.superseded > 0]},
+        {p: ledger.newest_delivered_month(state, p) for p in partners.partner[partners.status == ledger.SUPERSEDED]},
     )
     failed = [r for r in reports if r.failed or r.refused]
     if failed:

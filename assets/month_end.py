@@ -6,9 +6,9 @@ steps in one process, so ``billable_counts`` stores the counts validation's pass
 """
 
 import dagster as dg
-import pandas as pd
 
 from assets import specs
+from assets.metadata_values import table_value
 from pipeline.billing.month import BillingMonth
 from pipeline.billing.counts import MonthAggregate, ReconciliationError, count_billable_users
 from pipeline.source.extract import extract_month
@@ -54,20 +54,6 @@ def check_gradient_settings(context: dg.AssetExecutionContext) -> None:
         require_gradient_ready(built.gradient, built.partner_sources, reach=False)
 
 
-def markdown_table(frame: pd.DataFrame, max_rows: int = 20) -> dg.MetadataValue:
-    if frame.empty:
-        return dg.MetadataValue.md("_none_")
-    shown = frame.head(max_rows).astype(object).where(frame.head(max_rows).notna(), "")
-    header = "| " + " | ".join(shown.columns) + " |"
-    rule = "| " + " | ".join("---" for _ in shown.columns) + " |"
-    lines = [
-        "| " + " | ".join(str(v).replace("|", "\\|") for v in row) + " |"
-        for row in shown.itertuples(index=False)
-    ]
-    more = f"\n\n_{len(frame) - max_rows} more not shown_" if len(frame) > max_rows else ""
-    return dg.MetadataValue.md("\n".join([header, rule, *lines]) + more)
-
-
 @dg.asset(
     owners=specs.OWNERS,
     tags=specs.stage_tags("extract"),
@@ -106,11 +92,11 @@ def utilization_extract(
     return dg.MaterializeResult(
         metadata={
             "month": month.label,
-            "window_start": month.start.isoformat(),
-            "window_end": month.end.isoformat(),
+            "window_start": dg.MetadataValue.timestamp(month.start),
+            "window_end": dg.MetadataValue.timestamp(month.end),
             "rows": extract.rows,
             "columns": ", ".join(extract.columns),
-            "query_file": extract.query.path,
+            "query_file": dg.MetadataValue.path(extract.query.path),
             "query_sha256": extract.query.sha256,
             "product_db": redact_url(str(product_db.engine().url)),
         },
@@ -200,9 +186,9 @@ def validated_utilization(
             "rows_in": validation.rows_in,
             "rows_valid": validation.rows_valid,
             "rows_quarantined": validation.rows_quarantined,
-            "quarantined_share": dg.MetadataValue.float(round(share, 6)),
+            "quarantined_percent": dg.MetadataValue.float(round(100 * share, 2)),
             "quarantine_by_reason": dg.MetadataValue.json(validation.reason_counts),
-            "quarantine_sample": markdown_table(sample),
+            "quarantine_sample": table_value(sample.astype(object).where(sample.notna(), "").astype(str), max_rows=20),
             "known_skus": ", ".join(validation.known_skus),
         },
         check_results=[
@@ -218,8 +204,10 @@ def validated_utilization(
                 ),
                 metadata={
                     "rows_quarantined": validation.rows_quarantined,
-                    "quarantined_share": dg.MetadataValue.float(round(share, 6)),
-                    "threshold": dg.MetadataValue.float(threshold),
+                    "quarantined": dg.MetadataValue.text(f"{share:.2%}"),
+                    "threshold": dg.MetadataValue.text(f"{threshold:.2%}"),
+                    "quarantined_percent": dg.MetadataValue.float(round(100 * share, 2)),
+                    "threshold_percent": dg.MetadataValue.float(round(100 * threshold, 2)),
                 },
             )
         ],
@@ -277,7 +265,7 @@ def billable_counts(
         "billable_users": computation.billable_users,
         "dagster/row_count": len(counts),
         "counts_fingerprint": computation.counts_fingerprint,
-        "counts_preview": markdown_table(counts),
+        "counts_preview": table_value(counts, max_rows=20),
     }
     if previous is not None:
         delta = computation.billable_users - previous.billable_users

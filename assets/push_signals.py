@@ -13,6 +13,7 @@ from datetime import date
 import dagster as dg
 import pandas as pd
 
+from assets.metadata_values import table_value
 from pipeline.automation.jobs import TAG_OUTCOME
 from pipeline.gradient import ledger
 from pipeline.gradient.known_accounts import AccountChanges
@@ -48,53 +49,20 @@ PUSH_CHECK_SPECS = [
 ]
 
 
-def _column_type(series: pd.Series) -> str:
-    if pd.api.types.is_bool_dtype(series):
-        return "bool"
-    if pd.api.types.is_integer_dtype(series):
-        return "int"
-    if pd.api.types.is_float_dtype(series):
-        return "float"
-    return "string"
-
-
-def _cell(value: object) -> str | int | float | bool | None:
-    if value is None or (isinstance(value, float) and pd.isna(value)):
-        return None
-    if isinstance(value, (bool, int, float, str)):
-        return value
-    if hasattr(value, "item"):
-        return value.item()
-    return str(value)
-
-
-def table_value(frame: pd.DataFrame, max_rows: int = 200, descriptions: Mapping[str, str] | None = None) -> dg.MetadataValue:
-    """A frame as a Dagster table (first ``max_rows`` rows) with a typed schema."""
-    descriptions = descriptions or {}
-    schema = dg.TableSchema(
-        columns=[
-            dg.TableColumn(str(name), _column_type(frame[name]), description=descriptions.get(str(name)))
-            for name in frame.columns
-        ]
-    )
-    records = [
-        dg.TableRecord({str(k): _cell(v) for k, v in row.items()})
-        for row in frame.head(max_rows).to_dict("records")
-    ]
-    return dg.MetadataValue.table(records=records, schema=schema)
-
-
 def fill_partner_table(
-    frame: pd.DataFrame, pairs: pd.DataFrame, changes: Mapping[str, AccountChanges]
+    frame: pd.DataFrame,
+    outcomes: Mapping[str, Mapping[str, int]],
+    pairs: pd.DataFrame,
+    changes: Mapping[str, AccountChanges],
 ) -> pd.DataFrame:
-    """The per-partner frame with status, error and account changes filled from the ledger."""
+    """The per-partner frame with status, error and account changes filled from the run's
+    outcomes per partner and its ledger entries (``pairs``)."""
     out = frame.copy()
     failed = pairs[pairs.outcome == ledger.FAILED]
     statuses, errors = [], []
     for row in out.itertuples(index=False):
-        outcomes = {o: int(getattr(row, o)) for o in ledger.OUTCOMES}
         error = row.error or None
-        statuses.append(ledger.partner_status(outcomes, error))
+        statuses.append(ledger.partner_status(dict(outcomes.get(row.partner, {})), error))
         own = failed[failed.partner == row.partner]
         if error is None and len(own):
             error = f"{len(own)} failed: {own.detail.iloc[0]}"
@@ -122,7 +90,7 @@ def push_check_results(
     """The three WARN checks of one push, from the run's ledger entries (``pairs``) and the
     per-partner frame; ``names``: (partner, account) -> account name."""
     label = f"{month:%Y-%m}"
-    superseded = partners[partners.superseded > 0]
+    superseded = partners[partners.status == ledger.SUPERSEDED]
     superseded_lines = [
         f"{p}: Gradient holds {newest_months[p]:%Y-%m}" if newest_months.get(p) else f"{p}: a newer month"
         for p in superseded.partner

@@ -262,3 +262,29 @@ def test_the_first_partition_is_configurable_and_defaults_to_a_year_back(monkeyp
     monkeypatch.setenv("FIRST_BILLING_MONTH", "June 2025")
     with pytest.raises(ValueError, match="FIRST_BILLING_MONTH='June 2025' is not a month; use YYYY-MM"):
         partitions.first_billing_month(now)
+
+
+def test_month_end_metadata_has_its_types_and_shares_read_as_percent(billing):
+    from dagster._core.definitions.metadata.metadata_value import (
+        FloatMetadataValue,
+        PathMetadataValue,
+        TextMetadataValue,
+        TimestampMetadataValue,
+    )
+
+    october = billing.run(OCT_KEY)
+    assert october.success
+    extract = metadata(october, "utilization_extract")
+    assert isinstance(extract["window_start"], TimestampMetadataValue)
+    assert extract["window_start"].value == datetime(2026, 10, 1, 4, tzinfo=timezone.utc).timestamp()  # NY midnight
+    assert isinstance(extract["query_file"], PathMetadataValue)
+    validated = metadata(october, "validated_utilization")
+    assert isinstance(validated["quarantined_percent"], FloatMetadataValue)
+    share = validated["rows_quarantined"].value / validated["rows_in"].value
+    assert validated["quarantined_percent"].value == round(100 * share, 2)
+    assert isinstance(validated["quarantine_sample"], TableMetadataValue)
+    check = checks(october, "validated_utilization")["quarantine_within_threshold"]
+    assert check.metadata["threshold"] == TextMetadataValue("50.00%")  # the fixture's 0.5
+    assert check.metadata["quarantined"] == TextMetadataValue(f"{share:.2%}")
+    assert check.metadata["threshold_percent"].value == 50.0
+    assert isinstance(metadata(october, "billable_counts")["counts_preview"], TableMetadataValue)

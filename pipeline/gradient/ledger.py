@@ -339,11 +339,12 @@ RUN_PAIR_COLUMNS = ["partner", "account", "sku", "value", "outcome", "http_statu
 
 def partner_status(outcomes: dict[str, int], error: str | None = None) -> str:
     """One partner's outcome in a run: delivered (incl. unmapped and nothing left to send),
-    superseded, failed, or partial (some sent, some failed)."""
+    superseded (an ``outcomes`` key, even at 0: the month had no counts for the partner),
+    failed, or partial (some sent, some failed)."""
     sent = outcomes.get(DELIVERED, 0) + outcomes.get(UNMAPPED, 0)
     if error is not None or outcomes.get(FAILED, 0):
         return PARTIAL if sent else FAILED
-    if outcomes.get(SUPERSEDED, 0) and not sent:
+    if SUPERSEDED in outcomes and not sent:
         return SUPERSEDED
     return DELIVERED
 
