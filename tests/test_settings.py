@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import sqlite3
 from datetime import date
+from pathlib import Path
 
 import dagster as dg
 import pytest
 import sqlalchemy as sa
 from click.testing import CliRunner
 from cryptography.fernet import Fernet
+from sqlalchemy.engine import make_url
 
 from assets import gradient_load as gl
 from assets import month_end as me
@@ -32,6 +34,7 @@ from pipeline.resources import (
 )
 from pipeline.settings import ConfigurationError, load_settings
 from pipeline.store.months import load_billable_counts
+from tests.conftest import POSTGRES_ADMIN_URL, require_postgres
 
 VENDOR_KEY = "vendor-key-7f3a9c"
 DB_PASSWORD = "pw-5be1d0"
@@ -225,7 +228,10 @@ def test_explain_works_when_the_database_urls_come_from_the_environment(env):
 # ------------------------------------------------------------------ check-config
 def test_check_config_prints_every_setting_with_its_source_and_no_secret(env, emulator, monkeypatch):
     _, admin = emulator
-    monkeypatch.setenv("STATE_DB_URL", f"postgresql+psycopg2://billing:{DB_PASSWORD}@db.internal:5432/state")
+    seed(env["PRODUCT_DB_URL"], env["GRADIENT_KEY_ENCRYPTION_KEYS"])
+    require_postgres()
+    state = make_url(POSTGRES_ADMIN_URL).set(password=DB_PASSWORD).render_as_string(hide_password=False)
+    monkeypatch.setenv("STATE_DB_URL", state)
     result = invoke("check-config")
     assert result.exit_code == 0, result.output
     lines = {line.split()[0]: line.split(None, 2)[1:] for line in result.output.splitlines()
@@ -234,18 +240,22 @@ def test_check_config_prints_every_setting_with_its_source_and_no_secret(env, em
     assert lines["GRADIENT_VENDOR_API_KEY"] == ["environment", "set"]
     assert lines["GRADIENT_KEY_ENCRYPTION_KEYS"] == ["environment", "set"]
     assert lines["BILLING_TIMEZONE"] == ["default", "America/New_York"]
-    assert lines["STATE_DB_URL"] == ["environment", "postgresql+psycopg2://billing:***@db.internal:5432/state"]
-    assert "Gradient answers at" in result.output and "FAILED" not in result.output
+    assert lines["STATE_DB_URL"] == ["environment", make_url(state).render_as_string(hide_password=True)]
+    assert "ok      product database at sqlite:///" in result.output
+    assert f"ok      state database at {make_url(state).render_as_string(hide_password=True)}" in result.output
+    assert "ok      Gradient answers at" in result.output
     for secret in (VENDOR_KEY, env["GRADIENT_KEY_ENCRYPTION_KEYS"], DB_PASSWORD):
         assert secret not in result.output
     assert admin.requests() == []  # the reachability check sends nothing to the vendor API
 
 
-def test_check_config_fails_on_an_unreachable_gradient(env, monkeypatch):
+def test_check_config_fails_on_an_unreachable_gradient_and_a_missing_product_database(env, monkeypatch):
     monkeypatch.setenv("GRADIENT_BASE_URL", "http://127.0.0.1:9")
     result = invoke("check-config", "--timeout", "2")
     assert result.exit_code == 1
-    assert "FAILED" in result.output and "GRADIENT_BASE_URL='http://127.0.0.1:9' is unreachable" in result.output
+    assert "GRADIENT_BASE_URL='http://127.0.0.1:9' is unreachable" in result.output
+    assert "PRODUCT_DB_URL names a SQLite file that does not exist" in result.output
+    assert not (Path(env["PRODUCT_DB_URL"].removeprefix("sqlite:///"))).exists()  # looked for, not created
 
 
 def test_check_config_names_a_bad_variable_without_showing_secrets(env, monkeypatch):
