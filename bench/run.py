@@ -161,7 +161,9 @@ class Bench:
 
     def connect_partners(self, state_db: str) -> list[str]:
         """Connect partners (in id order) until their counts make the scale's count calls."""
-        counts = load_billable_counts(sa.create_engine(state_db), self.month.month)
+        state = sa.create_engine(state_db)
+        counts = load_billable_counts(state, self.month.month)
+        state.dispose()
         per_partner = counts.groupby("partner_id").size().sort_index()
         chosen, calls = [], 0
         for partner_id, pairs in per_partner.items():
