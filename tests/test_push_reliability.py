@@ -478,3 +478,15 @@ def test_a_null_company_in_companies_sql_fails_the_run_by_name_and_nothing_is_se
     assert accounts and not any(a["name"] in ("None", "Ghost") or a["id"] in ("None", "c-null-name") for a in accounts)
     delivered = {e["partner_id"] for e in world.entries(OCT) if e["outcome"] == "delivered"}
     assert delivered == set(CONNECTED)
+
+
+def test_many_partners_at_once_on_postgresql_do_not_exhaust_connections(tmp_path, emulator, admin, postgres_url) -> None:
+    partners = [f"m-{n:03d}" for n in range(40)]
+    for pid in partners:
+        admin.register_partner(partner_key(pid), name=pid, organization_id=org(pid), auto_map_all=True)
+    many = Job(
+        state_url=postgres_url, base_url=emulator.base_url, vendor_key=VENDOR_KEY, partners=partners,
+        month=OCT.isoformat(), companies=2, run_id="run-many", max_requests_per_second=500,
+    )
+    reports = finish(start(tmp_path, "many", many))
+    assert {pid: r["outcomes"] for pid, r in reports.items()} == {pid: {"delivered": 4} for pid in partners}

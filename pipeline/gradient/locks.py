@@ -1,8 +1,10 @@
 """One push per partner at a time, across processes and machines, held in the state database.
 
 * PostgreSQL: a session-level advisory lock (``pg_try_advisory_lock`` polled until the wait
-  runs out) on a stable 64-bit hash of the lock's name, on a dedicated connection. The server
-  releases it when that connection dies, so a killed holder never blocks the next run.
+  runs out) on a stable 64-bit hash of the lock's name, on a dedicated connection (outside
+  the engine's pool, at most ``MAX_ADVISORY_CONNECTIONS`` per process: further partners wait
+  their turn asynchronously). The server releases the lock when that connection dies, so a
+  killed holder never blocks the next run.
 * SQLite (and any other database): a lease row in ``push_leases``, taken with an atomic
   insert or a conditional update of an expired lease, renewed by a background thread while
   the holder works, deleted on release. A holder that died stops renewing and its lease is
@@ -18,18 +20,21 @@ go on meanwhile) and bounded: past ``wait_seconds`` a ``LockTimeout`` says who h
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import os
 import socket
 import threading
 import time
 import uuid
+import weakref
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import timedelta
 
 import sqlalchemy as sa
+from sqlalchemy.pool import NullPool
 
 from pipeline.store.schema import push_leases, utcnow
 
@@ -37,6 +42,23 @@ DEFAULT_WAIT_SECONDS = 300.0
 LEASE_SECONDS = 60.0
 POLL_SECONDS = 0.2
 SERVICES_LOCK = "services"
+MAX_ADVISORY_CONNECTIONS = 8
+_advisory_slots: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+@functools.cache
+def _lock_engine(url: str) -> sa.Engine:
+    """Connections for advisory locks, outside the state engine's pool (never starve it)."""
+    return sa.create_engine(url, poolclass=NullPool)
+
+
+def _slots() -> asyncio.Semaphore:
+    loop = asyncio.get_running_loop()
+    if loop not in _advisory_slots:
+        _advisory_slots[loop] = asyncio.Semaphore(MAX_ADVISORY_CONNECTIONS)
+    return _advisory_slots[loop]
 
 
 def partner_lock_name(partner_id: str) -> str:
@@ -67,7 +89,8 @@ class _AdvisoryLock:
     def __init__(self, engine: sa.Engine, name: str) -> None:
         self.name = name
         self.key = advisory_key(name)
-        self.conn = engine.connect().execution_options(isolation_level="AUTOCOMMIT")
+        url = engine.url.render_as_string(hide_password=False)
+        self.conn = _lock_engine(url).connect().execution_options(isolation_level="AUTOCOMMIT")
 
     def try_acquire(self) -> str | None:
         query = sa.text("SELECT pg_try_advisory_lock(:k)")
@@ -201,11 +224,17 @@ async def holding(
     lease_seconds: float = LEASE_SECONDS,
 ) -> AsyncIterator[HeldLock]:
     """Hold the lock ``name`` for the block, waiting at most ``wait_seconds`` for it."""
-    lock: _AdvisoryLock | _LeaseLock
     if engine.dialect.name == "postgresql":
-        lock = _AdvisoryLock(engine, name)
+        async with _slots():
+            async with _holding(_AdvisoryLock(engine, name), name, wait_seconds) as held:
+                yield held
     else:
-        lock = _LeaseLock(engine, name, holder, lease_seconds)
+        async with _holding(_LeaseLock(engine, name, holder, lease_seconds), name, wait_seconds) as held:
+            yield held
+
+
+@asynccontextmanager
+async def _holding(lock: _AdvisoryLock | _LeaseLock, name: str, wait_seconds: float) -> AsyncIterator[HeldLock]:
     started = time.monotonic()
     try:
         while (current := lock.try_acquire()) is not None:
