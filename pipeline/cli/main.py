@@ -135,6 +135,8 @@ def _materialize(
 ) -> list[tuple[BillingMonth, bool, str]]:
     """Run the monthly job for each month in order on the instance; one failure stops none.
     Each month's report is printed as soon as that month finishes."""
+    from dagster._core.utils import make_new_run_id
+
     from pipeline.cli.runs import month_report, month_run, progress
     from pipeline.definitions import build_defs
     from pipeline.automation.jobs import load_run_config, run_tags
@@ -149,13 +151,16 @@ def _materialize(
     results = []
     with _instance() as instance, progress(months, "months") as bar:
         for month in bar:
-            result = job.execute_in_process(
-                partition_key=month.key,
-                instance=instance,
-                raise_on_error=False,
-                run_config=run_config,
-                tags={**run_tags(trigger), **process_tags()},
-            )
+            run_id = make_new_run_id()
+            with bar.watch(instance, run_id):
+                result = job.execute_in_process(
+                    partition_key=month.key,
+                    instance=instance,
+                    raise_on_error=False,
+                    run_config=run_config,
+                    tags={**run_tags(trigger), **process_tags()},
+                    run_id=run_id,
+                )
             ran = month_run(month.month, result)
             bar.echo(month_report(state, ran))
             if verbose and ran.trace:

@@ -126,6 +126,12 @@ class _Lines:
         return iter(self.items)
 
     @staticmethod
+    def watch(instance, run_id: str):
+        import contextlib
+
+        return contextlib.nullcontext()
+
+    @staticmethod
     def echo(text: str) -> None:
         import click
 
@@ -133,13 +139,56 @@ class _Lines:
 
 
 class _Bar:
-    """A terminal: click's progress bar; a line printed clears the bar first (it redraws)."""
+    """A terminal: click's progress bar; a line printed clears the bar first (it redraws).
+    While a month runs, the bar shows the step it is at (read from the run's event log)."""
+
+    POLL_SECONDS = 0.5
 
     def __init__(self, bar) -> None:
         self.bar = bar
+        self.step = ""
 
     def __iter__(self):
-        return iter(self.bar)
+        for item in self.bar:
+            self.step = ""
+            yield item
+
+    def describe(self, item) -> str | None:
+        if item is None:
+            return None
+        label = getattr(item, "label", str(item))
+        return f"{label} {self.step}".strip()
+
+    def watch(self, instance, run_id: str):
+        """Follow the run's STEP_START events in a thread until the block ends."""
+        import contextlib
+        import threading
+
+        from dagster import DagsterEventType
+
+        stop = threading.Event()
+
+        def follow() -> None:
+            while not stop.wait(self.POLL_SECONDS):
+                try:
+                    started = instance.all_logs(run_id, of_type=DagsterEventType.STEP_START)
+                except Exception:  # noqa: BLE001 - the bar is a courtesy; the run goes on
+                    continue
+                if started and started[-1].step_key != self.step:
+                    self.step = started[-1].step_key or ""
+                    self.bar.render_progress()
+
+        @contextlib.contextmanager
+        def following():
+            thread = threading.Thread(target=follow, daemon=True)
+            thread.start()
+            try:
+                yield
+            finally:
+                stop.set()
+                thread.join()
+
+        return following()
 
     @staticmethod
     def echo(text: str) -> None:
@@ -160,12 +209,14 @@ class progress:  # noqa: N801 - used like a function: ``with progress(months, "m
 
         import click
 
-        if len(self.items) > 1 and sys.stdout.isatty():
+        if sys.stdout.isatty():
+            shown: list[_Bar] = []
             self._bar = click.progressbar(
                 self.items, label=self.label, show_pos=True,
-                item_show_func=lambda item: getattr(item, "label", None) if item is not None else None,
+                item_show_func=lambda item: shown[0].describe(item) if shown else None,
             )
-            return _Bar(self._bar.__enter__())
+            shown.append(_Bar(self._bar.__enter__()))
+            return shown[0]
         return _Lines(self.items)
 
     def __exit__(self, *exc) -> None:

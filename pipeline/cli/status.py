@@ -11,7 +11,7 @@ import pandas as pd
 import sqlalchemy as sa
 
 from pipeline.gradient import ledger
-from pipeline.store.schema import ledger_entries
+from pipeline.store.schema import billable_counts, ledger_entries
 
 
 @dataclass(frozen=True)
@@ -39,9 +39,17 @@ def open_lines(state: sa.Engine, partner_id: str, outcome: str) -> pd.DataFrame:
         .where(ledger_entries.c.entry_id.in_(newest), ledger_entries.c.outcome == outcome)
         .order_by(ledger_entries.c.account_id, ledger_entries.c.sku)
     )
+    names = (
+        sa.select(billable_counts.c.company_id, billable_counts.c.company_name)
+        .where(billable_counts.c.partner_id == partner_id)
+        .order_by(billable_counts.c.month)
+    )
     with state.connect() as conn:
         rows = conn.execute(query).all()
-    return pd.DataFrame.from_records(rows, columns=["account_id", "sku", "month"])
+        company_names = dict(conn.execute(names).all())  # the newest month's name wins
+    frame = pd.DataFrame.from_records(rows, columns=["account_id", "sku", "month"])
+    frame["account_name"] = frame["account_id"].map(lambda a: company_names.get(a, ""))
+    return frame
 
 
 def partner_statuses(product: sa.Connection, state: sa.Engine, connections_sql: str | None) -> list[PartnerStatus]:
@@ -94,4 +102,5 @@ def status(partner_id: str | None) -> None:
     if partner_id is not None and len(rows[0].unmapped):
         click.echo("\nunmapped in Gradient (the partner maps them; the next run sends them):")
         for line in rows[0].unmapped.itertuples(index=False):
-            click.echo(f"  account {line.account_id}  service {line.sku}  (last sent for {line.month:%Y-%m})")
+            name = f" ({line.account_name})" if line.account_name else ""
+            click.echo(f"  account {line.account_id}{name}  service {line.sku}  (last sent for {line.month:%Y-%m})")
