@@ -69,10 +69,10 @@ def connect_or_explain(engine: sa.Engine, what: str, setting: str) -> sa.Connect
 class ProductDatabase(dg.ConfigurableResource):
     """The vendor's product database, read through the configured contract queries."""
 
-    url: str
-    utilization_sql: str | None = None
-    services_sql: str | None = None
-    chunk_rows: int = 50_000
+    url: str = Field(description="SQLAlchemy URL (PRODUCT_DB_URL); read only.", repr=False)
+    utilization_sql: str | None = Field(default=None, description="UTILIZATION_SQL; None = the reference query.")
+    services_sql: str | None = Field(default=None, description="SERVICES_SQL; None = the reference query.")
+    chunk_rows: int = Field(default=50_000, description="Rows per validation chunk.")
 
     def engine(self) -> sa.Engine:
         return engine_for(resolved(self.url))
@@ -93,7 +93,7 @@ _ensured: set[str] = set()
 class StateDatabase(dg.ConfigurableResource):
     """The pipeline's own database: counts, quarantine, ledger."""
 
-    url: str
+    url: str = Field(description="SQLAlchemy URL (STATE_DB_URL).", repr=False)
 
     def engine(self) -> sa.Engine:
         url = resolved(self.url)
@@ -114,12 +114,14 @@ class StateDatabase(dg.ConfigurableResource):
 class PartnerSources(dg.ConfigurableResource):
     """Where the product keeps partner connections and companies, and how keys are decrypted."""
 
-    connections_sql: str | None = None
-    companies_sql: str | None = None
-    sync_requests_sql: str | None = None
+    connections_sql: str | None = Field(default=None, description="CONNECTIONS_SQL; None = the reference query.")
+    companies_sql: str | None = Field(default=None, description="COMPANIES_SQL; None = the reference query.")
+    sync_requests_sql: str | None = Field(default=None, description="SYNC_REQUESTS_SQL; None = the reference query.")
     # EnvVar("GRADIENT_KEY_ENCRYPTION_KEYS") in deployments; None = the embedded default's
     # local key file, read when needed so its value never appears in Dagster's config.
-    encryption_keys: str | None = None
+    encryption_keys: str | None = Field(
+        default=None, description="GRADIENT_KEY_ENCRYPTION_KEYS; None = the generated local key.", repr=False
+    )
 
     def key_material(self) -> str:
         return resolved(self.encryption_keys or "") or settings.local_encryption_key()
@@ -138,14 +140,15 @@ class GradientResource(dg.ConfigurableResource):
     """
 
     base_url: str = Field(
-        default=DEFAULT_BASE_URL, description="Gradient API base URL (the emulator's in tests)."
+        default=DEFAULT_BASE_URL, description="Gradient API base URL (GRADIENT_BASE_URL)."
     )
     vendor_api_key: str = Field(
         description="The vendor's Gradient API key; pass dg.EnvVar('GRADIENT_VENDOR_API_KEY').",
         repr=False,
     )
     max_requests_per_second: float = Field(
-        default=100.0, description="Requests per second for the whole vendor (Gradient: 100)."
+        default=100.0,
+        description="Requests per second for the whole vendor (GRADIENT_MAX_REQUESTS_PER_SECOND; Gradient: 100).",
     )
     timeout_seconds: float = Field(default=30.0, description="Per-request timeout.")
     max_attempts: int = Field(
@@ -175,8 +178,10 @@ class GradientResource(dg.ConfigurableResource):
 class BillingRules(dg.ConfigurableResource):
     """The billing time zone and how much quarantine a month may carry and still go on."""
 
-    timezone: str = settings.DEFAULT_BILLING_TIMEZONE
-    quarantine_threshold: float = settings.DEFAULT_QUARANTINE_THRESHOLD
+    timezone: str = Field(default=settings.DEFAULT_BILLING_TIMEZONE, description="BILLING_TIMEZONE (IANA).")
+    quarantine_threshold: float = Field(
+        default=settings.DEFAULT_QUARANTINE_THRESHOLD, description="QUARANTINE_THRESHOLD (share, 0.01 = 1 %)."
+    )
 
 
 def default_resources(config: Settings | None = None, *, env_vars: bool = True) -> dict[str, dg.ConfigurableResource]:
