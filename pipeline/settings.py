@@ -86,13 +86,14 @@ def _database_url(name: str, value: Any) -> str | None:
 
 
 def _positive_number(name: str, value: Any, example: str, unit: str, integer: bool = False) -> Any:
-    kind = "a whole number" if integer else "a number"
+    """``value`` as a positive (whole) number, or a ValueError naming ``name`` with an example."""
+    kind = "whole number" if integer else "number"
     try:
         number = int(str(value).strip()) if integer else float(str(value).strip())
     except ValueError:
-        raise ValueError(f"{name}={value!r} is not {kind}; give {unit} such as {example}.") from None
+        raise ValueError(f"{name}={value!r} is not a {kind}; give {unit} such as {example}.") from None
     if not math.isfinite(number) or number <= 0:
-        raise ValueError(f"{name}={value!r} must be a positive {kind[2:]}; give {unit} such as {example}.")
+        raise ValueError(f"{name}={value!r} must be a positive {kind}; give {unit} such as {example}.")
     return number
 
 
