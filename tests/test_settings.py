@@ -387,3 +387,21 @@ def test_only_connection_level_errors_are_retryable(tmp_path):
     assert not is_retryable(ConfigurationError("UTILIZATION_SQL='x' does not exist"))
     assert not is_retryable(sa.exc.ProgrammingError("SELEC 1", {}, Exception("syntax error at or near")))
     assert not is_retryable(ValueError("year 10000 is out of range"))
+
+
+def test_the_code_location_refuses_to_load_with_a_bad_variable(tmp_path):
+    """What `dagster dev` and the daemon see: the load fails with the one error naming it."""
+    import subprocess
+    import sys
+
+    bin_dir = Path(sys.executable).parent
+    result = subprocess.run(
+        [str(bin_dir / "dagster"), "definitions", "validate", "-w", str(settings.REPO_ROOT / "workspace.yaml")],
+        cwd=settings.REPO_ROOT, capture_output=True, text=True, timeout=300,
+        env={"PATH": str(bin_dir), "HOME": str(tmp_path), "GBS_DATA_DIR": str(tmp_path),
+             "GRADIENT_MAX_REQUESTS_PER_SECOND": "fast", "GRADIENT_VENDOR_API_KEY": VENDOR_KEY},
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode != 0
+    assert "GRADIENT_MAX_REQUESTS_PER_SECOND='fast' is not a number; give requests per second such as 100" in output
+    assert VENDOR_KEY not in output
