@@ -15,6 +15,7 @@ from pipeline.source.extract import extract_month
 from pipeline.validation.month import validate_month
 from pipeline.partitions import monthly_partitions
 from pipeline.resources import (
+    NO_RUN_RETRY_TAGS,
     BillingRules,
     ProductDatabase,
     StateDatabase,
@@ -35,8 +36,11 @@ def billing_month(context: dg.AssetExecutionContext, rules: BillingRules) -> Bil
     return BillingMonth.from_partition_key(context.partition_key, rules.timezone)
 
 
-def no_retry(exc: Exception) -> dg.Failure:
-    """A failure that a retry cannot fix (configuration, contract, reconciliation)."""
+def no_retry(exc: Exception, context: dg.AssetExecutionContext | None = None) -> dg.Failure:
+    """A failure that a retry cannot fix (configuration, contract, reconciliation); given the
+    step's context, the run is not re-executed automatically either."""
+    if context is not None:
+        context.instance.add_run_tags(context.run_id, NO_RUN_RETRY_TAGS)
     return dg.Failure(description=str(exc), allow_retries=False)
 
 
@@ -162,7 +166,8 @@ def validated_utilization(
             ValueError(
                 f"{month.label}: the utilization query breaks the contract: "
                 + "; ".join(str(v) for v in outcome.contract_violations)
-            )
+            ),
+            context,
         )
     validation = outcome.validation
     share = validation.quarantined_share
@@ -240,7 +245,8 @@ def billable_counts(
     validation = load_month_validation(state, month.month)
     if validation is None:
         raise no_retry(
-            ValueError(f"{month.label} has not been validated; materialize validated_utilization first.")
+            ValueError(f"{month.label} has not been validated; materialize validated_utilization first."),
+            context,
         )
     if validation.run_id != context.run_id:
         passed = None  # validated by another run since: count what that validation saw
@@ -252,7 +258,7 @@ def billable_counts(
                 conn, state, query, month, validation, context.run_id, aggregate=passed
             )
     except ReconciliationError as exc:
-        raise no_retry(exc) from None
+        raise no_retry(exc, context) from None
     except Exception as exc:
         raise step_failure(exc, context) from exc
     metadata: dict[str, object] = {

@@ -405,3 +405,13 @@ def test_the_code_location_refuses_to_load_with_a_bad_variable(tmp_path):
     assert result.returncode != 0
     assert "GRADIENT_MAX_REQUESTS_PER_SECOND='fast' is not a number; give requests per second such as 100" in output
     assert VENDOR_KEY not in output
+
+
+def test_a_month_that_cannot_be_counted_is_not_re_executed(env):
+    """Counting a month that was never validated fails for certain: no step retry, no run retry."""
+    with retrying_instance() as instance:
+        result = dg.materialize([me.billable_counts], partition_key=PARTITION, instance=instance,
+                                resources=run_resources(env), raise_on_error=False)
+        assert attempts(instance, result.run_id, "billable_counts") == (1, 0)
+        assert will_retry(instance, result.run_id) == "false"
+    assert "has not been validated" in result.failure_data_for_node("billable_counts").error.message
