@@ -365,6 +365,7 @@ def load_settings() -> Settings:
 
 @functools.lru_cache(maxsize=16)
 def _load(_environment: tuple[str | None, ...]) -> Settings:
+    """Cached per set of values, so a changed environment is read again (errors never cached)."""
     try:
         return Settings()
     except ValidationError as exc:
@@ -372,6 +373,7 @@ def _load(_environment: tuple[str | None, ...]) -> Settings:
 
 
 def configuration_error(exc: ValidationError) -> ConfigurationError:
+    """One error listing every bad variable with its own message (validators name the variable)."""
     problems: dict[str, str] = {}
     for error in exc.errors(include_input=False, include_url=False):
         name = str(error["loc"][0]).upper() if error["loc"] else "configuration"
