@@ -135,7 +135,7 @@ def _materialize(
 ) -> list[tuple[BillingMonth, bool, str]]:
     """Run the monthly job for each month in order on the instance; one failure stops none.
     Each month's report is printed as soon as that month finishes."""
-    from dagster._core.utils import make_new_run_id
+    import uuid
 
     from pipeline.cli.runs import month_report, month_run, progress
     from pipeline.definitions import build_defs
@@ -151,7 +151,7 @@ def _materialize(
     results = []
     with _instance() as instance, progress(months, "months") as bar:
         for month in bar:
-            run_id = make_new_run_id()
+            run_id = str(uuid.uuid4())  # known before it starts, so the bar can follow its steps
             with bar.watch(instance, run_id):
                 result = job.execute_in_process(
                     partition_key=month.key,
