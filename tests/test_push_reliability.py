@@ -490,3 +490,26 @@ def test_many_partners_at_once_on_postgresql_do_not_exhaust_connections(tmp_path
     )
     reports = finish(start(tmp_path, "many", many))
     assert {pid: r["outcomes"] for pid, r in reports.items()} == {pid: {"delivered": 4} for pid in partners}
+
+
+def test_a_holder_whose_advisory_lock_connection_dies_knows_it_lost_the_lock(postgres_url, monkeypatch) -> None:
+    monkeypatch.setattr(locks, "WATCH_SECONDS", 0.1)
+    state = StateDatabase(url=postgres_url).engine()
+    key = locks.advisory_key(locks.partner_lock_name("p-7"))
+    classid, objid = (key >> 32) & 0xFFFFFFFF, key & 0xFFFFFFFF
+
+    async def scenario():
+        async with locks.holding(state, locks.partner_lock_name("p-7"), "run-1") as held:
+            with state.connect() as conn:
+                pid = conn.execute(
+                    sa.text("SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND classid = :c AND objid = :o"),
+                    {"c": classid, "o": objid},
+                ).scalar_one()
+                conn.execute(sa.text("SELECT pg_terminate_backend(:p)"), {"p": pid})
+            for _ in range(200):
+                if held.lost:
+                    break
+                await asyncio.sleep(0.05)
+            return held.lost
+
+    assert asyncio.run(scenario())

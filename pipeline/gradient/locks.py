@@ -4,7 +4,8 @@
   runs out) on a stable 64-bit hash of the lock's name, on a dedicated connection (outside
   the engine's pool, at most ``MAX_ADVISORY_CONNECTIONS`` per process: further partners wait
   their turn asynchronously). The server releases the lock when that connection dies, so a
-  killed holder never blocks the next run.
+  killed holder never blocks the next run; a live holder whose connection died finds out
+  within ``WATCH_SECONDS`` and marks the lock ``lost``.
 * SQLite (and any other database): a lease row in ``push_leases``, taken with an atomic
   insert or a conditional update of an expired lease, renewed by a background thread while
   the holder works, deleted on release. A holder that died stops renewing and its lease is
@@ -43,6 +44,7 @@ LEASE_SECONDS = 60.0
 POLL_SECONDS = 0.2
 SERVICES_LOCK = "services"
 MAX_ADVISORY_CONNECTIONS = 8
+WATCH_SECONDS = 5.0
 _advisory_slots: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore] = (
     weakref.WeakKeyDictionary()
 )
@@ -89,6 +91,7 @@ class _AdvisoryLock:
     def __init__(self, engine: sa.Engine, name: str) -> None:
         self.name = name
         self.key = advisory_key(name)
+        self.held: HeldLock | None = None
         url = engine.url.render_as_string(hide_password=False)
         self.conn = _lock_engine(url).connect().execution_options(isolation_level="AUTOCOMMIT")
 
@@ -99,11 +102,28 @@ class _AdvisoryLock:
         return f"PostgreSQL advisory lock {self.key}"
 
     def start(self, held: HeldLock) -> None:
-        return None
+        """Watch the lock's connection: if it dies the server has released the lock."""
+        self.held = held
+        self.watcher = threading.Thread(target=self._watch, name=f"advisory-{self.name}", daemon=True)
+        self.watcher.start()
+
+    def _watch(self) -> None:
+        held = self.held
+        while not held._stop.wait(WATCH_SECONDS):
+            try:
+                self.conn.execute(sa.text("SELECT 1"))
+            except sa.exc.DBAPIError:
+                held.lost = True
+                return
 
     def release(self) -> None:
+        if self.held is not None:
+            self.held._stop.set()
+            self.watcher.join()
         try:
             self.conn.execute(sa.text("SELECT pg_advisory_unlock(:k)"), {"k": self.key})
+        except sa.exc.SQLAlchemyError:
+            pass  # the connection died: the server released the lock with it
         finally:
             self.close()
 
