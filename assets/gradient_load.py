@@ -199,6 +199,8 @@ def gradient_services(
             f"Gradient has {len(ids)} services named {name!r} (ids {', '.join(ids)}): counts for it "
             "are not pushed until the extra ones are deleted in Gradient"
         )
+    for sku, reason in synced.refused.items():
+        context.log.error(f"service {sku} not synced: {reason}")
     return dg.MaterializeResult(
         metadata={
             "services": len(services),

@@ -513,3 +513,22 @@ def test_a_holder_whose_advisory_lock_connection_dies_knows_it_lost_the_lock(pos
             return held.lost
 
     assert asyncio.run(scenario())
+
+
+def test_a_service_name_gradient_cannot_take_is_refused_and_the_others_go_on(emulator, admin, sqlite_url) -> None:
+    state = StateDatabase(url=sqlite_url).engine()
+    bad = ServiceDefinition("BAD", "Bad\x00name", "d", "security", "email security")
+    counts = month_counts(["p-001"], OCT, 2)
+    counts.loc[counts.sku == "PHISH", "sku"] = "BAD"
+
+    async def scenario():
+        async with GradientClient(emulator.base_url, VENDOR_KEY) as client:
+            synced = await sync_vendor_services(client, [target("p-001")], [SERVICES[0], bad], state, "run-1")
+            await sync_partner_accounts(client, target("p-001"), list(zip(counts.company_id, counts.company_name)), state, "run-1")
+            pushed = await push_partner_month(client, target("p-001"), OCT, counts, ledger.service_ids(state), state, "run-1")
+            return synced, pushed
+
+    synced, pushed = asyncio.run(scenario())
+    assert "U+0000" in synced.refused["BAD"] and "SERVICES_SQL" in synced.refused["BAD"]
+    assert set(services_named(admin)) == {SERVICES[0].name}
+    assert pushed.outcomes == {"delivered": 2, "failed": 2}

@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import date
 
 import pandas as pd
@@ -60,6 +60,8 @@ class ServiceSync:
     conflicts: dict[str, tuple[str, list[str]]]
     duplicates: dict[str, list[str]]
     created: int = 0
+    # services not synced because Gradient cannot take their name: sku -> reason
+    refused: dict[str, str] = field(default_factory=dict)
 
 
 def _retryable(exc: GradientError) -> bool:
@@ -133,15 +135,15 @@ async def sync_vendor_services(
     """Sync services under the vendor-wide services lock and store the result.
 
     Vendor-level calls need a partner's token; the first connected partner whose key Gradient
-    accepts is used. Refused names (``pipeline.gradient.ids``) raise before anything is sent.
+    accepts is used. A service whose name Gradient cannot take (``pipeline.gradient.ids``) is
+    not created (``refused``, with the reason); its counts then fail, the others go on.
     """
-    bad = {s.sku: p for s in services if (p := name_problem(s.name, "service name"))}
-    if bad:
-        raise GradientError(
-            "SERVICES_SQL returned service names Gradient cannot take: "
-            + "; ".join(f"{sku}: {reason}" for sku, reason in sorted(bad.items()))
-            + ". Fix the names in the product's services table (or SERVICES_SQL)."
-        )
+    refused = {
+        s.sku: f"SERVICES_SQL returned a name Gradient cannot take: {problem}; fix the service's name"
+        for s in services
+        if (problem := name_problem(s.name, "service name"))
+    }
+    services = [s for s in services if s.sku not in refused]
     async with locks.holding(state_db, locks.SERVICES_LOCK, run_id, wait_seconds=lock_wait_seconds):
         last_error: GradientError | None = None
         for target in targets:
@@ -155,7 +157,7 @@ async def sync_vendor_services(
             raise last_error
         ledger.save_service_conflicts(state_db, [s.sku for s in services], synced.conflicts)
         ledger.save_service_ids(state_db, synced.ids)
-    return synced
+    return replace(synced, refused=refused)
 
 
 # --------------------------------------------------------------------------- accounts
