@@ -24,7 +24,7 @@ from gradient_emulator import EmulatorAdmin, EmulatorServer
 from gradient_emulator.state import EmulatorState
 from pipeline.gradient import ledger
 from pipeline.resources import StateDatabase
-from tests.push_harness import SKUS, Job, month_counts, org, partner_key, worker_command
+from tests.push_harness import Job, month_counts, org, partner_key, worker_command
 
 FULL = os.environ.get("GBS_SOAK_FULL") == "1"
 PARTNERS, COMPANIES = (300, 84) if FULL else (20, 75)
