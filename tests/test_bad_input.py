@@ -143,7 +143,7 @@ CASES: dict[str, Case] = {
     "active_from_text": Case(_raw_span("next tuesday", None), SQLITE_ONLY_TEXT, ("active_from_invalid",)),
     "active_to_impossible_date": Case(_raw_span("2026-01-01 05:00:00", "2026-02-30 00:00:00"),
                                       SQLITE_ONLY_TEXT, ("active_to_invalid",)),
-    "user_id_blob": Case(_blob_user, {"sqlite": Q}, ("billable_invalid,id_padded,control_characters,value_unreadable",)),
+    "user_id_blob": Case(_blob_user, {"sqlite": Q}, ("billable_invalid,control_characters,value_unreadable",)),
     "contract_integer_ids": Case(lambda r: None, {"*": "contract"}, query=_integer_ids,
                                  fix="cast it to text in UTILIZATION_SQL"),
     "contract_missing_column": Case(lambda r: None, {"*": "contract"}, query=_no_billable,

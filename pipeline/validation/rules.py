@@ -40,8 +40,20 @@ def family(dialect_name: str) -> str:
     raise ValueError(f"unsupported product database dialect {dialect_name!r}: use PostgreSQL, MySQL/MariaDB or SQLite")
 
 
-def _present(column: str) -> str:
-    return f"({column} IS NOT NULL AND TRIM({column}) <> '')"
+def _first(column: str, dialect: str) -> str:
+    return f"substr({column}, 1, 1)" if family(dialect) == "sqlite" else f"LEFT({column}, 1)"
+
+
+def _last(column: str, dialect: str) -> str:
+    return f"substr({column}, -1)" if family(dialect) == "sqlite" else f"RIGHT({column}, 1)"
+
+
+def _present(column: str, dialect: str = "postgresql") -> str:
+    """Non-null text that is not blank; TRIM only when the value starts with a space."""
+    return (
+        f"({column} IS NOT NULL AND {column} <> ''"
+        f" AND ({_first(column, dialect)} <> ' ' OR TRIM({column}) <> ''))"
+    )
 
 
 def _length(column: str, dialect: str) -> str:
@@ -86,7 +98,7 @@ def _span_reversed(dialect: str) -> str:
 
 def _padded(dialect: str) -> str:
     return "(" + " OR ".join(
-        f"({_present(c)} AND {_length(c, dialect)} <> {_length(f'TRIM({c})', dialect)})" for c in IDS
+        f"(({_first(c, dialect)} = ' ' OR {_last(c, dialect)} = ' ') AND {_present(c, dialect)})" for c in IDS
     ) + ")"
 
 
@@ -95,10 +107,10 @@ def _control_characters(dialect: str) -> str:
     if kind == "sqlite":
         pattern = "'*[' || char(1) || '-' || char(31) || char(127) || ']*'"
         tests = [f"(instr(CAST({c} AS BLOB), x'00') > 0 OR {c} GLOB {pattern})" for c in KEY_COLUMNS]
-    elif kind == "postgresql":
-        tests = [f"{c} ~ '[\\x01-\\x1f\\x7f]'" for c in KEY_COLUMNS]
     else:
-        tests = [f"{c} REGEXP '[[:cntrl:]]'" for c in KEY_COLUMNS]
+        # one match per row over the row's text values joined (NULLs are skipped)
+        joined = f"CONCAT_WS('', {', '.join(KEY_COLUMNS)})"
+        tests = [f"{joined} ~ '[\\x01-\\x1f\\x7f]'" if kind == "postgresql" else f"{joined} REGEXP '[[:cntrl:]]'"]
     return "(" + " OR ".join(tests) + ")"
 
 
@@ -126,12 +138,12 @@ class Rule:
 
 
 RULES: tuple[Rule, ...] = (
-    Rule("partner_missing", lambda d: f"NOT {_present('partner_id')}"),
-    Rule("company_missing", lambda d: f"NOT {_present('company_id')}"),
-    Rule("company_name_missing", lambda d: f"NOT {_present('company_name')}"),
-    Rule("sku_missing", lambda d: f"NOT {_present('sku')}"),
-    Rule("sku_unknown", lambda d: f"({_present('sku')} AND {ident('sku', d)} NOT IN :known_skus)"),
-    Rule("user_missing", lambda d: f"NOT {_present('user_id')}"),
+    Rule("partner_missing", lambda d: f"NOT {_present('partner_id', d)}"),
+    Rule("company_missing", lambda d: f"NOT {_present('company_id', d)}"),
+    Rule("company_name_missing", lambda d: f"NOT {_present('company_name', d)}"),
+    Rule("sku_missing", lambda d: f"NOT {_present('sku', d)}"),
+    Rule("sku_unknown", lambda d: f"({ident('sku', d)} NOT IN :known_skus AND {_present('sku', d)})"),
+    Rule("user_missing", lambda d: f"NOT {_present('user_id', d)}"),
     Rule("billable_invalid", _billable_invalid),
     Rule("active_from_invalid", lambda d: _timestamp_invalid("active_from", d, nullable=False)),
     Rule("active_to_invalid", lambda d: _timestamp_invalid("active_to", d, nullable=True)),
