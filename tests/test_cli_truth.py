@@ -187,6 +187,7 @@ def test_a_failed_run_reports_its_cause_in_one_line_and_never_earlier_numbers_as
     first = invoke("run", "--month", "2026-10")
     assert first.exit_code == 0, first.output
     assert "Gradient p-001: delivered" in first.output
+    assert f"partner statements: {Path(env['STATEMENTS_DIR']) / '2026-10'}" in first.output
 
     monkeypatch.setenv("GRADIENT_BASE_URL", UNREACHABLE)
     failed = invoke("run", "--month", "2026-10")

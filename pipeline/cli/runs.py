@@ -83,7 +83,18 @@ def month_report(state: sa.Engine, run: MonthRun) -> str:
     from pipeline.store.months import load_month_computation
 
     if run.success:
-        return month_summary(state, run.month, run.run_id)
+        from pipeline.billing.statements import StatementSettings
+
+        from pipeline.settings import ConfigurationError
+
+        report = month_summary(state, run.month, run.run_id)
+        try:
+            statements = StatementSettings.from_env().month_dir(run.month)
+        except ConfigurationError:
+            return report  # the statements step itself failed then, and says why
+        if statements.is_dir():
+            report += f"\n  partner statements: {statements}"
+        return report
     lines = [f"{run.label}: FAILED (run {run.run_id})"]
     lines.extend(f"  cause: {cause}" for cause in run.causes)
     computation = load_month_computation(state, run.month)
