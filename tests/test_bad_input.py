@@ -295,3 +295,25 @@ def test_bad_input(name, product_url, product_engine, tmp_path):
             assert quarantine.empty, quarantine.reason_codes.tolist()
             shown = "refused by the database on write" if refused else "counted"
     print(f"\nBAD-INPUT | {name} | {dialect} | {shown}")
+
+
+def test_quarantine_and_counts_round_trip_through_a_postgresql_state_db(sqlite_url, postgres_url, tmp_path):
+    """The state DB is written in bulk (COPY on PostgreSQL): odd text survives it exactly."""
+    rows = ProductRows(sa.create_engine(sqlite_url))
+    _base(rows)
+    rows.company("c\\d", "p1", "Back\\slash \\N «quoted»")
+    rows.enroll("g1", "c\\d", "SAT", ALWAYS)
+    _new_user(rows, "a\tb")  # control character: quarantined with its values as they were
+    rows.company("cnul", "p1", "Acme\x00Ltd")
+    rows.enroll("g1", "cnul", "SAT", ALWAYS)
+    result = _materialize(sqlite_url, postgres_url, None, threshold=1.0)
+    assert result.success, _failure(result)
+    state = sa.create_engine(postgres_url)
+    month = date(2026, 3, 1)
+    stored = load_billable_counts(state, month)
+    assert as_dict(stored) == {**BASE, ("p1", "c\\d", "SAT"): 1}
+    assert stored.set_index("company_id").company_name["c\\d"] == "Back\\slash \\N «quoted»"
+    quarantine = load_quarantine(state, month).set_index("user_id")
+    assert quarantine.reason_codes.to_dict() == {"a\tb": "control_characters", "g1": "control_characters"}
+    assert quarantine.company_name["g1"] == "Acme\\x00Ltd"  # NUL shown escaped
+    state.dispose()

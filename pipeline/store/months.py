@@ -7,6 +7,7 @@ delete-then-insert in one transaction, so re-running a month is idempotent.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -25,8 +26,36 @@ from pipeline.store.schema import (
 )
 
 
+def _copy_text(value: object) -> str:
+    if value is None:
+        return "\\N"
+    text = value.isoformat() if isinstance(value, (date, datetime)) else str(value)
+    return (
+        text.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r")
+    )
+
+
+def bulk_insert(conn: sa.Connection, table: sa.Table, records: list[dict]) -> None:
+    """Insert many rows at once: COPY on PostgreSQL (psycopg2), one executemany elsewhere."""
+    if not records:
+        return
+    if conn.dialect.name != "postgresql" or conn.dialect.driver != "psycopg2":
+        conn.execute(table.insert(), records)
+        return
+    columns = [c.name for c in table.columns]
+    buffer = io.StringIO()
+    for record in records:
+        buffer.write("\t".join(_copy_text(record.get(c)) for c in columns) + "\n")
+    buffer.seek(0)
+    cursor = conn.connection.driver_connection.cursor()
+    try:
+        cursor.copy_expert(f"COPY {table.name} ({', '.join(columns)}) FROM STDIN", buffer)
+    finally:
+        cursor.close()
+
+
 class QuarantineWriter:
-    """Replaces a month's quarantine chunk by chunk inside one transaction."""
+    """Replaces a month's quarantine chunk by chunk inside one transaction (in bulk)."""
 
     def __init__(self, conn: sa.Connection, month: date, run_id: str) -> None:
         self.conn = conn
@@ -44,7 +73,7 @@ class QuarantineWriter:
              "month": self.month, "run_id": self.run_id, "quarantined_at": now}
             for row in frame.to_dict("records")
         ]
-        self.conn.execute(quarantined_rows.insert(), records)
+        bulk_insert(self.conn, quarantined_rows, records)
         self.written += len(records)
 
 
@@ -111,8 +140,7 @@ def replace_billable_counts(
     )
     with engine.begin() as conn:
         conn.execute(sa.delete(billable_counts).where(billable_counts.c.month == month))
-        for i in range(0, len(records), 10_000):
-            conn.execute(billable_counts.insert(), records[i : i + 10_000])
+        bulk_insert(conn, billable_counts, records)
         conn.execute(sa.delete(month_computations).where(month_computations.c.month == month))
         conn.execute(month_computations.insert(), [computation.__dict__])
     return computation
