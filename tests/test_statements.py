@@ -163,6 +163,8 @@ def test_statement_totals_equal_the_ledger_and_what_gradient_shows(world):
         assert set(frame.gradient_outcome) <= {"delivered", "unmapped"}
         assert {"company_name", "service", "previous_month_users", "change"} <= set(frame.columns)
     assert (world.csv("p-003", OCT).gradient_outcome == "unmapped").any()
+    # September was never counted: no previous value, no change (not "+N against nothing")
+    assert world.csv("p-001", OCT)[["previous_month_users", "change"]].isna().all().all()
     metadata = statement_metadata(result)
     assert isinstance(metadata["p-001_html"], dg.PathMetadataValue)
     assert metadata["p-001_html"].path.endswith("p-001-2026-10.html")
@@ -187,6 +189,15 @@ def test_a_superseded_month_still_gets_its_statement(world):
         assert "was not pushed to Gradient" in world.html(partner_id, SEP)
         assert "2026-10" in world.html(partner_id, SEP)
     assert "p-001" in statement_metadata(result)["superseded_partners"].text
+
+    # with September counted, October's statement shows the change against it
+    assert world.run(OCT, [partner_statements]).success
+    before = {(r.company_id, r.sku): int(r.billable_users)
+              for r in counts[counts.partner_id == "p-001"].itertuples(index=False)}
+    october = world.csv("p-001", OCT)
+    for row in october.itertuples(index=False):
+        previous = before.get((row.company_id, row.sku), 0)
+        assert (row.previous_month_users, row.change) == (previous, row.billable_users - previous)
 
 
 def test_statement_is_made_for_a_month_whose_push_failed(world):

@@ -24,7 +24,7 @@ from pipeline.gradient import ledger
 from pipeline.mail import DEFAULT_SENDER, SmtpTarget, build_message, parse_smtp_url, send
 from pipeline.settings import ConfigurationError
 from pipeline.source.utilization import SourceQuery
-from pipeline.store.months import load_billable_counts
+from pipeline.store.months import load_billable_counts, load_month_computation
 from pipeline.store.schema import ledger_entries
 
 NOT_SENT = "not sent"
@@ -150,8 +150,12 @@ def partner_statements(state: sa.Engine, month: date) -> list[Statement]:
     frame = frame[frame["billable_users"].notna() | frame["gradient_outcome"].notna()
                   | (frame["previous_month_users"].fillna(0) > 0)]
     frame["billable_users"] = frame["billable_users"].fillna(0).astype(int)
+    if load_month_computation(state, add_months(month, -1)) is not None:
+        # last month was counted: a pair it did not have had 0 users then
+        frame["previous_month_users"] = frame["previous_month_users"].fillna(0)
+    # else last month was never counted: no previous value and no change to show
     frame["previous_month_users"] = frame["previous_month_users"].astype("Int64")
-    frame["change"] = frame["billable_users"] - frame["previous_month_users"].fillna(0).astype(int)
+    frame["change"] = frame["billable_users"].astype("Int64") - frame["previous_month_users"]
     frame["gradient_outcome"] = frame["gradient_outcome"].fillna(NOT_SENT)
     frame["sent_value"] = frame["sent_value"].astype("Int64")
     frame["http_status"] = frame["http_status"].astype("Int64")
@@ -203,8 +207,10 @@ def _cell(value: object) -> str:
     return html.escape(str(value))
 
 
-def _signed(value: int) -> str:
-    return f"+{value}" if value > 0 else str(value)
+def _signed(value: object) -> str:
+    if value is None or pd.isna(value):
+        return ""
+    return f"+{int(value)}" if int(value) > 0 else str(int(value))
 
 
 STYLE = """
@@ -258,7 +264,7 @@ def render_html(statement: Statement, generated_at: datetime) -> str:
             parts.append(
                 f"<tr><td>{_cell(row.service)}</td><td class=\"n\">{row.billable_users}</td>"
                 f"<td class=\"n\">{_cell(row.previous_month_users)}</td>"
-                f"<td class=\"n\">{_signed(int(row.change))}</td><td class=\"n\">{_cell(row.sent_value)}</td>"
+                f"<td class=\"n\">{_signed(row.change)}</td><td class=\"n\">{_cell(row.sent_value)}</td>"
                 f"<td class=\"{html.escape(outcome.replace(' ', '-'))}\">{html.escape(outcome)}</td>"
                 f"<td>{html.escape(_timestamp_text(row.recorded_at))}</td></tr>"
             )
