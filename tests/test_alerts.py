@@ -248,6 +248,10 @@ def test_a_plain_smtp_url_is_refused_for_alerts(monkeypatch):
     with pytest.raises(alerts.ConfigurationError) as refused:
         alerts.AlertSettings.from_env()
     assert "TLS" in str(refused.value) and SMTP_PASSWORD not in str(refused.value)
+    monkeypatch.setenv("ALERT_SMTP_URL", "smtps://127.0.0.1:465")
+    with pytest.raises(alerts.ConfigurationError) as refused:
+        alerts.AlertSettings.from_env()
+    assert "user and a password" in str(refused.value)
 
 
 def test_a_failed_run_reaches_a_person_by_email_and_webhook(world, smtps, hook, monkeypatch):

@@ -48,6 +48,11 @@ class AlertSettings:
                 "ALERT_SMTP_URL must use TLS for Dagster's e-mail sensor: smtps://user:password@host:465 "
                 "or smtp://user:password@host:587?starttls=true."
             )
+        if smtp is not None and not (smtp.user and smtp.password):
+            raise ConfigurationError(
+                "ALERT_SMTP_URL needs a user and a password (Dagster's e-mail sensor always logs in): "
+                "smtps://user:password@host:465."
+            )
         to = [a.strip() for a in (os.environ.get("ALERT_EMAIL_TO") or "").split(",") if a.strip()]
         if smtp is not None and not to:
             raise ConfigurationError("ALERT_SMTP_URL is set but ALERT_EMAIL_TO is empty; give comma-separated addresses.")
