@@ -14,7 +14,7 @@ import dagster as dg
 import pandas as pd
 
 from assets.metadata_values import table_value
-from pipeline.automation.jobs import TAG_OUTCOME
+from pipeline.automation.jobs import ALL_PARTNERS, MANUAL, TAG_OUTCOME, TAG_PARTNER, TAG_TRIGGER
 from pipeline.gradient import ledger
 from pipeline.gradient.known_accounts import AccountChanges
 
@@ -23,6 +23,7 @@ SUPERSEDED_CHECK = "month_not_superseded"
 UNMAPPED_CHECK = "every_pair_mapped"
 FAILED_CHECK = "no_failed_pairs"
 LISTED = 50
+BACKFILL_TAG = "dagster/backfill"
 
 PUSH_CHECK_SPECS = [
     dg.AssetCheckSpec(
@@ -189,8 +190,17 @@ PARTNER_DESCRIPTIONS = {
 
 
 def tag_outcome(context: dg.AssetExecutionContext, outcome: str) -> None:
-    """The month's outcome as a run tag (``gbs/outcome``), so runs can be filtered by it."""
-    context.instance.add_run_tags(context.run_id, {TAG_OUTCOME: outcome})
+    """The month's outcome as a run tag (``gbs/outcome``), so runs can be filtered by it.
+
+    Runs that did not come through a job with its default tags (an asset backfill or a
+    materialization launched from the asset graph) also get ``gbs/trigger`` (``backfill`` or
+    ``manual``) and ``gbs/partner``."""
+    tags = {TAG_OUTCOME: outcome}
+    if TAG_TRIGGER not in context.run.tags:
+        tags[TAG_TRIGGER] = "backfill" if BACKFILL_TAG in context.run.tags else MANUAL
+    if TAG_PARTNER not in context.run.tags:
+        tags[TAG_PARTNER] = ALL_PARTNERS
+    context.instance.add_run_tags(context.run_id, tags)
 
 
 def names_of(counts: pd.DataFrame, companies: Sequence[tuple[str, str, str]] = ()) -> dict[tuple[str, str], str]:

@@ -19,7 +19,7 @@ from assets import month_end as me
 from assets import push_signals as ps
 from gradient_emulator import EmulatorAdmin, EmulatorServer
 from pipeline import partitions
-from pipeline.automation.jobs import TAG_OUTCOME, TAG_TRIGGER, load_run_config, monthly_billing_job, run_tags
+from pipeline.automation.jobs import TAG_OUTCOME, TAG_TRIGGER, monthly_billing_job, run_tags
 from pipeline.demo.data import DemoSpec, load_demo_data
 from pipeline.demo.run import register_demo_partners
 from pipeline.gradient import ledger
@@ -240,7 +240,6 @@ def test_runs_from_the_ui_carry_gbs_tags_and_the_launchpad_is_prefilled(billing)
     job = billing.defs.resolve_job_def("monthly_billing")
     assert job.run_tags[TAG_TRIGGER] == "manual"
     prefilled = job.partitioned_config.get_run_config_for_partition_key(OCT_KEY)
-    assert prefilled == load_run_config("monthly_billing")
     for op in ("gradient_accounts", "gradient_unit_counts"):
         assert prefilled["ops"][op]["config"] == {"partner_ids": [], "force_superseded": False, "preview": False}
     assert prefilled["ops"]["gradient_services"]["config"] == {"preview": False}
@@ -251,6 +250,13 @@ def test_runs_from_the_ui_carry_gbs_tags_and_the_launchpad_is_prefilled(billing)
     assert billing.tags(manual)[TAG_TRIGGER] == "manual"
     scheduled = billing.run(OCT_KEY, tags=run_tags("schedule"))
     assert billing.tags(scheduled)[TAG_TRIGGER] == "schedule"
+
+
+def test_a_materialization_launched_from_the_asset_graph_is_tagged_too(billing):
+    result = dg.materialize(ASSETS, partition_key=OCT_KEY, resources=billing.resources(), instance=billing.instance)
+    assert result.success
+    tags = billing.tags(result)
+    assert (tags[TAG_TRIGGER], tags["gbs/partner"], tags[TAG_OUTCOME]) == ("manual", "all", "delivered")
 
 
 def test_the_first_partition_is_configurable_and_defaults_to_a_year_back(monkeypatch):

@@ -68,8 +68,8 @@ def test_tick_on_november_first_bills_october():
     # Dagster tags the run with the partition and the schedule
     assert request.tags["dagster/partition"] == "2026-10-01"
     assert request.tags["dagster/schedule_name"] == "monthly_billing_schedule"
-    # no partner filter: every connected partner is billed
-    assert not request.run_config
+    # no partner filter: every connected partner is billed (the job's default config)
+    assert not any(op["config"].get("partner_ids") for op in request.run_config.get("ops", {}).values())
 
 
 def test_direct_invocation_matches_evaluated_tick():

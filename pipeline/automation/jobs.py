@@ -25,14 +25,21 @@ def load_run_config(
     job_name: str, partner_ids: Sequence[str] = (), force: bool = False, preview: bool = False
 ) -> dict:
     """Run config choosing partners (empty = all connected) for the load assets of a job;
-    ``force`` pushes a month older than the newest delivered one; ``preview`` sends nothing."""
+    ``force`` pushes a month older than the newest delivered one; ``preview`` sends nothing
+    (``gradient_services`` is configured only then: it takes nothing else)."""
     load = {"partner_ids": list(partner_ids), "force_superseded": force, "preview": preview}
-    ops = ACCOUNT_SYNC_OPS if job_name == "account_sync" else LOAD_OPS
-    return {
-        "ops": {
-            op: {"config": {"preview": preview} if op == "gradient_services" else load} for op in ops
-        }
-    }
+    ops = [op for op in (ACCOUNT_SYNC_OPS if job_name == "account_sync" else LOAD_OPS) if op != "gradient_services"]
+    config = {"ops": {op: {"config": load} for op in ops}}
+    if preview:
+        config["ops"]["gradient_services"] = {"config": {"preview": True}}
+    return config
+
+
+def launchpad_config(job_name: str) -> dict:
+    """A job's default run config: every load option, so the UI's launchpad shows them."""
+    config = load_run_config(job_name)
+    config["ops"]["gradient_services"] = {"config": {"preview": False}}
+    return config
 
 
 def run_tags(trigger: str, partner_id: str | None = None, reason: str | None = None) -> dict[str, str]:
@@ -49,7 +56,7 @@ monthly_billing_job = dg.define_asset_job(
     selection=dg.AssetSelection.groups(MONTH_END, GRADIENT_LOAD),
     partitions_def=monthly_partitions,
     description="Extract, validate and count one billing month, then load it into Gradient.",
-    config=load_run_config("monthly_billing"),
+    config=launchpad_config("monthly_billing"),
     run_tags=run_tags(MANUAL),
     # One process for all steps: a step's process start costs more than its work, and
     # billable_counts takes the counts validation's pass left in this process.
@@ -61,7 +68,7 @@ gradient_load_job = dg.define_asset_job(
     selection=dg.AssetSelection.groups(GRADIENT_LOAD),
     partitions_def=monthly_partitions,
     description="Load a month's stored billable counts into Gradient (services, accounts, counts).",
-    config=load_run_config("gradient_load"),
+    config=launchpad_config("gradient_load"),
     run_tags=run_tags(MANUAL),
 )
 
@@ -70,6 +77,6 @@ account_sync_job = dg.define_asset_job(
     selection=dg.AssetSelection.assets("gradient_services", "gradient_accounts"),
     partitions_def=monthly_partitions,
     description="Keep partners' Gradient accounts in step with their companies.",
-    config=load_run_config("account_sync"),
+    config=launchpad_config("account_sync"),
     run_tags=run_tags(MANUAL),
 )
