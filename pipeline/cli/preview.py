@@ -3,10 +3,32 @@
 from __future__ import annotations
 
 import sys
+from datetime import date
 
 import click
 
 MONTH_END_ASSETS = ("utilization_extract", "validated_utilization", "billable_counts")
+QUIET_RUN_CONFIG = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
+
+
+def billing_month(value: str):
+    """The ``--month`` value (YYYY-MM) as a billing month, or a usage error."""
+    from pipeline import settings
+    from pipeline.billing.month import BillingMonth
+
+    try:
+        return BillingMonth(date.fromisoformat(value[:7] + "-01"), settings.billing_timezone())
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not a month; use YYYY-MM, e.g. 2026-10") from None
+
+
+def cli_instance():
+    """The instance the other commands run on: DAGSTER_HOME's, else the repository's."""
+    from pipeline import settings
+    from pipeline.cli.instance import cli_instance as instance_in
+    from pipeline.cli.runs import instance_home
+
+    return instance_in() if settings.load_settings().dagster_home else instance_in(instance_home())
 
 
 def compute_month(month_key: str) -> tuple[bool, str]:
@@ -14,17 +36,17 @@ def compute_month(month_key: str) -> tuple[bool, str]:
     import dagster as dg
 
     from pipeline.automation.jobs import run_tags
-    from pipeline.cli.main import QUIET_RUN_CONFIG, _instance
+    from pipeline.cli.instance import process_tags
     from pipeline.definitions import build_defs
 
     job = build_defs().resolve_job_def("monthly_billing")
-    with _instance() as instance:
+    with cli_instance() as instance:
         result = job.execute_in_process(
             partition_key=month_key,
             instance=instance,
             raise_on_error=False,
             run_config=QUIET_RUN_CONFIG,
-            tags=run_tags("preview", reason=f"preview of {month_key[:7]}"),
+            tags={**run_tags("preview", reason=f"preview of {month_key[:7]}"), **process_tags()},
             asset_selection=[dg.AssetKey(name) for name in MONTH_END_ASSETS],
         )
     return result.success, result.run_id
@@ -41,19 +63,16 @@ def preview(month, partner_ids, force_superseded, max_counts) -> None:
     """Compute the month (extract, validate, count) and show per partner the accounts a run
     would create and rename, the counts it would send and how each differs from what Gradient
     holds per the ledger, what is superseded and what was unmapped. Sends nothing to Gradient."""
-    from pipeline import settings
-    from pipeline.billing.month import BillingMonth
-    from pipeline.cli.main import _parse_month
     from pipeline.gradient.preview import preview_month, render
     from pipeline.resources import default_resources
     from pipeline.source.partners import load_companies, load_connections
     from pipeline.store.months import load_billable_counts
 
-    billing_month = BillingMonth(_parse_month(month), settings.billing_timezone())
-    ok, run_id = compute_month(billing_month.key)
+    month = billing_month(month)
+    ok, run_id = compute_month(month.key)
     if not ok:
         raise click.ClickException(
-            f"{billing_month.label} could not be computed (run {run_id}); see its logs in `dagster dev`"
+            f"{month.label} could not be computed (run {run_id}); see its logs in `dagster dev`"
         )
     resources = default_resources(env_vars=False)
     product, sources, state = resources["product_db"], resources["partner_sources"], resources["state_db"]
@@ -69,11 +88,11 @@ def preview(month, partner_ids, force_superseded, max_counts) -> None:
     engine = state.engine()
     previews = preview_month(
         engine,
-        billing_month.month,
-        load_billable_counts(engine, billing_month.month),
+        month.month,
+        load_billable_counts(engine, month.month),
         companies,
         list(partner_ids) or sorted(connected),
         force=force_superseded,
     )
-    click.echo("\n".join(render(previews, billing_month.month, max_counts)))
+    click.echo("\n".join(render(previews, month.month, max_counts)))
     sys.exit(0)
