@@ -17,15 +17,14 @@ from urllib.parse import urlsplit
 import dagster as dg
 import httpx
 
-from pipeline.automation.jobs import gradient_load_job, monthly_billing_job
+from pipeline.automation.jobs import TAG_OUTCOME, gradient_load_job, monthly_billing_job
 from pipeline.automation.sensors import default_sensor_status
 from pipeline.gradient import ledger
 from pipeline.mail import DEFAULT_SENDER, MailError, SmtpTarget, build_message, parse_smtp_url, send
 from pipeline.resources import StateDatabase
 from pipeline.settings import ConfigurationError
 
-# The run tag the Gradient load sets with the month's outcome (pipeline.automation.jobs).
-OUTCOME_TAG = "gbs/outcome"
+OUTCOME_TAG = TAG_OUTCOME  # set by the Gradient load with the month's outcome
 PARTITION_TAG = "dagster/partition"
 DELIVERED, PARTIAL, SUPERSEDED, FAILED = "delivered", "partial", "superseded", "failed"
 WARN_OUTCOMES = (PARTIAL, SUPERSEDED)
