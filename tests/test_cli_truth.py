@@ -310,3 +310,14 @@ def test_each_month_is_reported_as_it_finishes_and_its_run_is_in_the_instance(en
         october = instance.get_run_record_by_id(by_month["2026-10-01"].run_id)
     # September's report was on stdout before October's run had even finished
     assert arrivals["2026-09"].timestamp() < october.end_time
+
+
+def test_an_unreachable_database_is_one_line_naming_the_setting(env, monkeypatch):
+    monkeypatch.setenv("PRODUCT_DB_URL", "postgresql+psycopg2://billing:pw-9f2c@127.0.0.1:1/product")
+    result = CliRunner().invoke(main, ["status"])
+    assert result.exit_code == 1
+    (line,) = result.output.strip().splitlines()
+    assert "unreachable" in line and "PRODUCT_DB_URL" in line and "--verbose" in line
+    assert "pw-9f2c" not in result.output
+    verbose = CliRunner().invoke(main, ["--verbose", "status"])
+    assert verbose.exit_code == 1 and verbose.exception is not None  # the trace is not swallowed
