@@ -125,11 +125,13 @@ def sqlite_url(tmp_path) -> str:
     return f"sqlite:///{tmp_path / f'db-{uuid.uuid4().hex[:8]}.db'}"
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
+@pytest.fixture(params=["sqlite", "postgresql", "mariadb"])
 def product_url(request, tmp_path) -> Iterator[str]:
-    """A fresh product database, once on SQLite and once on PostgreSQL."""
+    """A fresh product database, once on SQLite, once on PostgreSQL and once on MariaDB."""
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path / 'product.db'}"
+    elif request.param == "mariadb":
+        yield request.getfixturevalue("mariadb_url")
     else:
         yield request.getfixturevalue("postgres_url")
 

@@ -199,6 +199,34 @@ def test_database_overlap_matches_oracle_with_an_unfiltered_query_on_postgresql(
     check(product, state_engine, ProductRows(product), scenario, unfiltered=True)
 
 
+@settings(
+    max_examples=15,
+    deadline=None,
+    derandomize=True,
+    print_blob=True,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+@given(scenario=scenarios())
+def test_pipeline_matches_oracle_on_mariadb(mariadb_url, state_engine, scenario):
+    product = _pg_engine(mariadb_url)
+    check(product, state_engine, ProductRows(product), scenario)
+
+
+@settings(
+    max_examples=15,
+    deadline=None,
+    derandomize=True,
+    print_blob=True,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+@given(scenario=scenarios())
+def test_database_overlap_matches_oracle_with_an_unfiltered_query_on_mariadb(
+    mariadb_url, state_engine, scenario
+):
+    product = _pg_engine(mariadb_url)
+    check(product, state_engine, ProductRows(product), scenario, unfiltered=True)
+
+
 _pg_engines: dict[str, sa.Engine] = {}
 
 

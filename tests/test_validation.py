@@ -541,7 +541,8 @@ def test_vendor_query_file_over_another_schema_works(product_engine, state_engin
         sa.Column("seat_from", ps.Timestamp), sa.Column("seat_until", ps.Timestamp),
         sa.Column("is_paid", sa.Boolean),
     )
-    catalog = sa.Table("catalog", meta, sa.Column("code", sa.Text, primary_key=True), sa.Column("title", sa.Text))
+    code = sa.Text().with_variant(sa.String(64), "mysql", "mariadb")  # MySQL keys need a length
+    catalog = sa.Table("catalog", meta, sa.Column("code", code, primary_key=True), sa.Column("title", sa.Text))
     meta.create_all(product_engine)
     ts = lambda v: ps.to_db_timestamp(v, dialect)  # noqa: E731
 
@@ -562,7 +563,8 @@ def test_vendor_query_file_over_another_schema_works(product_engine, state_engin
             seat("m2", "t3", "MAIL", "erin", at(2026, 3, 20), at(2026, 3, 10)),  # reversed
         ])
     utilization_path = tmp_path / "vendor_utilization.sql"
-    utilization_path.write_text(VENDOR_SQL[dialect], encoding="utf-8")
+    # the PostgreSQL text is plain SQL MySQL/MariaDB run as it is (DATETIME in UTC)
+    utilization_path.write_text(VENDOR_SQL.get(dialect, VENDOR_SQL["postgresql"]), encoding="utf-8")
     services_path = tmp_path / "vendor_services.sql"
     services_path.write_text(VENDOR_SERVICES_SQL, encoding="utf-8")
     monkeypatch.setenv("UTILIZATION_SQL", str(utilization_path))
