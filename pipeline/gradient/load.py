@@ -1,7 +1,7 @@
 """Loading a month into Gradient: services, accounts and unit counts, with the ledger.
 
 Plain async functions over a ``PartnerSession`` (one partner's token) and the state DB; the
-Dagster assets in ``assets/gradient_load.py`` call them. The rules (``../shared/design.md``):
+Dagster assets in ``assets/gradient_load.py`` call them. The rules:
 
 * a partner's counts only ever travel with its own token; a 401 puts that partner in error
   and the others go on;
