@@ -10,7 +10,12 @@ Dagster assets in ``assets/gradient_load.py`` call them. The rules:
 * ``no_build=true`` on every call of a partner's batch but the last;
 * a month older than the newest month delivered to the partner is recorded as superseded,
   not pushed, unless forced (Gradient has no month: a push overwrites);
-* a re-run sends only what is not already delivered with the same value.
+* a re-run sends only what is not already delivered with the same value;
+* one push per partner at a time, whoever starts it (``pipeline.gradient.locks``): the
+  superseded guard and the plan are decided inside the lock; services are synced under a
+  vendor-wide lock and never created twice under one name;
+* ids and names Gradient cannot take are refused with a reason (``pipeline.gradient.ids``);
+* the ledger is written every 100 answers or every second (the crash window).
 """
 
 from __future__ import annotations
