@@ -1,8 +1,8 @@
 """The Dagster UI as an operator sees it, in a real browser: after October was pushed and
 September then found superseded, ``dagster-webserver`` serves that instance and headless
 Chromium (Debian's /usr/bin/chromium driven by Playwright) opens the asset graph and
-``gradient_unit_counts``' latest materialization. The per-partner table and the failing WARN
-check for the superseded month must render. Screenshots: ``var/test-artifacts/ui/``.
+``gradient_unit_counts``' latest materialization. The per-partner table, the failing WARN
+check for the superseded month and the month's ledger must render. Screenshots: ``var/test-artifacts/ui/``.
 
 Chromium comes from the system (``apt-get install chromium``; ``.ci/run`` installs it when
 missing); Playwright's own browser download is never used. Under ``CI=true`` a browser that
@@ -144,18 +144,27 @@ def webserver(superseded_instance):
 
 
 @pytest.fixture
-def browser():
+def chromium() -> str:
+    """Chromium and Playwright are there (checked before the slow setup)."""
     if not (Path(CHROMIUM).exists() or shutil.which(CHROMIUM)):
         unavailable(f"no Chromium at {CHROMIUM} (apt-get install chromium)")
     try:
-        from playwright.sync_api import sync_playwright
+        import playwright.sync_api  # noqa: F401
     except ImportError:
         unavailable("the playwright package is not installed (pip install -e '.[dev]')")
+    return CHROMIUM
+
+
+@pytest.fixture
+def browser(chromium, webserver):
+    """Launched after the runs: Playwright's sync API keeps an event loop on this thread."""
+    from playwright.sync_api import sync_playwright
+
     with sync_playwright() as playwright:
         try:
-            instance = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+            instance = playwright.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
         except Exception as exc:  # noqa: BLE001 - any launch failure means "cannot run"
-            unavailable(f"Chromium at {CHROMIUM} cannot start: {str(exc).splitlines()[0]}")
+            unavailable(f"Chromium at {chromium} cannot start: {str(exc).splitlines()[0]}")
         try:
             yield instance
         finally:
@@ -178,7 +187,7 @@ def see(page, text: str, name: str, exact: bool = True) -> None:
         raise
 
 
-def test_the_ui_shows_the_per_partner_table_and_the_superseded_warning(browser, webserver):
+def test_the_ui_shows_the_per_partner_table_and_the_superseded_warning(chromium, webserver, browser):
     page = browser.new_page(viewport={"width": 1600, "height": 1100})
     page.set_default_timeout(UI_TIMEOUT_MS)
 
@@ -214,3 +223,10 @@ def test_the_ui_shows_the_per_partner_table_and_the_superseded_warning(browser, 
     latest = page.inner_text("body").split("Evaluation result")[1]
     assert latest.split()[0] == "Failed"
     shot(page, "3-superseded-check")
+
+    # the ledger of September: what was recorded for each pair, and the totals per outcome
+    page.goto(f"{webserver}/assets/gradient_ledger?view=events&partition=2026-09-01")
+    for text in ("entries", "totals", "http_status", "recorded_at"):
+        see(page, text, "ledger")
+    assert "superseded" in page.inner_text("body")
+    shot(page, "4-ledger")
