@@ -379,6 +379,7 @@ def gradient_unit_counts(
     outcome = ledger.month_outcome(partners.status)
     push_signals.tag_outcome(context, outcome)
     metadata = push_signals.push_metadata(month.label, partners, totals, stats, outcome)
+    metadata["gradient"] = dg.MetadataValue.url(gradient.base_url)
     checks = push_signals.push_check_results(
         month.month,
         partners,

@@ -155,6 +155,7 @@ def test_a_superseded_month_fails_its_warn_check_and_says_how_to_force(billing):
     for name in ("delivered", "unmapped", "failed", "superseded", "requests_sent", "retries"):
         assert isinstance(meta[name], IntMetadataValue), name
     assert meta["superseded"].value == superseded and meta["delivered"].value == 0
+    assert meta["gradient"] == dg.MetadataValue.url(billing.emulator.base_url)
 
 
 def test_unmapped_pairs_are_listed_by_partner_account_and_name(billing):
