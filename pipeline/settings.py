@@ -189,8 +189,8 @@ class Settings(BaseSettings):
     )
     dagster_home: str | None = _setting(
         None,
-        "Dagster's own instance directory; when set, the CLI runs on that instance instead of "
-        "the embedded one under the data dir.",
+        "Dagster's own instance directory (absolute); when set, the CLI runs on that instance "
+        "instead of the repository's embedded one (var/dagster).",
         "/opt/dagster/home",
     )
 
@@ -319,11 +319,10 @@ class Settings(BaseSettings):
         if value is None:
             return None
         path = Path(str(value))
-        if not path.is_absolute() or not path.is_dir():
+        if not path.is_absolute() or path.is_file():
             raise ValueError(
-                f"DAGSTER_HOME={str(value)!r} is not an existing directory given by its absolute "
-                "path; create it and give it such as /opt/dagster/home, or unset it for the "
-                "embedded instance."
+                f"DAGSTER_HOME={str(value)!r} is not a directory given by its absolute path; give "
+                "one such as /opt/dagster/home, or unset it for the embedded instance."
             )
         return str(path)
 

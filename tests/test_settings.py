@@ -135,7 +135,7 @@ BAD_CONFIGURATION = [
     ("GBS_SENSORS_DEFAULT_STATUS", "paused", "stopped"),
     ("FIRST_BILLING_MONTH", "last year", "YYYY-MM"),
     ("DAGSTER_HOME", "relative/home", "absolute"),
-    ("DAGSTER_HOME", "/nonexistent/dagster/home", "existing directory"),
+    ("DAGSTER_HOME", __file__, "not a directory"),
 ]
 
 

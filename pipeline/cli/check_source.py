@@ -9,7 +9,6 @@ state database is never touched.
 
 from __future__ import annotations
 
-import os
 import tempfile
 from collections.abc import Callable
 
@@ -59,8 +58,8 @@ def check_source(month: str, sample: int) -> None:
     with product.connect() as conn:
         for name, setting, load in (
             ("services", "SERVICES_SQL", lambda: load_services(conn, product.services_sql)),
-            ("connections", "CONNECTIONS_SQL", lambda: load_connections(conn, os.environ.get("CONNECTIONS_SQL") or None)),
-            ("companies", "COMPANIES_SQL", lambda: load_companies(conn, os.environ.get("COMPANIES_SQL") or None)),
+            ("connections", "CONNECTIONS_SQL", lambda: load_connections(conn, settings.load_settings().connections_sql)),
+            ("companies", "COMPANIES_SQL", lambda: load_companies(conn, settings.load_settings().companies_sql)),
         ):
             problem = _check(name, setting, load)
             if problem:

@@ -11,28 +11,28 @@
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
 
 import sqlalchemy as sa
 
-from pipeline.settings import REPO_ROOT
+from pipeline.settings import REPO_ROOT, load_settings
 
 SHOWN_CAUSE_CHARS = 400
 
 
 def instance_home() -> Path:
     """The Dagster instance directory the CLI runs on (see the module's rule)."""
-    home = os.environ.get("DAGSTER_HOME")
+    home = load_settings().dagster_home
     return Path(home) if home else REPO_ROOT / "var" / "dagster"
 
 
 def where_runs_are() -> str:
     """How to see the CLI's runs in the UI, true for the instance in use."""
-    if os.environ.get("DAGSTER_HOME"):
-        return f"`dagster dev` (or the webserver) with DAGSTER_HOME={os.environ['DAGSTER_HOME']}"
+    home = load_settings().dagster_home
+    if home:
+        return f"`dagster dev` (or the webserver) with DAGSTER_HOME={home}"
     return f"`dagster dev` started in {REPO_ROOT} (instance {instance_home()})"
 
 
@@ -243,7 +243,7 @@ def product_database():
     return ProductDatabase(
         url=settings.product_db_url(),
         utilization_sql=settings.utilization_sql_path(),
-        services_sql=os.environ.get("SERVICES_SQL") or None,
+        services_sql=settings.load_settings().services_sql,
     )
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from datetime import date
 
@@ -11,6 +10,7 @@ import pandas as pd
 import sqlalchemy as sa
 
 from pipeline.gradient import ledger
+from pipeline.settings import load_settings
 from pipeline.store.schema import billable_counts, ledger_entries
 
 
@@ -83,7 +83,7 @@ def status(partner_id: str | None) -> None:
 
     state = state_engine()
     with product_database().connect() as conn:
-        rows = partner_statuses(conn, state, os.environ.get("CONNECTIONS_SQL") or None)
+        rows = partner_statuses(conn, state, load_settings().connections_sql)
     if partner_id is not None:
         rows = [r for r in rows if r.partner_id == partner_id]
         if not rows:
