@@ -137,8 +137,7 @@ def test_two_processes_pushing_the_same_month_never_interleave(tmp_path, emulato
 
 
 @pytest.mark.parametrize("first", [OCT, SEP], ids=["october-first", "september-first"])
-def test_an_older_month_never_overwrites_a_newer_one(tmp_path, emulator, admin, sqlite_url, first) -> None:
-    state_url = sqlite_url
+def test_an_older_month_never_overwrites_a_newer_one(tmp_path, emulator, admin, state_url, first) -> None:
     slow_gradient(admin, latency_ms=100)
     second = SEP if first == OCT else OCT
     go1, go2 = tmp_path / "go1", tmp_path / "go2"
