@@ -317,3 +317,37 @@ def test_quarantine_and_counts_round_trip_through_a_postgresql_state_db(sqlite_u
     assert quarantine.reason_codes.to_dict() == {"a\tb": "control_characters", "g1": "control_characters"}
     assert quarantine.company_name["g1"] == "Acme\\x00Ltd"  # NUL shown escaped
     state.dispose()
+
+
+def test_billable_counts_takes_its_runs_pass_and_recounts_apart_from_it(product_url, product_engine, tmp_path):
+    """In one run billable_counts stores the counts validation's pass produced; materialized
+    in another run it counts again with the same rules (here after late data: it refuses)."""
+    from assets import month_end
+
+    rows = ProductRows(product_engine)
+    _base(rows)
+    rows.enroll(None, "c1", "SAT", ALWAYS)  # quarantined
+    state_url = f"sqlite:///{tmp_path / 'state.db'}"
+    resources = {
+        "product_db": ProductDatabase(url=product_url),
+        "state_db": StateDatabase(url=state_url),
+        "billing_rules": BillingRules(timezone=NY, quarantine_threshold=1.0),
+    }
+    both = _materialize(product_url, state_url, None, threshold=1.0)
+    assert both.success and not month_end._PASSED_COUNTS  # handed over and taken
+    state = sa.create_engine(state_url)
+    assert as_dict(load_billable_counts(state, date(2026, 3, 1))) == BASE
+
+    validated = dg.materialize([validated_utilization], partition_key=MARCH, resources=resources,
+                               selection=[validated_utilization])
+    assert validated.success and len(month_end._PASSED_COUNTS) == 1  # waiting for its run
+    month_end._PASSED_COUNTS.clear()
+    alone = dg.materialize([billable_counts], partition_key=MARCH, resources=resources)
+    assert alone.success  # another run: counted again, same result
+    assert as_dict(load_billable_counts(state, date(2026, 3, 1))) == BASE
+
+    _new_user(rows, "late")  # the source changes after validation
+    late = dg.materialize([billable_counts], partition_key=MARCH, resources=resources, raise_on_error=False)
+    assert not late.success and "the source changed after validation" in _failure(late)
+    assert as_dict(load_billable_counts(state, date(2026, 3, 1))) == BASE
+    state.dispose()
