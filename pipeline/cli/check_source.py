@@ -43,7 +43,7 @@ def check_source(month: str, sample: int) -> None:
     """Run the configured product queries against their contracts and show the quarantine a
     run of the month would make. Reads the product database; writes nothing anywhere."""
     from pipeline.billing.month import BillingMonth
-    from pipeline.cli.main import _parse_month
+    from pipeline.cli.common import parse_month as _parse_month
     from pipeline.cli.runs import product_database
     from pipeline.source.partners import load_companies, load_connections, load_services
     from pipeline.store.months import load_quarantine

@@ -3,41 +3,19 @@
 from __future__ import annotations
 
 import sys
-from datetime import date, datetime, timezone
+from datetime import date
 
 import click
 
 from pipeline import settings
-from pipeline.billing.month import BillingMonth, last_closed_months
+from pipeline.billing.month import BillingMonth
 
+
+from pipeline.cli.common import billing_months as _months
+from pipeline.cli.common import cli_dagster_instance as _instance
+from pipeline.cli.common import parse_month as _parse_month
 
 QUIET_RUN_CONFIG = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
-
-
-def _instance():
-    """DAGSTER_HOME's instance when set, else the embedded one under var/dagster (created
-    safely by concurrent first runs; runs killed earlier marked failed: pipeline.cli.instance)."""
-    from pipeline.cli.instance import cli_instance
-
-    if settings.load_settings().dagster_home:
-        return cli_instance()
-    from pipeline.cli.runs import instance_home
-
-    return cli_instance(instance_home())  # the repository's instance, as `dagster dev` sees it (not GBS_DATA_DIR's)
-
-
-def _parse_month(value: str) -> date:
-    try:
-        return date.fromisoformat(value[:7] + "-01")
-    except ValueError:
-        raise click.BadParameter(f"{value!r} is not a month; use YYYY-MM, e.g. 2026-10") from None
-
-
-def _months(months: tuple[str, ...], last_closed: int | None) -> list[BillingMonth]:
-    tz = settings.billing_timezone()
-    if months:
-        return [BillingMonth(_parse_month(m), tz) for m in months]
-    return last_closed_months(datetime.now(timezone.utc), tz, last_closed or 1)
 
 
 # Commands that must work whatever the configuration: they report it or help to fix it.

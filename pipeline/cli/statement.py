@@ -17,7 +17,7 @@ def statement(month: str) -> None:
 
     from pipeline.billing.statements import StatementSettings
     from pipeline.automation.jobs import run_tags
-    from pipeline.cli.main import _instance, _parse_month
+    from pipeline.cli.common import cli_dagster_instance as _instance, parse_month as _parse_month
     from pipeline.cli.runs import month_run, where_runs_are
     from pipeline.definitions import build_defs
 
