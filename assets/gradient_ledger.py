@@ -2,6 +2,7 @@
 and when — read from the state database, so nobody has to open it."""
 
 import dagster as dg
+import pandas as pd
 
 from assets import specs
 from assets.gradient_load import GROUP, gradient_unit_counts
@@ -37,7 +38,7 @@ def gradient_ledger(
     by_outcome = frame.groupby("outcome").size().to_dict() if len(frame) else {}
     shown = frame.head(SHOWN_ROWS).assign(
         recorded_at=[t.isoformat(timespec="seconds") for t in frame.recorded_at.head(SHOWN_ROWS)],
-        http_status=[int(s) if s == s and s is not None else None for s in frame.http_status.head(SHOWN_ROWS)],
+        http_status=[int(s) if pd.notna(s) else None for s in frame.http_status.head(SHOWN_ROWS)],
     )
     metadata: dict[str, object] = {
         "month": month.label,

@@ -7,7 +7,7 @@ them into check results and metadata values.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from datetime import date
 
 import dagster as dg
@@ -203,13 +203,9 @@ def tag_outcome(context: dg.AssetExecutionContext, outcome: str) -> None:
     context.instance.add_run_tags(context.run_id, tags)
 
 
-def names_of(counts: pd.DataFrame, companies: Sequence[tuple[str, str, str]] = ()) -> dict[tuple[str, str], str]:
-    """(partner, account) -> account name from the month's counts and the companies."""
-    names = {(str(p), str(c)): str(n) for p, c, n in companies}
-    names.update(
-        {
-            (str(r.partner_id), str(r.company_id)): str(r.company_name)
-            for r in counts[["partner_id", "company_id", "company_name"]].drop_duplicates().itertuples(index=False)
-        }
-    )
-    return names
+def names_of(counts: pd.DataFrame) -> dict[tuple[str, str], str]:
+    """(partner, account) -> account name, from the month's counts."""
+    return {
+        (str(r.partner_id), str(r.company_id)): str(r.company_name)
+        for r in counts[["partner_id", "company_id", "company_name"]].drop_duplicates().itertuples(index=False)
+    }

@@ -53,12 +53,10 @@ def record_synced_accounts(
     now = utcnow()
     created = renamed = 0
     with engine.begin() as conn:
-        stored = dict(
+        stored = set(
             conn.execute(
-                sa.select(synced_accounts.c.account_id, synced_accounts.c.created_run_id).where(
-                    synced_accounts.c.partner_id == partner_id
-                )
-            ).all()
+                sa.select(synced_accounts.c.account_id).where(synced_accounts.c.partner_id == partner_id)
+            ).scalars()
         )
         for account_id, name in dict(accounts).items():
             values = {"account_name": name, "run_id": run_id, "synced_at": now}
