@@ -47,7 +47,8 @@ def resolved(value: str) -> str:
 
 @functools.lru_cache(maxsize=None)
 def engine_for(url: str) -> sa.Engine:
-    """One pooled engine per URL per process."""
+    """One pooled engine per URL per process (a URL naming only the database gets the installed driver)."""
+    url = settings.with_installed_driver(url)
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
         Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)

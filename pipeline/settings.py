@@ -17,6 +17,7 @@ import os
 from datetime import date
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import httpx
@@ -70,10 +71,26 @@ def _sql_file(name: str, value: Any) -> str | None:
     return str(path)
 
 
+# The drivers the project installs, for URLs that name only the database: SQLAlchemy 2.1 would
+# otherwise pick psycopg 3 for postgresql:// and mysqlclient for mysql://, neither installed.
+INSTALLED_DRIVERS = {"postgresql": "postgresql+psycopg2", "mysql": "mysql+pymysql", "mariadb": "mariadb+pymysql"}
+
+
+def with_installed_driver(url: str) -> str:
+    """``url`` with the project's installed driver when it names only the database."""
+    try:
+        parsed = make_url(url)
+    except Exception:  # noqa: BLE001 - left for the caller's own parse to report
+        return url
+    driver = INSTALLED_DRIVERS.get(parsed.drivername)
+    return parsed.set(drivername=driver).render_as_string(hide_password=False) if driver else url
+
+
 def _database_url(name: str, value: Any) -> str | None:
     if value is None:
         return None
     example = "postgresql+psycopg2://billing:PASSWORD@db.internal:5432/billing or sqlite:////var/lib/gbs/state.db"
+    value = with_installed_driver(str(value))
     try:
         make_url(str(value)).get_dialect()
     except Exception:  # noqa: BLE001 - any parse or dialect failure is the same mistake
@@ -192,6 +209,42 @@ class Settings(BaseSettings):
         "Dagster's own instance directory (absolute); when set, the CLI runs on that instance "
         "instead of the repository's embedded one (var/dagster).",
         "/opt/dagster/home",
+    )
+
+    statements_dir: Path | None = _setting(
+        None,
+        "Where partner statements are written (one folder per month). Unset: <data dir>/statements.",
+        "/var/lib/gradient-billing-sync/statements",
+    )
+    statements_smtp_url: SecretStr | None = _setting(
+        None,
+        "SMTP server that e-mails partner statements (secret: may hold a password); off when unset.",
+        "smtps://billing:PASSWORD@smtp.example.com:465",
+    )
+    partner_contacts_sql: str | None = _setting(
+        None,
+        "SQL file returning partner_id, email: who receives each partner's statement; off when unset.",
+        "/etc/gradient-billing-sync/partner_contacts.sql",
+    )
+    statements_email_from: str | None = _setting(
+        None, "Sender address of statement e-mails.", "billing@vendor.example"
+    )
+    alert_smtp_url: SecretStr | None = _setting(
+        None,
+        "SMTP server (TLS, with login) for run-failure and partial-month e-mails; off when unset.",
+        "smtps://alerts:PASSWORD@smtp.example.com:465",
+    )
+    alert_email_to: str | None = _setting(
+        None, "Comma-separated addresses that receive the alert e-mails.", "data-oncall@vendor.example"
+    )
+    alert_email_from: str | None = _setting(
+        None, "Sender address of alert e-mails (default: the SMTP user).", "alerts@vendor.example"
+    )
+    alert_webhook_url: SecretStr | None = _setting(
+        None,
+        "Slack-compatible webhook (JSON {\"text\": ...}) for the same alerts (secret: holds a token); "
+        "off when unset.",
+        "https://hooks.slack.com/services/T000/B000/XXXX",
     )
 
     @field_validator("gbs_data_dir", mode="before")
@@ -313,6 +366,38 @@ class Settings(BaseSettings):
             raise ValueError(f"FIRST_BILLING_MONTH={value!r} is not a month; use YYYY-MM, e.g. 2025-01.") from None
         return text
 
+    @field_validator("statements_smtp_url", "alert_smtp_url", mode="before")
+    @classmethod
+    def _check_smtp_url(cls, value: Any, info: ValidationInfo) -> Any:
+        name = str(info.field_name).upper()
+        if value is None:
+            return None
+        parts = urlsplit(str(value))
+        if parts.scheme not in ("smtp", "smtps") or not parts.hostname:
+            raise ValueError(
+                f"{name} must look like smtps://user:PASSWORD@host:465 or "
+                "smtp://user:PASSWORD@host:587?starttls=true (the value is not shown: it may hold a password)."
+            )
+        return value
+
+    @field_validator("alert_webhook_url", mode="before")
+    @classmethod
+    def _check_webhook_url(cls, value: Any) -> Any:
+        if value is None:
+            return None
+        parts = urlsplit(str(value))
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(
+                "ALERT_WEBHOOK_URL must be an http(s) URL such as https://hooks.slack.com/services/... "
+                "(the value is not shown: it holds a token)."
+            )
+        return value
+
+    @field_validator("partner_contacts_sql", mode="before")
+    @classmethod
+    def _check_contacts_sql(cls, value: Any) -> Any:
+        return _sql_file("PARTNER_CONTACTS_SQL", value)
+
     @field_validator("dagster_home", mode="before")
     @classmethod
     def _check_dagster_home(cls, value: Any) -> Any:
@@ -353,7 +438,10 @@ class Settings(BaseSettings):
 
 
 ENV_NAMES: tuple[str, ...] = tuple(name.upper() for name in Settings.model_fields)
-SECRET_NAMES = frozenset({"GRADIENT_VENDOR_API_KEY", "GRADIENT_KEY_ENCRYPTION_KEYS"})
+SECRET_NAMES = frozenset({
+    "GRADIENT_VENDOR_API_KEY", "GRADIENT_KEY_ENCRYPTION_KEYS",
+    "STATEMENTS_SMTP_URL", "ALERT_SMTP_URL", "ALERT_WEBHOOK_URL",
+})
 URL_NAMES = frozenset({"PRODUCT_DB_URL", "STATE_DB_URL"})
 
 

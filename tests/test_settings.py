@@ -415,3 +415,19 @@ def test_a_month_that_cannot_be_counted_is_not_re_executed(env):
         assert attempts(instance, result.run_id, "billable_counts") == (1, 0)
         assert will_retry(instance, result.run_id) == "false"
     assert "has not been validated" in result.failure_data_for_node("billable_counts").error.message
+
+
+def test_a_url_naming_only_the_database_gets_the_installed_driver(postgres_url, monkeypatch):
+    """SQLAlchemy 2.1 reads postgresql:// as psycopg 3 and mysql:// as mysqlclient, neither of
+    which the project installs: such URLs must still work, with the drivers it does install."""
+    from pipeline.resources import StateDatabase
+
+    bare = postgres_url.replace("postgresql+psycopg2://", "postgresql://")
+    monkeypatch.setenv("STATE_DB_URL", bare)
+    config = settings.load_settings()
+    assert config.state_db.startswith("postgresql+psycopg2://")
+    engine = StateDatabase(url=bare).engine()
+    with engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT 1")).scalar_one() == 1
+    assert settings.with_installed_driver("mysql://root@127.0.0.1:3306/test").startswith("mysql+pymysql://")
+    assert settings.with_installed_driver("sqlite:///var/state.db") == "sqlite:///var/state.db"

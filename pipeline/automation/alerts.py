@@ -9,7 +9,6 @@ SMTP password nor the webhook URL (its path is a secret token) is ever logged.
 from __future__ import annotations
 
 import html
-import os
 from dataclasses import dataclass, field
 from datetime import date
 from urllib.parse import urlsplit
@@ -22,6 +21,7 @@ from pipeline.automation.sensors import default_sensor_status
 from pipeline.gradient import ledger
 from pipeline.mail import DEFAULT_SENDER, MailError, SmtpTarget, build_message, parse_smtp_url, send
 from pipeline.resources import StateDatabase
+from pipeline import settings
 from pipeline.settings import ConfigurationError
 
 OUTCOME_TAG = TAG_OUTCOME  # set by the Gradient load with the month's outcome
@@ -40,8 +40,9 @@ class AlertSettings:
 
     @classmethod
     def from_env(cls) -> "AlertSettings":
-        smtp_url = os.environ.get("ALERT_SMTP_URL")
-        smtp = parse_smtp_url(smtp_url, "ALERT_SMTP_URL") if smtp_url else None
+        config = settings.load_settings()
+        smtp_url = config.alert_smtp_url
+        smtp = parse_smtp_url(smtp_url.get_secret_value(), "ALERT_SMTP_URL") if smtp_url else None
         if smtp is not None and smtp.security == "plain":
             raise ConfigurationError(
                 "ALERT_SMTP_URL must use TLS for Dagster's e-mail sensor: smtps://user:password@host:465 "
@@ -52,16 +53,14 @@ class AlertSettings:
                 "ALERT_SMTP_URL needs a user and a password (Dagster's e-mail sensor always logs in): "
                 "smtps://user:password@host:465."
             )
-        to = [a.strip() for a in (os.environ.get("ALERT_EMAIL_TO") or "").split(",") if a.strip()]
+        to = [a.strip() for a in (config.alert_email_to or "").split(",") if a.strip()]
         if smtp is not None and not to:
             raise ConfigurationError("ALERT_SMTP_URL is set but ALERT_EMAIL_TO is empty; give comma-separated addresses.")
-        webhook = os.environ.get("ALERT_WEBHOOK_URL") or None
-        if webhook and urlsplit(webhook).scheme not in ("http", "https"):
-            raise ConfigurationError("ALERT_WEBHOOK_URL must be an http(s) URL (the value is not shown: it holds a token).")
+        webhook = config.alert_webhook_url.get_secret_value() if config.alert_webhook_url else None
         return cls(
             smtp=smtp,
             email_to=to,
-            email_from=os.environ.get("ALERT_EMAIL_FROM") or (smtp.user if smtp and smtp.user and "@" in smtp.user else DEFAULT_SENDER),
+            email_from=config.alert_email_from or (smtp.user if smtp and smtp.user and "@" in smtp.user else DEFAULT_SENDER),
             webhook_url=webhook,
         )
 

@@ -9,7 +9,6 @@ checks its invoice against; optionally e-mailed to the partner's contacts.
 from __future__ import annotations
 
 import html
-import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, timezone
@@ -53,13 +52,13 @@ class StatementSettings:
 
     @classmethod
     def from_env(cls) -> "StatementSettings":
-        raw_dir = os.environ.get("STATEMENTS_DIR")
-        smtp_url = os.environ.get("STATEMENTS_SMTP_URL")
+        config = settings.load_settings()
+        smtp_url = config.statements_smtp_url
         return cls(
-            directory=Path(raw_dir) if raw_dir else None,
-            smtp=parse_smtp_url(smtp_url, "STATEMENTS_SMTP_URL") if smtp_url else None,
-            contacts_sql=os.environ.get("PARTNER_CONTACTS_SQL") or None,
-            sender=os.environ.get("STATEMENTS_EMAIL_FROM") or DEFAULT_SENDER,
+            directory=config.statements_dir,
+            smtp=parse_smtp_url(smtp_url.get_secret_value(), "STATEMENTS_SMTP_URL") if smtp_url else None,
+            contacts_sql=config.partner_contacts_sql,
+            sender=config.statements_email_from or DEFAULT_SENDER,
         )
 
     def month_dir(self, month: date) -> Path:
