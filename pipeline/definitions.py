@@ -2,7 +2,8 @@
 
 ``assets`` contributes the assets, checks and the disconnect job; ``pipeline.automation`` the
 jobs, schedule and sensors; ``pipeline.resources`` the resources, configured from the
-environment.
+environment. Every run executes in one process (``in_process_executor``): the steps of a month
+run one after another anyway, and a process per step cost more than the database's own work.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ def build_defs() -> dg.Definitions:
     return dg.Definitions.merge(
         assets.definitions(),
         automation.definitions(),
-        dg.Definitions(resources=default_resources()),
+        dg.Definitions(resources=default_resources(), executor=dg.in_process_executor),
     )
 
 
