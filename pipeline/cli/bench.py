@@ -9,7 +9,7 @@ import click
 
 @click.command("bench")
 @click.option("--scale", type=click.Choice(["small", "medium", "large"]), default="small", show_default=True,
-              help="small ~4k rows in the month, medium ~10x, large ~1.6 M (1000 partners).")
+              help="small ~3k rows in the month, medium ~10x, large ~1.6 M (1000 partners).")
 @click.option("--product-db", default=None, metavar="URL",
               help="Product database to seed and measure (its reference schema is recreated). "
                    "Default: database gbs_bench on PostgreSQL 127.0.0.1:5432, created when missing.")
