@@ -464,9 +464,6 @@ def _backfill_three_months(world: Deployment, dagster: DagsterGraphQLClient) -> 
         job_name="monthly_billing",
         # whole-month runs carry gbs/partner=all (deploy/dagster.yaml's per-partner limit)
         tags={"gbs/trigger": "backfill", "gbs/partner": "all"},
-        # steps in the run worker, not a process each: the same work, a third of the time on a
-        # small CI box (the sensor's run below keeps the default multiprocess executor)
-        run_config={"execution": {"config": {"in_process": {}}}},
         title="daemon e2e: 2026-08..2026-10",
     )
     status = world.wait(
