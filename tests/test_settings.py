@@ -101,6 +101,9 @@ def seed(url: str, fernet: str, connected: int = 1) -> None:
 # ------------------------------------------------------------------ the bad configuration table
 MISSING_FILE = "/nonexistent/gbs/query.sql"
 # (variable, value, words the error must carry besides the name: what is wrong / an example)
+# A fixed, valid Fernet key: test ids must not change between collections (pytest-xdist).
+TEST_FERNET_KEY = "A" * 43 + "="
+
 BAD_CONFIGURATION = [
     ("PRODUCT_DB_URL", "not a url", "SQLAlchemy database URL"),
     ("PRODUCT_DB_URL", f"nosuchdriver://reader:{DB_PASSWORD}@db/product", "postgresql+psycopg2://"),
@@ -121,7 +124,7 @@ BAD_CONFIGURATION = [
     ("GRADIENT_VENDOR_API_KEY", "   ", "blank"),
     ("GRADIENT_VENDOR_API_KEY", "vendor key\n", "line breaks"),
     ("GRADIENT_KEY_ENCRYPTION_KEYS", "not-a-fernet-key", "generate-encryption-key"),
-    ("GRADIENT_KEY_ENCRYPTION_KEYS", f"{Fernet.generate_key().decode()},zzz", "key #2"),
+    ("GRADIENT_KEY_ENCRYPTION_KEYS", f"{TEST_FERNET_KEY},zzz", "key #2"),
     ("GRADIENT_MAX_REQUESTS_PER_SECOND", "fast", "such as 100"),
     ("GRADIENT_MAX_REQUESTS_PER_SECOND", "0", "positive"),
     ("GRADIENT_MAX_REQUESTS_PER_SECOND", "-5", "positive"),
