@@ -139,6 +139,10 @@ BAD_CONFIGURATION = [
     ("FIRST_BILLING_MONTH", "last year", "YYYY-MM"),
     ("DAGSTER_HOME", "relative/home", "absolute"),
     ("DAGSTER_HOME", __file__, "not a directory"),
+    ("STATEMENTS_SMTP_URL", "mail.example.com", "smtps://"),
+    ("PARTNER_CONTACTS_SQL", MISSING_FILE, "does not exist"),
+    ("ALERT_SMTP_URL", "http://mail.example.com", "smtps://"),
+    ("ALERT_WEBHOOK_URL", "hooks.slack.com/services/T0/B0/X", "http(s) URL"),
 ]
 
 
