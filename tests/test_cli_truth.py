@@ -321,3 +321,18 @@ def test_an_unreachable_database_is_one_line_naming_the_setting(env, monkeypatch
     assert "pw-9f2c" not in result.output
     verbose = CliRunner().invoke(main, ["--verbose", "status"])
     assert verbose.exit_code == 1 and verbose.exception is not None  # the trace is not swallowed
+
+
+def test_seeding_reports_its_progress_company_by_company(sqlite_url):
+    """Long seeds show a progress bar on a terminal: the generator reports each company."""
+    import sqlalchemy as sa
+
+    from pipeline.demo.data import DemoSpec, load_demo_data
+
+    seen: list[tuple[int, int]] = []
+    summary = load_demo_data(sa.create_engine(sqlite_url), DemoSpec(partners=3), progress=lambda d, t: seen.append((d, t)))
+    assert seen, "no progress was reported"
+    assert [d for d, _ in seen] == list(range(1, len(seen) + 1))
+    totals = {t for _, t in seen}
+    assert len(totals) == 1 and 0 < totals.pop() <= summary.companies
+    assert seen[-1][0] == seen[-1][1], "the progress must reach its total"

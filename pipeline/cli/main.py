@@ -105,7 +105,14 @@ def _seed(seed, partners, companies, users, end_month, history_months, bad_rows)
         history_months=history_months,
         include_bad_rows=bad_rows,
     )
-    return seed_demo_data(spec)
+    if not sys.stdout.isatty():
+        return seed_demo_data(spec)
+    with click.progressbar(length=1, label="seeding companies", show_pos=True) as bar:
+        def advance(done: int, total: int) -> None:
+            bar.length = total
+            bar.update(done - bar.pos)
+
+        return seed_demo_data(spec, progress=advance)
 
 
 def _materialize(

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import io
 import random
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta, timezone
 
@@ -368,6 +368,7 @@ def load_demo_data(
     *,
     reset: bool = True,
     encryption_keys: str | None = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> DemoSummary:
     """Create the reference schema (dropping it first when ``reset``) and fill it with demo rows.
 
@@ -375,6 +376,7 @@ def load_demo_data(
     Gradient with their demo keys (``demo_partner_key``), encrypted as the product would.
     Without ``reset`` the rows are appended: give the spec a ``partner_offset`` past the
     partners already there and ``include_bad_rows=False`` (the bad rows exist once).
+    ``progress(companies_done, companies_total)`` is called as each company's rows are made.
     """
     spec = spec or DemoSpec()
     ps.create_product_schema(engine, drop_first=reset)
@@ -390,7 +392,10 @@ def load_demo_data(
         _insert_batched(conn, ps.companies, gen.company_rows, spec.batch_size)
         user_buf: list[dict] = []
         enr_buf: list[dict] = []
-        for users, enrollments in gen.users_and_enrollments():
+        total_companies = len(gen._company_plan)  # companies that get users (the ownerless one does not)
+        for done, (users, enrollments) in enumerate(gen.users_and_enrollments(), start=1):
+            if progress is not None:
+                progress(done, total_companies)
             user_buf.extend(users)
             enr_buf.extend(enrollments)
             counts["users"] += len(users)

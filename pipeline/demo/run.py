@@ -26,10 +26,12 @@ def encryption_keys() -> str:
     return settings.encryption_keys()
 
 
-def seed(spec: DemoSpec) -> DemoSummary:
+def seed(spec: DemoSpec, progress: Callable[[int, int], None] | None = None) -> DemoSummary:
     from pipeline.resources import engine_for
 
-    return load_demo_data(engine_for(settings.product_db_url()), spec, encryption_keys=encryption_keys())
+    return load_demo_data(
+        engine_for(settings.product_db_url()), spec, encryption_keys=encryption_keys(), progress=progress
+    )
 
 
 def register_demo_partners(admin, engine: sa.Engine) -> list[str]:
