@@ -12,7 +12,6 @@ present in every month of the history.
 
 from __future__ import annotations
 
-import io
 import random
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -22,6 +21,7 @@ import sqlalchemy as sa
 
 from pipeline.source import product_schema as ps
 from pipeline.billing.month import add_months
+from pipeline.store.months import bulk_insert
 
 SERVICES = [
     {
@@ -325,38 +325,11 @@ def connection_rows(
     ]
 
 
-def _copy_value(value: object) -> str:
-    """One field of PostgreSQL's CSV COPY format: unquoted empty = NULL, text always quoted."""
-    if value is None:
-        return ""
-    if isinstance(value, bool):
-        return "t" if value else "f"
-    if isinstance(value, datetime):
-        return value.isoformat()
-    if isinstance(value, str):
-        return '"' + value.replace('"', '""') + '"'
-    return str(value)
-
-
-def _copy_rows(conn: sa.Connection, table: sa.Table, rows: list[dict]) -> None:
-    """Bulk-load rows with COPY (psycopg2): millions of demo rows in minutes, not hours."""
-    columns = [c.name for c in table.columns]
-    buffer = io.StringIO()
-    for row in rows:
-        buffer.write(",".join(_copy_value(row.get(c)) for c in columns) + "\n")
-    buffer.seek(0)
-    cursor = conn.connection.driver_connection.cursor()
-    try:
-        cursor.copy_expert(f"COPY {table.name} ({', '.join(columns)}) FROM STDIN WITH (FORMAT csv)", buffer)
-    finally:
-        cursor.close()
-
-
 def _insert_batched(conn: sa.Connection, table: sa.Table, rows: list[dict], batch: int) -> None:
     if not rows:
         return
     if conn.dialect.name == "postgresql" and conn.dialect.driver == "psycopg2":
-        _copy_rows(conn, table, rows)
+        bulk_insert(conn, table, rows)  # COPY: millions of demo rows in minutes, not hours
         return
     for i in range(0, len(rows), batch):
         conn.execute(table.insert(), rows[i : i + batch])
