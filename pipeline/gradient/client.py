@@ -5,11 +5,15 @@ limiter and one concurrency semaphore shared by every call, whatever the partner
 partner's calls go through a ``PartnerSession`` that binds that partner's token, so a
 partner's counts can only ever carry its own token.
 
-Rate limiting: ``AsyncLimiter(1, 1 / rate)`` -- a leaky bucket of capacity one, i.e. one
-request every ``1 / rate`` seconds with no burst. ``AsyncLimiter(rate, 1)`` was measured to
-let 199 requests through in one 1-second window at rate 100 (a full bucket at start plus
-the drain), above Gradient's 100/s; the capacity-one bucket measured 98. The limit holds per
-client, i.e. per process: concurrent runs each get their own budget.
+Rate limiting: ``pipeline.gradient.pacing.Pacer`` -- a steady cadence (GCRA: the next slot
+counts from the reserved one, so wake-up latency is not lost on every request; a bounded
+catch-up burst of 50 ms) under a hard cap (a sliding-window log of the actual releases: at most
+``floor(rate)`` in any ``1 s + 25 ms`` window, the 25 ms guard absorbing the jitter between our
+release and Gradient's check). The bound is worked out in that module. The earlier limiters
+measured: ``AsyncLimiter(rate, 1)`` let 199 requests through in one second at 100/s (a full
+bucket plus its drain); ``AsyncLimiter(1, 1 / rate)`` held the limit but lost every wake-up
+latency (77 % of 100/s); a plain 1.0 s client-side window drew a few 429s from arrival jitter.
+The limit holds per client, i.e. per process: concurrent runs each get their own budget.
 
 Retries: tenacity, on 429, 5xx and ``httpx.TransportError`` (except the deterministic
 ``UnsupportedProtocol`` / ``LocalProtocolError``), with full-jitter exponential backoff
@@ -38,7 +42,6 @@ from typing import Any, Literal
 from urllib.parse import quote
 
 import httpx
-from aiolimiter import AsyncLimiter
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
 from tenacity.wait import wait_random_exponential
 
@@ -52,6 +55,7 @@ from pipeline.gradient.errors import (
     GradientServerError,
     GradientUnavailableError,
 )
+from pipeline.gradient.pacing import Pacer
 
 logger = logging.getLogger(__name__)
 
@@ -218,7 +222,7 @@ class GradientClient:
         self._wait = _BackoffWait(backoff_initial_seconds, backoff_max_seconds)
         self._max_concurrency = int(max_concurrency)
         self._transport = transport
-        self._limiter = AsyncLimiter(1, 1.0 / self._max_requests_per_second)
+        self._limiter = Pacer(self._max_requests_per_second)
         self._semaphore = asyncio.Semaphore(self._max_concurrency)
         self._stats = _Stats()
         # Several small connection pools instead of one of max_concurrency: httpcore checks
