@@ -26,6 +26,7 @@ from pipeline.validation.rules import (
     bind_known_skus,
     codes_of,
     display,
+    family,
     flagged_sql,
     ident,
     overlap_sql,
@@ -38,8 +39,10 @@ GROUP_KEYS = ("partner_id", "company_id", "sku")
 
 
 def month_pass_sql(query: SourceQuery, dialect: str) -> str:
-    """One scan: per group of rows breaking no rule, its billable users; per group of identical
-    rows breaking a rule, their values as text (never decoded by the driver) and how many."""
+    """One scan: per group of rows breaking no rule, its billable users; per group of rows
+    breaking a rule, their values as text (never decoded by the driver) and how many."""
+    if family(dialect) == "postgresql":
+        return _postgresql_month_pass_sql(query)
     good, bad = f"{MASK} = 0", f"{MASK} <> 0"
     keys = [f"CASE WHEN {good} THEN {ident(c, dialect)} END AS {c}" for c in GROUP_KEYS]
     shown = [f"CASE WHEN {bad} THEN {display(c, dialect)} END AS shown_{c}" for c in CONTRACT_COLUMNS]
@@ -62,6 +65,31 @@ GROUP BY {', '.join(str(i) for i in range(1, grouped + 1))}
 """
 
 
+def _postgresql_month_pass_sql(query: SourceQuery) -> str:
+    """PostgreSQL: the groups are partner x company x sku x ``reason_mask``, and the mask is
+    referenced only as a group key, so the planner computes it once per row below the sort and
+    the whole pass runs in parallel workers like a plain aggregate (a per-row ``CASE`` on the
+    mask would repeat the rules in every key; an ``OFFSET 0`` fence keeps them single but
+    sorts in the leader alone). A group breaking rules brings its rows back as text arrays."""
+    dialect = "postgresql"
+    overlap = overlap_sql(dialect)
+    shown = ", ".join(display(c, dialect) for c in CONTRACT_COLUMNS)
+    return f"""
+SELECT
+    {', '.join(GROUP_KEYS)},
+    {MASK},
+    MAX(company_name) AS company_name,
+    COUNT(DISTINCT CASE WHEN {billable_true(dialect)} AND {overlap} THEN user_id END) AS billable_users,
+    SUM(CASE WHEN {overlap} THEN 1 ELSE 0 END) AS rows_in_month,
+    COUNT(*) AS row_count,
+    array_agg(ARRAY[{shown}]) FILTER (WHERE {MASK} <> 0) AS quarantined_rows
+FROM (
+{flagged_sql(query.sql, dialect, fence=False)}
+) AS flagged
+GROUP BY {', '.join(GROUP_KEYS)}, {MASK}
+"""
+
+
 @dataclass
 class ValidationOutcome:
     validation: MonthValidation
@@ -79,14 +107,24 @@ class _Tally:
     sample: list[dict] = field(default_factory=list)
 
 
+def _quarantined_values(group: sa.Row) -> list[dict[str, str | None]]:
+    """The contract values, as text, of each row of a group that breaks a rule."""
+    rows = getattr(group, "quarantined_rows", None)
+    if rows is not None:
+        return [dict(zip(CONTRACT_COLUMNS, map(text_of, row))) for row in rows]
+    raw = {c: text_of(getattr(group, f"shown_{c}")) for c in CONTRACT_COLUMNS}
+    return [raw] * int(group.row_count)
+
+
 def _quarantine_records(group: sa.Row, first_row_number: int) -> list[dict]:
     codes = codes_of(int(getattr(group, MASK)))
-    raw = {c: text_of(getattr(group, f"shown_{c}")) for c in CONTRACT_COLUMNS}
-    reasons = describe(codes, raw)
-    return [
-        {"row_number": first_row_number + i, **raw, "reason_codes": ",".join(codes), "reasons": reasons}
-        for i in range(int(group.row_count))
-    ]
+    records = []
+    for i, raw in enumerate(_quarantined_values(group)):
+        reasons = describe(codes, raw)
+        records.append(
+            {"row_number": first_row_number + i, **raw, "reason_codes": ",".join(codes), "reasons": reasons}
+        )
+    return records
 
 
 def validate_month(
@@ -122,7 +160,10 @@ def validate_month(
     tally = _Tally()
     with state.begin() as state_conn:
         writer = QuarantineWriter(state_conn, month.month, run_id)
-        result = product.execution_options(stream_results=True, yield_per=chunk_rows).execute(
+        # PostgreSQL never runs a cursor's query (DECLARE CURSOR, i.e. stream_results) with
+        # parallel workers, so there the groups (about one per 17 rows) are fetched whole.
+        streamed = {"yield_per": chunk_rows} if family(dialect) != "postgresql" else {}
+        result = product.execution_options(**streamed).execute(
             bind_known_skus(month_pass_sql(query, dialect)), params
         )
         for groups in result.partitions(chunk_rows):
