@@ -20,6 +20,7 @@ import argparse
 import asyncio
 import base64
 import bisect
+import gc
 import json
 import resource
 import shutil
@@ -49,9 +50,28 @@ def _children_cpu() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def run_push(job_path: Path, profile: str | None) -> tuple[dict, float, float]:
-    """Run the harness on ``job_path`` in a child process; (its output, wall s, its CPU s)."""
+_TRACING_CHILD = r"""
+import sys, time, atexit
+sys.path.insert(0, sys.argv[1])
+from pipeline.gradient import pacing
+stamps = []
+original = pacing.Pacer.acquire
+async def acquire(self):
+    await original(self)
+    stamps.append(time.time())
+pacing.Pacer.acquire = acquire
+atexit.register(lambda: open(sys.argv[2], "w").write("\n".join(map(repr, stamps))))
+from tests import push_harness
+raise SystemExit(push_harness.main(sys.argv[3]))
+"""
+
+
+def run_push(job_path: Path, profile: str | None, releases: Path | None = None) -> tuple[dict, float, float]:
+    """Run the harness on ``job_path`` in a child process; (its output, wall s, its CPU s).
+    With ``releases``, the child writes the wall-clock time of every pacer release there."""
     command = _harness().worker_command(job_path)
+    if releases is not None:
+        command = [sys.executable, "-c", _TRACING_CHILD, str(ROOT), str(releases), str(job_path)]
     if profile:
         spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
         command = [spy, "record", "--idle", "--format", "raw", "--rate", "200", "-o", profile, "--", *command]
@@ -65,6 +85,29 @@ def run_push(job_path: Path, profile: str | None) -> tuple[dict, float, float]:
     failed = {line["partner"]: line["error"] or line["outcomes"] for line in lines if "partner" in line
               and (line["error"] or line["outcomes"].get("failed"))}
     return {"stats": stats, "failed_partners": failed}, wall, cpu
+
+
+class _GcPauses:
+    """Garbage-collection pauses of this process (the emulator's): a full collection stops its
+    thread too, and requests arriving meanwhile reach its rate limiter together."""
+
+    def __init__(self) -> None:
+        self.pauses: list[tuple[int, float]] = []
+        self._started = 0.0
+        gc.callbacks.append(self)
+
+    def __call__(self, phase: str, info: dict) -> None:
+        if phase == "start":
+            self._started = time.perf_counter()
+        else:
+            self.pauses.append((info["generation"], time.perf_counter() - self._started))
+
+    def close(self) -> dict:
+        gc.callbacks.remove(self)
+        full = [ms for gen, ms in self.pauses if gen == 2]
+        return {"collections": len(self.pauses), "full": len(full),
+                "longest_ms": round(1000 * max((ms for _, ms in self.pauses), default=0.0), 1),
+                "full_over_20ms": sum(1 for ms in full if ms > 0.02)}
 
 
 def probe(args: argparse.Namespace) -> dict:
@@ -84,7 +127,10 @@ def probe(args: argparse.Namespace) -> dict:
             max_attempts=6, backoff_initial_seconds=0.5, backoff_max_seconds=30.0,
         )
         cpu_server_before = time.process_time()
-        out, wall, cpu = run_push(job.write(workdir / "job.json"), args.profile)
+        pauses = _GcPauses()
+        releases = workdir / "releases.txt" if args.releases else None
+        out, wall, cpu = run_push(job.write(workdir / "job.json"), args.profile, releases)
+        gc_pauses = pauses.close()
         cpu_server = time.process_time() - cpu_server_before
         entries = admin.requests()
         figures = summarize(entries, args.limit).as_dict()
@@ -99,6 +145,8 @@ def probe(args: argparse.Namespace) -> dict:
             "emulator_cpu_ms_per_request": round(1000 * cpu_server / max(1, figures["requests"]), 3),
             "sent": figures,
             "limit_check": _limit_check(entries),
+            "emulator_gc": gc_pauses,
+            **({"arrival_delay": _arrival_delay(releases, entries)} if releases else {}),
             "client_stats": out["stats"],
             "failed_partners": out["failed_partners"],
         }
@@ -122,6 +170,25 @@ def _limit_check(entries: list[dict]) -> dict:
     most = max((bisect.bisect_left(stamps, t + 1.0) - i for i, t in enumerate(stamps)), default=0)
     rejected = [round(_seconds(e["time"]) - start, 3) for e in entries if e["status"] == 429]
     return {"most_accepted_in_any_second": most, "429_at_seconds": rejected[:20]}
+
+
+def _arrival_delay(releases: Path, entries: list[dict]) -> dict:
+    """The i-th arrival at the emulator minus the i-th release by the pacer (both in time order,
+    wall clock, the log's millisecond resolution), from 5 s after the first release (past the
+    onboarding): its spread is the jitter the guard absorbs."""
+    sent = sorted(float(x) for x in releases.read_text().split())
+    arrived = sorted(_seconds(e["time"]) for e in entries)
+    steady = [(a, r) for a, r in zip(arrived, sent) if r - sent[0] > 5.0]  # past the onboarding
+    delays = sorted(1000 * (a - r) for a, r in steady)
+    if not delays:
+        return {}
+    spikes = sorted({round(r - sent[0]) for a, r in steady if a - r > 0.025})
+    pick = lambda q: round(delays[min(len(delays) - 1, int(q * len(delays)))], 1)  # noqa: E731
+    worst = max(range(len(sent)), key=lambda i: arrived[i] - sent[i]) if len(sent) == len(arrived) else None
+    return {"releases": len(sent), "arrivals": len(arrived), "p50_ms": pick(0.5), "p99_ms": pick(0.99),
+            "p999_ms": pick(0.999), "max_ms": round(delays[-1], 1), "min_ms": round(delays[0], 1),
+            "worst_at_seconds": round(sent[worst] - sent[0], 3) if worst is not None else None,
+            "seconds_with_delays_over_25ms": spikes[:30], "delays_over_25ms": sum(1 for a, r in steady if a - r > 0.025)}
 
 
 def _seconds(stamp: str) -> float:
@@ -209,6 +276,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--partners", type=int, default=20)
     parser.add_argument("--concurrency", type=int, default=32, help="the client's max_concurrency")
     parser.add_argument("--rerun", action="store_true", help="push again unchanged: must send 0 count calls")
+    parser.add_argument("--releases", action="store_true", help="compare the pacer's releases with the arrivals")
     parser.add_argument("--profile", help="py-spy raw (collapsed) stacks of the push to this file")
     parser.add_argument("--ceiling", type=float, help="seconds of a raw load against the emulator alone")
     parser.add_argument("--connections", type=int, default=96, help="connections of the --ceiling load")

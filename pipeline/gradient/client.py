@@ -85,6 +85,8 @@ POOL_CONNECTIONS = 8
 _MAX_DETAIL_CHARS = 500
 _MASK = "********"
 _NOT_RETRIED_TRANSPORT_ERRORS = (httpx.UnsupportedProtocol, httpx.LocalProtocolError)
+# httpcore's trace events right before a request's first byte is written.
+_SEND_HEADERS_EVENTS = frozenset({"http11.send_request_headers.started", "http2.send_request_headers.started"})
 
 CountOutcome = Literal["delivered", "unmapped"]
 
@@ -223,6 +225,12 @@ class GradientClient:
         self._max_concurrency = int(max_concurrency)
         self._transport = transport
         self._limiter = Pacer(self._max_requests_per_second)
+        # With our own httpcore transport, each request is paced at the moment it is written
+        # (httpcore's trace hook), not before the httpx/httpcore machinery that precedes the
+        # write: that machinery yields to the event loop several times, and a busy loop turned
+        # those yields into tens of milliseconds of arrival jitter at Gradient. An injected
+        # transport (tests: httpx.MockTransport) has no such hook: paced before sending.
+        self._pace_on_send = transport is None
         self._semaphore = asyncio.Semaphore(self._max_concurrency)
         self._stats = _Stats()
         # Several small connection pools instead of one of max_concurrency: httpcore checks
@@ -304,7 +312,22 @@ class GradientClient:
     async def _attempt(self, call: _Call) -> httpx.Response:
         pools = self._require_open()
         async with self._semaphore:
-            await self._limiter.acquire()
+            paced = False
+
+            async def pace_on_send(event: str, info: dict[str, Any]) -> None:
+                # httpcore awaits this right before it writes the request line and headers,
+                # with no await between: the pacer's release time is the send time.
+                nonlocal paced
+                if event in _SEND_HEADERS_EVENTS and not paced:
+                    paced = True
+                    await self._limiter.acquire()
+
+            extensions: dict[str, Any] | None = None
+            if self._pace_on_send:
+                extensions = {"trace": pace_on_send}
+            else:
+                paced = True
+                await self._limiter.acquire()
             self._stats.requests_sent += 1
             pool = min(range(len(pools)), key=self._in_flight.__getitem__)
             http = pools[pool]
@@ -316,12 +339,18 @@ class GradientClient:
                     params=call.params,
                     json=call.body,
                     headers={TOKEN_HEADER: call.token.get_secret_value()},
+                    extensions=extensions,
                 )
             except httpx.TransportError:
                 self._stats.transport_errors += 1
                 raise
             finally:
                 self._in_flight[pool] -= 1
+                if not paced and self._pace_on_send:
+                    # The transport sent without the trace event (another httpcore?): pace
+                    # before sending from now on, so no request can go unpaced again.
+                    logger.warning("Gradient client: pacing before sending (no send trace event)")
+                    self._pace_on_send = False
         self._stats.by_status[response.status_code] += 1
         if _is_retryable_status(response.status_code):
             raise _RetryableStatus(

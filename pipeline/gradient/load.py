@@ -15,13 +15,15 @@ Dagster assets in ``assets/gradient_load.py`` call them. The rules:
   superseded guard and the plan are decided inside the lock; services are synced under a
   vendor-wide lock and never created twice under one name;
 * ids and names Gradient cannot take are refused with a reason (``pipeline.gradient.ids``);
-* the ledger is written every 100 answers or every second (the crash window).
+* the ledger is written every 100 answers or every second (the crash window), by a writer
+  thread so the event loop never waits on a commit.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
+from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import date
@@ -45,6 +47,8 @@ LEDGER_FLUSH_ENTRIES = 100
 LEDGER_FLUSH_SECONDS = 1.0
 # Count calls scheduled at once (the client's semaphore bounds those in flight).
 SEND_CHUNK = 500
+# Ledger writes of every push go through this one thread, off the event loop, one at a time.
+_LEDGER_WRITER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gradient-ledger")
 
 Log = Callable[[str], None]
 
@@ -290,10 +294,13 @@ class _PartnerPush:
     """Sends one partner's planned counts, writing the ledger as Gradient answers.
 
     Crash window: acknowledged calls are written to the ledger every ``LEDGER_FLUSH_ENTRIES``
-    answers or every ``LEDGER_FLUSH_SECONDS``, whichever comes first, and at the end. A crash
-    (kill -9) loses at most the acknowledgements of that last second or 100 answers, plus the
-    calls in flight (at most the client's ``max_concurrency``): a re-run sends those again, with
-    the same values (a count call overwrites, so values stay exact).
+    answers or every ``LEDGER_FLUSH_SECONDS``, whichever comes first, and at the end. The
+    writes run in a thread (``_LEDGER_WRITER``), one at a time, while answers keep coming; the
+    push returns only once everything is written. A crash (kill -9) loses at most the
+    acknowledgements of that last second or 100 answers (plus those that came during the one
+    write in progress, a few milliseconds' worth), plus the calls in flight (at most the
+    client's ``max_concurrency``): a re-run sends those again, with the same values (a count
+    call overwrites, so values stay exact).
     """
 
     def __init__(
@@ -319,6 +326,9 @@ class _PartnerPush:
         self.pending: list[LedgerEntry] = []
         self.last_delivered: CountCall | None = None
         self.flushed_at = time.monotonic()
+        self.due = asyncio.Event()
+        self.closing = False
+        self.write_error: Exception | None = None
 
     def entry(self, call: CountCall, outcome: str, status: int | None, detail: str | None) -> LedgerEntry:
         return LedgerEntry(
@@ -367,23 +377,49 @@ class _PartnerPush:
         return self.entry(call, result.outcome, result.status_code, result.message)
 
     def keep(self, entry: LedgerEntry) -> None:
+        if self.write_error is not None:
+            raise self.write_error
         self.pending.append(entry)
         self.report.count(entry.outcome)
         if entry.outcome == DELIVERED:
             self.last_delivered = CountCall(entry.account_id, entry.sku, entry.value)
         if len(self.pending) >= LEDGER_FLUSH_ENTRIES or time.monotonic() - self.flushed_at >= LEDGER_FLUSH_SECONDS:
-            self.flush()
+            self.due.set()
 
-    def flush(self) -> None:
-        if self.pending:
-            ledger.record(self.state, self.pending)
-            self.pending = []
-        self.flushed_at = time.monotonic()
+    async def _write_ledger(self) -> None:
+        """The ledger writer: writes what is pending whenever it is due, in a thread (a commit
+        waits on the disk or the network; on the event loop it would hold every request back).
+        One write at a time per partner; answers keep coming while it writes."""
+        loop = asyncio.get_running_loop()
+        while True:
+            await self.due.wait()
+            self.due.clear()
+            batch, self.pending = self.pending, []
+            self.flushed_at = time.monotonic()
+            if batch:
+                try:
+                    await loop.run_in_executor(_LEDGER_WRITER, ledger.record, self.state, batch)
+                except BaseException as exc:
+                    self.write_error = exc if isinstance(exc, Exception) else None
+                    raise
+            if self.closing and not self.pending:
+                return
 
     async def _flush_every_interval(self) -> None:
         while True:
             await asyncio.sleep(LEDGER_FLUSH_SECONDS)
-            self.flush()
+            self.due.set()
+
+    async def _close_ledger(self, writer: asyncio.Task) -> None:
+        """Write everything still pending and wait for it (raises what the writer raised)."""
+        self.closing = True
+        self.due.set()
+        try:
+            await asyncio.shield(writer)
+        except asyncio.CancelledError:
+            # cancelled while closing: the answers still get written before we go
+            await writer
+            raise
 
     async def _send_and_keep(self, call: CountCall, *, no_build: bool) -> LedgerEntry:
         entry = await self.send(call, no_build=no_build)
@@ -393,6 +429,7 @@ class _PartnerPush:
     async def run(self, plan: PushPlan) -> None:
         calls = plan.to_send
         head, last = calls[:-1], calls[-1:]
+        writer = asyncio.create_task(self._write_ledger())
         ticker = asyncio.create_task(self._flush_every_interval())
         try:
             for i in range(0, len(head), SEND_CHUNK):
@@ -406,7 +443,7 @@ class _PartnerPush:
                 self.pending.append(await self.send(self.last_delivered, no_build=False))
         finally:
             ticker.cancel()
-            self.flush()
+            await self._close_ledger(writer)
 
 
 def superseded_entries(
