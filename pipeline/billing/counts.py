@@ -60,10 +60,22 @@ class MonthAggregate:
     accepted_rows: int
 
 
-def counts_frame(records: list[tuple]) -> pd.DataFrame:
-    """The month's counts, sorted and checked (unique keys, non-negative ints)."""
-    frame = pd.DataFrame.from_records(records, columns=COUNT_COLUMNS)
-    frame = frame.astype({"billable_users": "int64"})
+def new_count_columns() -> dict[str, list]:
+    """Empty columns for ``counts_frame``, filled group by group."""
+    return {column: [] for column in COUNT_COLUMNS}
+
+
+def add_count(columns: dict[str, list], *values: object) -> None:
+    """Append one group's values, in ``COUNT_COLUMNS`` order."""
+    for column, value in zip(COUNT_COLUMNS, values, strict=True):
+        columns[column].append(value)
+
+
+def counts_frame(columns: dict[str, list]) -> pd.DataFrame:
+    """The month's counts (``COUNT_COLUMNS`` as lists), sorted and checked (unique keys,
+    non-negative ints). Built column-wise: no tuple or dict per group is kept."""
+    frame = pd.DataFrame({column: columns[column] for column in COUNT_COLUMNS}, columns=COUNT_COLUMNS)
+    frame = frame.astype({**{column: object for column in COUNT_COLUMNS[:-1]}, "billable_users": "int64"})
     frame = frame.sort_values(["partner_id", "company_id", "sku"]).reset_index(drop=True)
     return checked_counts(frame)
 
@@ -81,12 +93,11 @@ def aggregate_billable_users(
     params = {**month_parameters(month, dialect), "known_skus": list(known_skus)}
     rows = conn.execute(bind_known_skus(aggregation_sql(query, dialect)), params).all()
     accepted = sum(int(r.accepted_rows) for r in rows)
-    records = [
-        (r.partner_id, r.company_id, r.company_name, r.sku, int(r.billable_users))
-        for r in rows
-        if r.rows_in_month
-    ]
-    return MonthAggregate(counts=counts_frame(records), accepted_rows=accepted)
+    columns = new_count_columns()
+    for r in rows:
+        if r.rows_in_month:
+            add_count(columns, r.partner_id, r.company_id, r.company_name, r.sku, int(r.billable_users))
+    return MonthAggregate(counts=counts_frame(columns), accepted_rows=accepted)
 
 
 class ReconciliationError(RuntimeError):

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import hashlib
 import io
+import itertools
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, timezone
 
@@ -35,23 +36,83 @@ def _copy_text(value: object) -> str:
     )
 
 
-def bulk_insert(conn: sa.Connection, table: sa.Table, records: list[dict]) -> None:
-    """Insert many rows at once: COPY on PostgreSQL (psycopg2), one executemany elsewhere."""
-    if not records:
-        return
-    if conn.dialect.name != "postgresql" or conn.dialect.driver != "psycopg2":
-        conn.execute(table.insert(), records)
-        return
-    columns = [c.name for c in table.columns]
-    buffer = io.StringIO()
-    for record in records:
-        buffer.write("\t".join(_copy_text(record.get(c)) for c in columns) + "\n")
-    buffer.seek(0)
+BULK_CHUNK_ROWS = 50_000
+Columns = Mapping[str, object]  # column name -> a sequence of values, or one value for every row
+
+
+def _column_values(columns: Columns, name: str, rows: int) -> Sequence[object]:
+    values = columns.get(name)
+    if isinstance(values, (list, tuple, pd.Series, pd.Index)):
+        if len(values) != rows:
+            raise ValueError(f"column {name} has {len(values)} values, expected {rows}")
+        return values
+    return itertools.repeat(values, rows)  # type: ignore[return-value]
+
+
+def _driver_rows(conn: sa.Connection, table: sa.Table, columns: Columns, rows: int) -> tuple[str, Iterable[tuple]] | None:
+    """The compiled INSERT and its rows, each value through its column type's bind processor,
+    converted once per distinct value: SQLAlchemy's own executemany builds parameters row by
+    row (cProfile: 80 % of storing 94 k counts in SQLite). None when the driver's paramstyle
+    is not positional."""
+    names = [c.name for c in table.columns]
+    compiled = table.insert().compile(dialect=conn.dialect, column_keys=names)
+    if not compiled.positional or compiled.positiontup is None:
+        return None
+    ordered = []
+    for name in compiled.positiontup:
+        values = _column_values(columns, name, rows)
+        process = table.c[name].type._cached_bind_processor(conn.dialect)
+        if process is not None:
+            # a column holds few distinct values needing conversion (the month, the run's time)
+            values = list(values)
+            converted = {value: process(value) for value in set(values) if value is not None}
+            values = [None if value is None else converted[value] for value in values]
+        ordered.append(values)
+    return compiled.string, zip(*ordered)
+
+
+def _copy_rows(conn: sa.Connection, table: sa.Table, columns: Columns, rows: int) -> None:
+    names = [c.name for c in table.columns]
+    lines = zip(*(_column_values(columns, name, rows) for name in names))
     cursor = conn.connection.driver_connection.cursor()
     try:
-        cursor.copy_expert(f"COPY {table.name} ({', '.join(columns)}) FROM STDIN", buffer)
+        for chunk in iter(lambda: list(itertools.islice(lines, BULK_CHUNK_ROWS)), []):
+            buffer = io.StringIO()
+            for line in chunk:
+                buffer.write("\t".join(map(_copy_text, line)) + "\n")
+            buffer.seek(0)
+            cursor.copy_expert(f"COPY {table.name} ({', '.join(names)}) FROM STDIN", buffer)
     finally:
         cursor.close()
+
+
+def insert_columns(conn: sa.Connection, table: sa.Table, columns: Columns, rows: int) -> None:
+    """Insert ``rows`` rows given column by column: COPY on PostgreSQL (psycopg2), in chunks;
+    one driver ``executemany`` elsewhere. No per-row dict is ever built."""
+    if not rows:
+        return
+    if conn.dialect.name == "postgresql" and conn.dialect.driver == "psycopg2":
+        _copy_rows(conn, table, columns, rows)
+        return
+    prepared = _driver_rows(conn, table, columns, rows)
+    if prepared is None:
+        names = [c.name for c in table.columns]
+        records = [dict(zip(names, line)) for line in zip(*(_column_values(columns, n, rows) for n in names))]
+        conn.execute(table.insert(), records)
+        return
+    statement, lines = prepared
+    cursor = conn.connection.driver_connection.cursor()
+    try:
+        for chunk in iter(lambda: list(itertools.islice(lines, BULK_CHUNK_ROWS)), []):
+            cursor.executemany(statement, chunk)
+    finally:
+        cursor.close()
+
+
+def bulk_insert(conn: sa.Connection, table: sa.Table, records: list[dict]) -> None:
+    """Insert many rows given as dicts (missing keys are NULL); see ``insert_columns``."""
+    names = [c.name for c in table.columns]
+    insert_columns(conn, table, {n: [r.get(n) for r in records] for n in names}, len(records))
 
 
 class QuarantineWriter:
@@ -79,10 +140,14 @@ class QuarantineWriter:
 
 def counts_fingerprint(counts: pd.DataFrame) -> str:
     """Order-independent fingerprint of a month's counts (partner, company, sku, users)."""
-    digest = hashlib.sha256()
-    for row in counts.sort_values(["partner_id", "company_id", "sku"]).itertuples(index=False):
-        digest.update(f"{row.partner_id}\x1f{row.company_id}\x1f{row.sku}\x1f{row.billable_users}\n".encode())
-    return digest.hexdigest()
+    ordered = counts.sort_values(["partner_id", "company_id", "sku"])
+    lines = "".join(
+        f"{partner}\x1f{company}\x1f{sku}\x1f{users}\n"
+        for partner, company, sku, users in zip(
+            ordered["partner_id"], ordered["company_id"], ordered["sku"], ordered["billable_users"]
+        )
+    )
+    return hashlib.sha256(lines.encode()).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -112,19 +177,16 @@ def replace_billable_counts(
 ) -> MonthComputation:
     """Store a month's counts (delete-then-insert) and its computation record, atomically."""
     now = utcnow()
-    records = [
-        {
-            "month": month,
-            "partner_id": r.partner_id,
-            "company_id": r.company_id,
-            "sku": r.sku,
-            "company_name": r.company_name,
-            "billable_users": int(r.billable_users),
-            "run_id": run_id,
-            "computed_at": now,
-        }
-        for r in counts.itertuples(index=False)
-    ]
+    columns: dict[str, object] = {
+        "month": month,
+        "partner_id": counts["partner_id"].tolist(),
+        "company_id": counts["company_id"].tolist(),
+        "sku": counts["sku"].tolist(),
+        "company_name": counts["company_name"].tolist(),
+        "billable_users": [int(v) for v in counts["billable_users"]],
+        "run_id": run_id,
+        "computed_at": now,
+    }
     computation = MonthComputation(
         month=month,
         rows_in=rows_in,
@@ -140,7 +202,7 @@ def replace_billable_counts(
     )
     with engine.begin() as conn:
         conn.execute(sa.delete(billable_counts).where(billable_counts.c.month == month))
-        bulk_insert(conn, billable_counts, records)
+        insert_columns(conn, billable_counts, columns, len(counts))
         conn.execute(sa.delete(month_computations).where(month_computations.c.month == month))
         conn.execute(month_computations.insert(), [computation.__dict__])
     return computation

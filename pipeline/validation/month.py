@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import pandas as pd
 import sqlalchemy as sa
 
-from pipeline.billing.counts import MonthAggregate, counts_frame
+from pipeline.billing.counts import MonthAggregate, add_count, counts_frame, new_count_columns
 from pipeline.billing.month import BillingMonth
 from pipeline.source.contract import ContractViolation, check_source_contract
 from pipeline.source.utilization import CONTRACT_COLUMNS, SourceQuery, month_parameters
@@ -103,7 +103,7 @@ class _Tally:
     rows: int = 0
     valid: int = 0
     reason_counts: dict[str, int] = field(default_factory=dict)
-    counts: list[tuple] = field(default_factory=list)
+    counts: dict[str, list] = field(default_factory=new_count_columns)
     sample: list[dict] = field(default_factory=list)
 
 
@@ -174,10 +174,8 @@ def validate_month(
                 if not getattr(group, MASK):
                     tally.valid += n
                     if group.rows_in_month:
-                        tally.counts.append(
-                            (group.partner_id, group.company_id, group.company_name, group.sku,
-                             int(group.billable_users))
-                        )
+                        add_count(tally.counts, group.partner_id, group.company_id, group.company_name,
+                                  group.sku, int(group.billable_users))
                     continue
                 for code in codes_of(int(getattr(group, MASK))):
                     tally.reason_counts[code] = tally.reason_counts.get(code, 0) + n
