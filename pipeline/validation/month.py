@@ -2,9 +2,11 @@
 
 The database flags every row with the rules it breaks (``pipeline.validation.rules``) and, in
 the same scan, groups the rows: the rows breaking no rule into the month's counts per partner
-x company x sku, the others into identical-row groups that come back — only they — to be
-quarantined with their reasons. Nothing here holds a month's rows in memory; the quarantine
-and the validation record are replaced in one state-DB transaction.
+x company x sku, the others into groups that come back — only they — to be quarantined with
+their reasons (PostgreSQL: per partner x company x sku x broken rules, the rows as text
+arrays, so the pass runs in parallel workers; SQLite and MySQL/MariaDB: identical rows with
+how many). Nothing here holds a month's rows in memory, only one entry per counted group;
+the quarantine and the validation record are replaced in one state-DB transaction.
 """
 
 from __future__ import annotations
