@@ -594,3 +594,36 @@ def test_vendor_query_file_over_another_schema_works(product_engine, state_engin
     quarantine = load_quarantine(state_engine, date(2026, 3, 1))
     assert sorted(quarantine.user_id) == ["dave", "erin"]
     assert "'FAX' is not a service the vendor sells" in quarantine.set_index("user_id").reasons["dave"]
+
+
+def test_postgresql_month_pass_computes_the_rules_once_in_parallel_workers(postgres_url):
+    """The month pass on PostgreSQL is planned like a plain aggregate: parallel workers below a
+    Gather Merge, the rules' mask computed once per row as a group key (no ``OFFSET 0`` fence,
+    which keeps the whole sort in the leader; no per-key ``CASE`` repeating the rules)."""
+    from pipeline.validation.month import month_pass_sql
+    from pipeline.validation.rules import bind_known_skus
+
+    engine = sa.create_engine(postgres_url)
+    rows = ProductRows(engine).basic()
+    rows.users("u_ok")
+    rows.enroll("u_ok", "c1", "SAT", at(2026, 1, 1), None)
+    query = reference_query(engine)
+    month = BillingMonth.from_partition_key(MARCH, NY)
+    sql = month_pass_sql(query, "postgresql")
+    assert "OFFSET 0" not in sql
+    params = {**month_parameters(month, "postgresql"), "known_skus": known_skus(engine)}
+    with engine.connect() as conn:
+        for setting in ("parallel_setup_cost", "parallel_tuple_cost", "min_parallel_table_scan_size"):
+            conn.exec_driver_sql(f"SET {setting} = 0")
+        plan = "\n".join(
+            r[0] for r in conn.execute(bind_known_skus("EXPLAIN (VERBOSE) " + sql), params)
+        )
+    engine.dispose()
+    assert "Gather Merge" in plan and "Workers Planned" in plan, plan
+    from pipeline.validation.rules import RULES
+
+    lines = plan.splitlines()
+    sort = next(i for i, line in enumerate(lines) if line.strip().startswith("->  Sort"))
+    projected = next(line for line in lines[sort + 1:] if line.strip().startswith("Output:"))
+    # what the workers compute per row below the sort: the mask once (one CASE per rule)
+    assert projected.count("CASE WHEN") == len(RULES), projected
