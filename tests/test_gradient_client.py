@@ -497,6 +497,47 @@ def test_retries_also_go_through_the_rate_limit() -> None:
     assert max_requests_in_any_second([seen.at for seen in script.seen]) <= 10
 
 
+def test_over_real_http_each_request_is_paced_when_it_is_written() -> None:
+    """With the client's own transport the pacer runs in httpcore's trace hook, right before
+    the request is written: a real server's arrival times keep the limit, and the hook was
+    used for every request (no fallback to pacing before sending)."""
+    arrivals: list[float] = []
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                arrivals.append(time.monotonic())
+                length = 0
+                for line in head.split(b"\r\n"):
+                    if line.lower().startswith(b"content-length:"):
+                        length = int(line.split(b":", 1)[1])
+                await reader.readexactly(length)
+                body = b'{"status":201,"message":"Unit count updated"}'
+                writer.write(
+                    b"HTTP/1.1 201 Created\r\ncontent-type: application/json\r\n"
+                    b"content-length: %d\r\n\r\n%s" % (len(body), body)
+                )
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            writer.close()
+
+    async def main() -> bool:
+        server = await asyncio.start_server(handle, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        async with server:
+            client = GradientClient(f"http://127.0.0.1:{port}", VENDOR_KEY, max_requests_per_second=20.0)
+            async with client:
+                session = client.partner("acme", PARTNER_KEY)
+                results = await asyncio.gather(*(count(session) for _ in range(50)))
+            assert all(r.outcome == "delivered" for r in results)
+            return client._pace_on_send
+
+    assert asyncio.run(main()) is True
+    assert len(arrivals) == 50
+    assert max_requests_in_any_second(arrivals) <= 20
+
+
 def test_concurrency_is_bounded() -> None:
     in_flight = peak = 0
 

@@ -1,6 +1,6 @@
 """Async client for Gradient MSP's "Synthesize" vendor API.
 
-One ``GradientClient`` per process/run owns one pooled ``httpx.AsyncClient``, one rate
+One ``GradientClient`` per process/run owns a few small pooled ``httpx.AsyncClient``s, one rate
 limiter and one concurrency semaphore shared by every call, whatever the partner. Each
 partner's calls go through a ``PartnerSession`` that binds that partner's token, so a
 partner's counts can only ever carry its own token.
@@ -9,7 +9,10 @@ Rate limiting: ``pipeline.gradient.pacing.Pacer`` -- a steady cadence (GCRA: the
 counts from the reserved one, so wake-up latency is not lost on every request; a bounded
 catch-up burst of 50 ms) under a hard cap (a sliding-window log of the actual releases: at most
 ``floor(rate)`` in any ``1 s + 25 ms`` window, the 25 ms guard absorbing the jitter between our
-release and Gradient's check). The bound is worked out in that module. The earlier limiters
+release and Gradient's check). The bound is worked out in that module. With the client's own
+transport, a request is paced at the moment httpcore writes it (its ``trace`` hook, with no
+await between the release and the socket write), so the client adds no jitter of its own; an
+injected transport (tests) is paced before sending. The earlier limiters
 measured: ``AsyncLimiter(rate, 1)`` let 199 requests through in one second at 100/s (a full
 bucket plus its drain); ``AsyncLimiter(1, 1 / rate)`` held the limit but lost every wake-up
 latency (77 % of 100/s); a plain 1.0 s client-side window drew a few 429s from arrival jitter.
@@ -18,7 +21,8 @@ The limit holds per client, i.e. per process: concurrent runs each get their own
 Retries: tenacity, on 429, 5xx and ``httpx.TransportError`` (except the deterministic
 ``UnsupportedProtocol`` / ``LocalProtocolError``), with full-jitter exponential backoff
 (``wait_random_exponential``) and a numeric ``Retry-After`` as the minimum wait. Every
-attempt goes through the limiter again. Other statuses are never retried. POSTs are
+attempt goes through the limiter again. The first attempt is sent without tenacity; its
+machinery is built only after a retryable failure. Other statuses are never retried. POSTs are
 retried too: unit counts overwrite (idempotent); a retried bulk account creation whose
 first attempt landed may answer 409 (duplicate ids), which the caller resolves by reading
 the accounts again. ``POST /service`` is the exception: it is sent once, and the caller
