@@ -93,21 +93,26 @@ class _GcPauses:
 
     def __init__(self) -> None:
         self.pauses: list[tuple[int, float]] = []
+        self.long: list[tuple[float, float]] = []  # (wall-clock start, seconds) of pauses > 20 ms
         self._started = 0.0
         gc.callbacks.append(self)
 
     def __call__(self, phase: str, info: dict) -> None:
         if phase == "start":
             self._started = time.perf_counter()
+            self._wall = time.time()
         else:
-            self.pauses.append((info["generation"], time.perf_counter() - self._started))
+            took = time.perf_counter() - self._started
+            self.pauses.append((info["generation"], took))
+            if took > 0.02:
+                self.long.append((self._wall, took))
 
     def close(self) -> dict:
         gc.callbacks.remove(self)
         full = [ms for gen, ms in self.pauses if gen == 2]
         return {"collections": len(self.pauses), "full": len(full),
                 "longest_ms": round(1000 * max((ms for _, ms in self.pauses), default=0.0), 1),
-                "full_over_20ms": sum(1 for ms in full if ms > 0.02)}
+                "full_over_20ms": sum(1 for ms in full if ms > 0.02), "long": self.long}
 
 
 def probe(args: argparse.Namespace) -> dict:
@@ -131,8 +136,12 @@ def probe(args: argparse.Namespace) -> dict:
         releases = workdir / "releases.txt" if args.releases else None
         out, wall, cpu = run_push(job.write(workdir / "job.json"), args.profile, releases)
         gc_pauses = pauses.close()
-        cpu_server = time.process_time() - cpu_server_before
         entries = admin.requests()
+        origin = min((_seconds(e["time"]) for e in entries), default=0.0)
+        gc_pauses["over_20ms_at_seconds"] = [
+            [round(wall - origin, 3), round(1000 * took, 1)] for wall, took in gc_pauses.pop("long")
+        ]
+        cpu_server = time.process_time() - cpu_server_before
         figures = summarize(entries, args.limit).as_dict()
         result = {
             "limit": args.limit,

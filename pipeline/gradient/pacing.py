@@ -41,8 +41,14 @@ The bound, worked out:
   delays (its predecessor ``limit`` back woke up late, then it woke early) is late by at
   most two wake-up latencies and does not move later slots.
 
-Measured on the emulator (bench/load_probe.py; 20 ms latency, same machine): see the client
-module docstring. The pacer is per-process: one per ``GradientClient``; concurrent runs
+Measured on the emulator (``python -m bench.load_probe``; 20 ms latency, same 2-core machine):
+50,099 count calls at limit 100 in 518 s, 96.6 % of the limit, never more than 100 accepted in
+any 1 s window, 99 429s (0.2 %); 20,005 calls at limit 1000: 860/s. Arrival minus release is
+~0.7 ms at the median and < 25 ms at p99; the 429s come in clusters about 1 s after a stall of
+the emulator's own process (its full garbage collections, 86-272 ms as its request log grows):
+the requests held during the stall reach its limiter together and fill its window for the next
+second. No guard compatible with 95 % of the limit absorbs a 100+ ms stall; correcting the
+window's stamps from late answers (a release answered late arrived late) would. The pacer is per-process: one per ``GradientClient``; concurrent runs
 each get their own budget (see ``pipeline.gradient.client``).
 """
 
