@@ -86,7 +86,7 @@ SELECT
     COUNT(*) AS row_count,
     array_agg(ARRAY[{shown}]) FILTER (WHERE {MASK} <> 0) AS quarantined_rows
 FROM (
-{flagged_sql(query.sql, dialect, fence=False)}
+{flagged_sql(query.sql, dialect)}
 ) AS flagged
 GROUP BY {', '.join(GROUP_KEYS)}, {MASK}
 """

@@ -208,14 +208,12 @@ def overlap_sql(dialect: str) -> str:
     )
 
 
-def flagged_sql(query_sql: str, dialect: str, fence: bool = True) -> str:
-    """The contract query with each row's ``reason_mask``. On PostgreSQL ``OFFSET 0`` (unless
-    ``fence`` is false) keeps the mask computed once per row instead of at every place it is
-    used, at the price of a plan without parallel workers above it."""
-    fence_sql = "\nOFFSET 0" if fence and family(dialect) == "postgresql" else ""
+def flagged_sql(query_sql: str, dialect: str) -> str:
+    """The contract query with each row's ``reason_mask`` (see ``pipeline.validation.month`` for
+    how PostgreSQL keeps it computed once per row)."""
     return (
         f"SELECT utilization.*,\n    {reason_mask_sql(dialect)} AS {MASK}\n"
-        f"FROM (\n{query_sql}\n) AS utilization{fence_sql}"
+        f"FROM (\n{query_sql}\n) AS utilization"
     )
 
 
