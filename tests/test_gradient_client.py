@@ -538,6 +538,25 @@ def test_over_real_http_each_request_is_paced_when_it_is_written() -> None:
     assert max_requests_in_any_second(arrivals) <= 20
 
 
+def test_a_request_that_never_reached_the_server_keeps_pacing_at_write_time() -> None:
+    """Connection refused fails before anything is written, so no send trace event fires: that
+    is not a transport without the hook, and the client keeps pacing in the hook."""
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+
+    async def main() -> bool:
+        client = GradientClient(f"http://127.0.0.1:{port}", VENDOR_KEY, max_attempts=1)
+        async with client:
+            with pytest.raises(GradientUnavailableError):
+                await count(client.partner("acme", PARTNER_KEY))
+            return client._pace_on_send
+
+    assert asyncio.run(main()) is True
+
+
 def test_concurrency_is_bounded() -> None:
     in_flight = peak = 0
 

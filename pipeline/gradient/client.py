@@ -368,11 +368,12 @@ class GradientClient:
                 raise
             finally:
                 self._in_flight[pool] -= 1
-                if not paced and self._pace_on_send:
-                    # The transport sent without the trace event (another httpcore?): pace
-                    # before sending from now on, so no request can go unpaced again.
-                    logger.warning("Gradient client: pacing before sending (no send trace event)")
-                    self._pace_on_send = False
+            if not paced and self._pace_on_send:
+                # Answered without the send trace event (another httpcore?): pace before
+                # sending from now on, so no request can go unpaced again. (A request that
+                # failed before it was written, e.g. connection refused, is no such sign.)
+                logger.warning("Gradient client: pacing before sending (no send trace event)")
+                self._pace_on_send = False
         self._stats.by_status[response.status_code] += 1
         if _is_retryable_status(response.status_code):
             raise _RetryableStatus(
