@@ -170,6 +170,11 @@ CASES: dict[str, Case] = {
                              {"postgresql": R, "*": Q}, ("control_characters",)),
     "company_name_1mb": Case(lambda r: (r.company("cbig", "p1", "N" * 1_000_000), r.enroll("g1", "cbig", "SAT", ALWAYS)),
                              {"mysql": R, "*": Q}, ("value_too_long",)),
+    # 255 characters of two bytes each (510 bytes) is within the limit; 256 is not
+    "company_name_255_two_byte_chars": Case(lambda r: (r.company("c255", "p1", "é" * 255), r.enroll("g1", "c255", "SAT", ALWAYS)),
+                                            {"*": C}, counted={("p1", "c255", "SAT"): 1}),
+    "company_name_256_two_byte_chars": Case(lambda r: (r.company("c256", "p1", "é" * 256), r.enroll("g1", "c256", "SAT", ALWAYS)),
+                                            {"*": Q}, ("value_too_long",)),
     "company_name_invalid_utf8": Case(_bad_utf8_name, {"sqlite": Q}, ("value_unreadable",)),
     "user_id_invalid_utf8": Case(_bad_utf8_user, {"sqlite": Q}, ("value_unreadable",)),
     # ---- duplicates
