@@ -171,73 +171,59 @@ def test_database_overlap_matches_oracle_with_an_unfiltered_query_on_sqlite(sqli
     check(product, state, rows, scenario, unfiltered=True)
 
 
-@settings(
+# Fewer examples on the server databases (each example writes its rows over the network).
+server_database_examples = settings(
     max_examples=15,
     deadline=None,
     derandomize=True,
     print_blob=True,
     suppress_health_check=[HealthCheck.function_scoped_fixture],
 )
+
+
+@server_database_examples
 @given(scenario=scenarios())
 def test_pipeline_matches_oracle_on_postgresql(postgres_url, state_engine, scenario):
-    product = _pg_engine(postgres_url)
+    product = _server_engine(postgres_url)
     check(product, state_engine, ProductRows(product), scenario)
 
 
-@settings(
-    max_examples=15,
-    deadline=None,
-    derandomize=True,
-    print_blob=True,
-    suppress_health_check=[HealthCheck.function_scoped_fixture],
-)
+@server_database_examples
 @given(scenario=scenarios())
 def test_database_overlap_matches_oracle_with_an_unfiltered_query_on_postgresql(
     postgres_url, state_engine, scenario
 ):
-    product = _pg_engine(postgres_url)
+    product = _server_engine(postgres_url)
     check(product, state_engine, ProductRows(product), scenario, unfiltered=True)
 
 
-@settings(
-    max_examples=15,
-    deadline=None,
-    derandomize=True,
-    print_blob=True,
-    suppress_health_check=[HealthCheck.function_scoped_fixture],
-)
+@server_database_examples
 @given(scenario=scenarios())
 def test_pipeline_matches_oracle_on_mariadb(mariadb_url, state_engine, scenario):
-    product = _pg_engine(mariadb_url)
+    product = _server_engine(mariadb_url)
     check(product, state_engine, ProductRows(product), scenario)
 
 
-@settings(
-    max_examples=15,
-    deadline=None,
-    derandomize=True,
-    print_blob=True,
-    suppress_health_check=[HealthCheck.function_scoped_fixture],
-)
+@server_database_examples
 @given(scenario=scenarios())
 def test_database_overlap_matches_oracle_with_an_unfiltered_query_on_mariadb(
     mariadb_url, state_engine, scenario
 ):
-    product = _pg_engine(mariadb_url)
+    product = _server_engine(mariadb_url)
     check(product, state_engine, ProductRows(product), scenario, unfiltered=True)
 
 
-_pg_engines: dict[str, sa.Engine] = {}
+_server_engines: dict[str, sa.Engine] = {}
 
 
-def _pg_engine(url: str) -> sa.Engine:
+def _server_engine(url: str) -> sa.Engine:
     """One engine per test database (hypothesis calls the test body many times)."""
-    if url not in _pg_engines:
-        for old in _pg_engines.values():
+    if url not in _server_engines:
+        for old in _server_engines.values():
             old.dispose()
-        _pg_engines.clear()
-        _pg_engines[url] = sa.create_engine(url)
-    return _pg_engines[url]
+        _server_engines.clear()
+        _server_engines[url] = sa.create_engine(url)
+    return _server_engines[url]
 
 
 def test_oracle_agrees_with_hand_computed_cases():
