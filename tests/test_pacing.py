@@ -184,3 +184,140 @@ def test_rates_below_one_per_second() -> None:
 def test_rate_must_be_positive(bad: float) -> None:
     with pytest.raises(ValueError):
         Pacer(bad)
+
+
+class StallingServer:
+    """A server whose process stalls now and then, for ``stall`` seconds every ``every``
+    seconds on average (after the first second). A request reaches its limiter ``0.5 ms + U(0,
+    jitter)`` after its release, or when a stall it hits ends; it is answered ``latency`` after
+    that, or when a stall its answer hits ends (the answer is late but the arrival was not)."""
+
+    def __init__(self, rng: random.Random, start: float, *, stall: tuple[float, float], every: float,
+                 jitter: float = 0.002, latency: tuple[float, float] = (0.020, 0.022)) -> None:
+        self.rng, self.jitter, self.latency = rng, jitter, latency
+        self.stalls: list[tuple[float, float]] = []
+        t = start + 1.0
+        while t < start + 10_000:
+            length = rng.uniform(*stall)
+            self.stalls.append((t, t + length))
+            t += length + rng.uniform(0.5, 1.5) * every
+        self._starts = [s for s, _ in self.stalls]
+
+    def _after_stall(self, t: float) -> float:
+        i = bisect.bisect_right(self._starts, t) - 1
+        if i >= 0 and t < self.stalls[i][1]:
+            return self.stalls[i][1]
+        return t
+
+    def serve(self, released: float) -> tuple[float, float]:
+        """(arrival at the limiter, answer) of a request released at ``released``."""
+        arrival = self._after_stall(released + 0.0005 + self.rng.uniform(0, self.jitter))
+        return arrival, self._after_stall(arrival + self.rng.uniform(*self.latency))
+
+
+async def drive_stalling(pacer: Pacer, calls: int, server: StallingServer, *, report: bool,
+                         workers: int = 32) -> tuple[list[float], list[float]]:
+    """Like ``drive``, against ``server``; with ``report``, each answer goes to the pacer."""
+    loop = asyncio.get_running_loop()
+    released: list[float] = []
+    arrivals: list[float] = []
+    left = calls
+
+    async def worker() -> None:
+        nonlocal left
+        while left > 0:
+            left -= 1
+            release = await pacer.acquire()
+            assert release == loop.time()
+            arrival, answer = server.serve(release)
+            released.append(release)
+            arrivals.append(arrival)
+            await asyncio.sleep(answer - loop.time())
+            if report:
+                pacer.answered(release, loop.time())
+
+    await asyncio.gather(*(worker() for _ in range(workers)))
+    return released, arrivals
+
+
+def run_stalling(rate: int, calls: int, seed: int, *, report: bool) -> tuple[Pacer, list[float], list[float]]:
+    """Enough workers that a 300 ms stall does not hold all of them (at 1000/s, 32 would: the
+    rate would then be bounded by the concurrency, ~91 %, with or without corrections)."""
+    rng = random.Random(seed * 104_729)
+    pacer = Pacer(rate)
+    workers = max(32, int(0.4 * rate))
+
+    async def scenario() -> tuple[list[float], list[float]]:
+        server = StallingServer(rng, asyncio.get_running_loop().time(), stall=(0.1, 0.3), every=2.0)
+        return await drive_stalling(pacer, calls, server, report=report, workers=workers)
+
+    released, arrivals = run_virtual(scenario, seed=seed)
+    return pacer, released, arrivals
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+@pytest.mark.parametrize("rate", [100, 1000])
+def test_answers_correct_the_window_so_server_stalls_do_not_overflow_it(seed: int, rate: int) -> None:
+    """The server stalls for 100-300 ms every ~2 s: requests released meanwhile reach its
+    limiter together when it resumes, and their answers come late. With every answer reported
+    to the pacer, no 1 s window of *arrivals* at the server holds more than ``rate``, and the
+    sustained rate stays >= 95 %."""
+    calls = 40 * rate
+    pacer, released, arrivals = run_stalling(rate, calls, seed, report=True)
+    assert len(arrivals) == calls
+    assert most_in_any_window(arrivals) <= rate
+    assert achieved_rate(arrivals) >= 0.95 * rate, achieved_rate(arrivals)
+    assert pacer.corrections > 0
+    assert 0.0205 <= pacer.min_round_trip < 0.025
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+@pytest.mark.parametrize("rate", [100, 1000])
+def test_without_the_answers_the_same_stalls_overflow_the_servers_window(seed: int, rate: int) -> None:
+    """The same scenario with the answers not reported (release stamps only): some 1 s window
+    at the server holds more than ``rate`` -- the correction is what keeps the limit."""
+    _, released, arrivals = run_stalling(rate, 40 * rate, seed, report=False)
+    assert most_in_any_window(arrivals) > rate
+    assert most_in_any_window(released, Pacer(rate).window) <= rate  # the client's own view held
+
+
+def test_a_corrected_stamp_holds_the_window_until_it_leaves() -> None:
+    """Exact semantics on a quiet clock: a request answered 0.3 s late (min round trip 20 ms)
+    counts from ``answer - 20 ms``, so the next release waits for that stamp, not its release."""
+
+    async def scenario() -> list[float]:
+        loop = asyncio.get_running_loop()
+        pacer = Pacer(2, guard_seconds=0.0, burst_seconds=0.0)  # limit 2 per 1 s window
+        first = await pacer.acquire()
+        await asyncio.sleep(0.02)
+        pacer.answered(first, loop.time())  # the minimum: no correction
+        second = await pacer.acquire()  # 0.5 s later, on the cadence
+        await asyncio.sleep(0.32)
+        pacer.answered(second, loop.time())  # 0.3 s late: stamp = second + 0.3
+        third = await pacer.acquire()  # first's stamp left at first + 1.0; second's still there
+        fourth = await pacer.acquire()  # must wait for the corrected second + 0.3 + 1.0
+        return [first, second, third, fourth, pacer.min_round_trip]
+
+    first, second, third, fourth, min_rt = run_virtual(scenario, seed=1, wake_up_latency=0.0, iteration_cost=0.0)
+    assert min_rt == pytest.approx(0.02)
+    assert second - first == pytest.approx(0.5)
+    assert third - first == pytest.approx(1.0)
+    assert fourth - second == pytest.approx(1.3)
+
+
+def test_unanswered_requests_and_429s_do_not_move_the_minimum() -> None:
+    async def scenario() -> Pacer:
+        loop = asyncio.get_running_loop()
+        pacer = Pacer(100)
+        release = await pacer.acquire()
+        await asyncio.sleep(0.001)
+        pacer.answered(release, loop.time(), sample=False)  # a quick 429
+        assert pacer.min_round_trip == math.inf
+        release = await pacer.acquire()
+        await asyncio.sleep(0.02)
+        pacer.answered(release, loop.time())
+        return pacer
+
+    pacer = run_virtual(scenario, seed=2, wake_up_latency=0.0, iteration_cost=0.0)
+    assert pacer.min_round_trip == pytest.approx(0.02)
+    assert pacer.corrections == 0

@@ -60,7 +60,7 @@ from __future__ import annotations
 
 import asyncio
 import math
-from collections import deque
+from bisect import bisect_left, bisect_right, insort
 
 DEFAULT_GUARD_SECONDS = 0.025
 DEFAULT_BURST_SECONDS = 0.05
@@ -68,8 +68,8 @@ DEFAULT_BURST_SECONDS = 0.05
 
 class Pacer:
     """At most ``rate`` requests/s, released on a steady cadence; ``await pacer.acquire()``
-    before each request. Time is the running event loop's ``loop.time()`` (monotonic).
-    Not thread-safe: use it from one event loop."""
+    before each request, and ``pacer.answered(release, at)`` when its answer comes. Time is the
+    running event loop's ``loop.time()`` (monotonic). Not thread-safe: use it from one event loop."""
 
     def __init__(
         self,
@@ -89,13 +89,20 @@ class Pacer:
         self.interval = self.window / self.limit
         self.burst_seconds = burst_seconds
         self._next_slot = -math.inf
-        self._released: deque[float] = deque(maxlen=self.limit)
+        # The window log: one stamp per request (its release, or its corrected stamp once
+        # answered), sorted, only stamps later than ``_cutoff`` (the last pruning's
+        # ``now - window``): every request whose stamp is later than ``_cutoff`` has it here.
+        self._stamps: list[float] = []
+        self._cutoff = -math.inf
+        self.min_round_trip = math.inf
+        self.corrections = 0
 
     def __repr__(self) -> str:
         return f"Pacer(limit={self.limit}, window={self.window:.3f}s, interval={self.interval * 1e3:.2f}ms)"
 
-    async def acquire(self) -> None:
-        """Reserve the next slot and sleep until it, then wait for the cap; record the release.
+    async def acquire(self) -> float:
+        """Reserve the next slot and sleep until it, then wait for the cap; record the release
+        and return its time (pass it to ``answered``).
 
         No lock: each caller reserves its own slot at once and sleeps on its own timer, so
         several releases can fall in one event-loop iteration (a lock handed from waiter to
@@ -109,8 +116,39 @@ class Pacer:
         if slot > now:
             await asyncio.sleep(slot - now)
             now = loop.time()
-        released = self._released
-        while len(released) == self.limit and now < released[0] + self.window:
-            await asyncio.sleep(released[0] + self.window - now)
+        stamps = self._stamps
+        while True:
+            cutoff = now - self.window
+            if stamps and stamps[0] <= cutoff:
+                del stamps[: bisect_right(stamps, cutoff)]
+                self._cutoff = cutoff
+            over = len(stamps) - self.limit
+            if over < 0:
+                break
+            # The (over + 1) oldest stamps must leave the window: wait for the newest of them.
+            await asyncio.sleep(stamps[over] + self.window - now)
             now = loop.time()
-        released.append(now)
+        stamps.append(now)  # no stamp is later than now: corrected ones are <= their answer
+        return now
+
+    def answered(self, released: float, at: float, *, sample: bool = True) -> None:
+        """The request released at ``released`` (``acquire``'s return value) was answered at
+        ``at`` (loop time, when its response headers were read). Its stamp moves to
+        ``max(released, at - min_round_trip)``: answered late, it arrived late. With
+        ``sample`` (default) its round trip also updates ``min_round_trip``; pass
+        ``sample=False`` for answers that skip the server's normal path (429s are answered
+        before the work and its latency). Call it at most once per release; a request never
+        answered (refused, timed out) is simply not reported and keeps its release stamp."""
+        round_trip = at - released
+        if sample and 0 <= round_trip < self.min_round_trip:
+            self.min_round_trip = round_trip
+        stamp = at - self.min_round_trip
+        if not stamp > released:
+            return
+        self.corrections += 1
+        stamps = self._stamps
+        cutoff = self._cutoff
+        if released > cutoff:
+            del stamps[bisect_left(stamps, released)]
+        if stamp > cutoff:
+            insort(stamps, stamp)
