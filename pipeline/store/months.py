@@ -2,6 +2,11 @@
 
 SQLite file by default, PostgreSQL in production (``STATE_DB_URL``). Writes for a month are
 delete-then-insert in one transaction, so re-running a month is idempotent.
+
+The counts of a month's validation pass are staged (``StagedCountsWriter``, in the
+validation's transaction, chunk by chunk) and promoted into ``billable_counts`` by the same
+run's count step (``promote_staged_counts``: INSERT ... SELECT, totals and fingerprint in SQL,
+read back in key order): a month's counts are never held in memory whole.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from pipeline.store.schema import (
     month_loads,
     month_validations,
     quarantined_rows,
+    staged_billable_counts,
     utcnow,
 )
 
@@ -138,16 +144,59 @@ class QuarantineWriter:
         self.written += len(records)
 
 
+FINGERPRINT_KEYS = ("partner_id", "company_id", "sku")
+
+
+def _fingerprint_line(partner: object, company: object, sku: object, users: object) -> str:
+    return f"{partner}\x1f{company}\x1f{sku}\x1f{users}\n"
+
+
 def counts_fingerprint(counts: pd.DataFrame) -> str:
-    """Order-independent fingerprint of a month's counts (partner, company, sku, users)."""
-    ordered = counts.sort_values(["partner_id", "company_id", "sku"])
-    lines = "".join(
-        f"{partner}\x1f{company}\x1f{sku}\x1f{users}\n"
-        for partner, company, sku, users in zip(
-            ordered["partner_id"], ordered["company_id"], ordered["sku"], ordered["billable_users"]
-        )
+    """Order-independent fingerprint of a month's counts (partner, company, sku, users): the
+    lines in key order (Python's, i.e. code-point order), hashed. ``stored_counts_fingerprint``
+    computes the same from the state database without loading the month."""
+    ordered = counts.sort_values(list(FINGERPRINT_KEYS))
+    digest = hashlib.sha256()
+    for line in zip(
+        ordered["partner_id"], ordered["company_id"], ordered["sku"], ordered["billable_users"]
+    ):
+        digest.update(_fingerprint_line(*line).encode())
+    return digest.hexdigest()
+
+
+def _code_point_order(column: sa.ColumnElement, dialect: str) -> sa.ColumnElement:
+    """``column`` ordered by code point, as Python (pandas) sorts text: SQLite's default
+    BINARY collation compares UTF-8 bytes, which is code-point order; PostgreSQL's database
+    collation may be a locale's, so "C" (bytes, code-point order in UTF-8) is asked for."""
+    if dialect == "postgresql":
+        return column.collate("C")
+    if dialect in ("mysql", "mariadb"):
+        return column.collate("utf8mb4_bin")
+    return column
+
+
+FINGERPRINT_FETCH_ROWS = 10_000
+
+
+def stored_counts_fingerprint(conn: sa.Connection, month: date) -> str:
+    """``counts_fingerprint`` of a month's stored ``billable_counts``, streamed: rows read in
+    code-point key order ``FINGERPRINT_FETCH_ROWS`` at a time and hashed as they come."""
+    table = billable_counts
+    dialect = conn.dialect.name
+    query = (
+        sa.select(table.c.partner_id, table.c.company_id, table.c.sku, table.c.billable_users)
+        .where(table.c.month == month)
+        .order_by(*(_code_point_order(table.c[key], dialect) for key in FINGERPRINT_KEYS))
+        .execution_options(yield_per=FINGERPRINT_FETCH_ROWS)
     )
-    return hashlib.sha256(lines.encode()).hexdigest()
+    digest = hashlib.sha256()
+    result = conn.execute(query)
+    try:
+        for rows in result.partitions():
+            digest.update("".join(_fingerprint_line(*row) for row in rows).encode())
+    finally:
+        result.close()
+    return digest.hexdigest()
 
 
 @dataclass(frozen=True)
@@ -208,7 +257,136 @@ def replace_billable_counts(
     return computation
 
 
-def load_billable_counts(engine: sa.Engine, month: date) -> pd.DataFrame:
+class StagedCountsWriter:
+    """Stages a month's counts, chunk by chunk, in the caller's transaction: the month's staged
+    rows (any run's) are deleted first, so counts, quarantine and validation are replaced
+    together. ``rows``: the groups staged so far — what the validation record keeps as
+    ``counts_staged`` so that ``promote_staged_counts`` knows the pass staged them (0 too)."""
+
+    def __init__(self, conn: sa.Connection, month: date, run_id: str) -> None:
+        self.conn = conn
+        self.month = month
+        self.run_id = run_id
+        self.rows = 0
+        self.staged_at = utcnow()
+        conn.execute(sa.delete(staged_billable_counts).where(staged_billable_counts.c.month == month))
+
+    def write(self, counts: pd.DataFrame) -> None:
+        """Append a chunk of counts (``pipeline.billing.counts.COUNT_COLUMNS``, checked)."""
+        if counts.empty:
+            return
+        columns: dict[str, object] = {
+            "month": self.month,
+            "partner_id": counts["partner_id"].tolist(),
+            "company_id": counts["company_id"].tolist(),
+            "sku": counts["sku"].tolist(),
+            "company_name": counts["company_name"].tolist(),
+            "billable_users": [int(v) for v in counts["billable_users"]],
+            "run_id": self.run_id,
+            "staged_at": self.staged_at,
+        }
+        insert_columns(self.conn, staged_billable_counts, columns, len(counts))
+        self.rows += len(counts)
+
+
+@dataclass(frozen=True)
+class StoredCounts:
+    """A month's counts as stored: its computation record and how many groups (rows of
+    ``billable_counts``) were stored."""
+
+    computation: MonthComputation
+    rows: int
+
+
+def staged_count_rows(conn: sa.Connection, month: date, run_id: str) -> int:
+    staged = staged_billable_counts
+    return int(conn.execute(
+        sa.select(sa.func.count()).select_from(staged).where(staged.c.month == month, staged.c.run_id == run_id)
+    ).scalar_one())
+
+
+def promote_staged_counts(
+    engine: sa.Engine,
+    month: date,
+    *,
+    rows_in: int,
+    rows_quarantined: int,
+    query_sha256: str,
+    run_id: str,
+) -> StoredCounts | None:
+    """Replace the month's ``billable_counts`` with the counts run ``run_id``'s validation pass
+    staged, in one transaction: INSERT ... SELECT, partners / companies / billable users by
+    SQL aggregates, the fingerprint streamed (``stored_counts_fingerprint``), the computation
+    record written, the month's staged rows deleted.
+
+    None (and nothing changed) unless the month's validation record is ``run_id``'s and says
+    its pass staged exactly the groups found staged for ``run_id`` (``counts_staged``; 0 is a
+    month with no counted group): a month validated by another run, or not staged, or already
+    promoted, is for the caller to count afresh.
+    """
+    staged, counts = staged_billable_counts, billable_counts
+    with engine.begin() as conn:
+        validation = conn.execute(
+            sa.select(month_validations.c.run_id, month_validations.c.counts_staged)
+            .where(month_validations.c.month == month)
+        ).first()
+        if validation is None or validation.run_id != run_id or validation.counts_staged is None:
+            return None
+        if staged_count_rows(conn, month, run_id) != validation.counts_staged:
+            return None
+        now = utcnow()
+        conn.execute(sa.delete(counts).where(counts.c.month == month))
+        names = ["month", "partner_id", "company_id", "sku", "company_name", "billable_users", "run_id"]
+        conn.execute(
+            counts.insert().from_select(
+                [*names, "computed_at"],
+                sa.select(*(staged.c[n] for n in names), sa.literal(now, counts.c.computed_at.type))
+                .where(staged.c.month == month, staged.c.run_id == run_id),
+            )
+        )
+        this_month = counts.c.month == month
+        rows, partners, billable_users = conn.execute(
+            sa.select(
+                sa.func.count(),
+                sa.func.count(sa.distinct(counts.c.partner_id)),
+                sa.func.coalesce(sa.func.sum(counts.c.billable_users), 0),
+            ).where(this_month)
+        ).one()
+        companies = conn.execute(
+            sa.select(sa.func.count()).select_from(
+                sa.select(counts.c.partner_id, counts.c.company_id).where(this_month).distinct().subquery()
+            )
+        ).scalar_one()
+        computation = MonthComputation(
+            month=month,
+            rows_in=rows_in,
+            rows_quarantined=rows_quarantined,
+            rows_counted=rows_in - rows_quarantined,
+            partners=int(partners),
+            companies=int(companies),
+            billable_users=int(billable_users),
+            counts_fingerprint=stored_counts_fingerprint(conn, month),
+            query_sha256=query_sha256,
+            run_id=run_id,
+            computed_at=now,
+        )
+        conn.execute(sa.delete(month_computations).where(month_computations.c.month == month))
+        conn.execute(month_computations.insert(), [computation.__dict__])
+        conn.execute(sa.delete(staged).where(staged.c.month == month))
+    return StoredCounts(computation=computation, rows=int(rows))
+
+
+def count_stored_counts(engine: sa.Engine, month: date) -> int:
+    """How many groups (rows of ``billable_counts``) the month has stored."""
+    with engine.connect() as conn:
+        return int(conn.execute(
+            sa.select(sa.func.count()).select_from(billable_counts).where(billable_counts.c.month == month)
+        ).scalar_one())
+
+
+def load_billable_counts(engine: sa.Engine, month: date, limit: int | None = None) -> pd.DataFrame:
+    """The month's stored counts in key order; the first ``limit`` only when given (a
+    preview: a month's counts are otherwise read whole)."""
     query = (
         sa.select(
             billable_counts.c.partner_id,
@@ -220,6 +398,8 @@ def load_billable_counts(engine: sa.Engine, month: date) -> pd.DataFrame:
         .where(billable_counts.c.month == month)
         .order_by(billable_counts.c.partner_id, billable_counts.c.company_id, billable_counts.c.sku)
     )
+    if limit is not None:
+        query = query.limit(limit)
     with engine.connect() as conn:
         rows = conn.execute(query).all()
     return pd.DataFrame.from_records(
@@ -267,6 +447,8 @@ class MonthValidation:
     query_sha256: str
     run_id: str
     validated_at: datetime
+    # groups this validation's pass staged (``StagedCountsWriter.rows``); None: not staged
+    counts_staged: int | None = None
 
     @property
     def quarantined_share(self) -> float:

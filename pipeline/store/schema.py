@@ -1,7 +1,7 @@
 """The state database's tables: one ``MetaData`` for everything the pipeline stores.
 
-SQLite file by default, PostgreSQL in production (``STATE_DB_URL``). Billable counts,
-quarantine and month records (``pipeline.store.months``), the Gradient ledger and partner
+SQLite file by default, PostgreSQL in production (``STATE_DB_URL``). Billable counts (and
+the counts a validation pass staged for them), quarantine and month records (``pipeline.store.months``), the Gradient ledger and partner
 sync state (``pipeline.gradient.ledger``), run failures (``pipeline.automation.failures``).
 """
 
@@ -31,6 +31,24 @@ billable_counts = sa.Table(
     sa.Column("billable_users", sa.Integer, nullable=False),
     sa.Column("run_id", sa.Text, nullable=False),
     sa.Column("computed_at", sa.DateTime(timezone=True), nullable=False),
+)
+
+
+# The counts a month's validation pass produced, staged chunk by chunk in the validation's own
+# transaction (``pipeline.store.months.StagedCountsWriter``) until ``billable_counts`` of the
+# same run promotes them into ``billable_counts`` (``promote_staged_counts``): the counts never
+# wait in memory. At most one month's pass per month: a new validation replaces them.
+staged_billable_counts = sa.Table(
+    "staged_billable_counts",
+    metadata,
+    sa.Column("month", sa.Date, primary_key=True),
+    sa.Column("partner_id", sa.Text, primary_key=True),
+    sa.Column("company_id", sa.Text, primary_key=True),
+    sa.Column("sku", sa.Text, primary_key=True),
+    sa.Column("company_name", sa.Text, nullable=False),
+    sa.Column("billable_users", sa.Integer, nullable=False),
+    sa.Column("run_id", sa.Text, nullable=False),
+    sa.Column("staged_at", sa.DateTime(timezone=True), nullable=False),
 )
 
 
@@ -84,6 +102,9 @@ month_validations = sa.Table(
     sa.Column("query_sha256", sa.Text, nullable=False),
     sa.Column("run_id", sa.Text, nullable=False),
     sa.Column("validated_at", sa.DateTime(timezone=True), nullable=False),
+    # count groups this validation's pass staged in staged_billable_counts (0 is a month with
+    # no counted group); NULL: its counts were not staged, billable_counts counts afresh
+    sa.Column("counts_staged", sa.Integer, nullable=True),
 )
 
 
