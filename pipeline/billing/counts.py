@@ -2,9 +2,11 @@
 
 The rows that count are the rows breaking none of ``pipeline.validation.rules.RULES`` — the
 same list the quarantine comes from — whose span overlaps the month (half-open). The month's
-one pass (``pipeline.validation.month.validate_month``) already yields the counts; this module
-stores them, and counts again from the database when asked on its own (the late-data sensor,
-or ``billable_counts`` materialized without its validation in the same process).
+one pass (``pipeline.validation.month.validate_month``) already yields the counts and stages
+them in the state database; ``store_billable_counts`` promotes them there (SQL only: the
+month's counts are never loaded), and counts again from the database when they were not
+staged by the same run (``billable_counts`` materialized apart from its validation); the
+late-data sensor counts again with ``aggregate_billable_users``.
 """
 
 from __future__ import annotations
@@ -17,7 +19,14 @@ import sqlalchemy as sa
 
 from pipeline.billing.month import BillingMonth
 from pipeline.source.utilization import SourceQuery, month_parameters
-from pipeline.store.months import MonthComputation, MonthValidation, replace_billable_counts
+from pipeline.store.months import (
+    MonthComputation,
+    MonthValidation,
+    StoredCounts,
+    load_billable_counts,
+    promote_staged_counts,
+    replace_billable_counts,
+)
 from pipeline.validation.rows import checked_counts
 from pipeline.validation.rules import (
     billable_true,
@@ -104,6 +113,108 @@ class ReconciliationError(RuntimeError):
     """The month changed between its validation and its count."""
 
 
+PREVIEW_ROWS = 20
+
+
+@dataclass(frozen=True)
+class CountedMonth:
+    """What storing a month's counts leaves for its run to show: the computation record, how
+    many groups were stored, the first ``PREVIEW_ROWS`` of them (read back, key order), and
+    whether they were the validation pass's staged counts or counted afresh."""
+
+    computation: MonthComputation
+    rows: int
+    preview: pd.DataFrame
+    staged: bool
+
+
+def _check_query(query: SourceQuery, month: BillingMonth, validation: MonthValidation) -> None:
+    if validation.query_sha256 != query.sha256:
+        raise ReconciliationError(
+            f"{month.label} was validated with another UTILIZATION_SQL "
+            f"({validation.query_sha256[:12]}) than it is counted with ({query.sha256[:12]}); "
+            "re-run the month from utilization_extract."
+        )
+
+
+def _store_counted(
+    state: sa.Engine,
+    month: BillingMonth,
+    validation: MonthValidation,
+    query: SourceQuery,
+    aggregate: MonthAggregate,
+    run_id: str,
+) -> MonthComputation:
+    if aggregate.accepted_rows != validation.rows_valid:
+        raise ReconciliationError(
+            f"{month.label}: validation accepted {validation.rows_valid} rows but the database "
+            f"counted from {aggregate.accepted_rows}: the source changed after validation; "
+            "re-run the month from validated_utilization."
+        )
+    return replace_billable_counts(
+        state,
+        month.month,
+        aggregate.counts,
+        rows_in=validation.rows_in,
+        rows_quarantined=validation.rows_quarantined,
+        query_sha256=query.sha256,
+        run_id=run_id,
+    )
+
+
+def _store(
+    product: sa.Connection,
+    state: sa.Engine,
+    query: SourceQuery,
+    month: BillingMonth,
+    validation: MonthValidation,
+    run_id: str,
+) -> tuple[StoredCounts, MonthAggregate | None]:
+    """The staged counts promoted (no aggregate), or a fresh count stored (its aggregate)."""
+    _check_query(query, month, validation)
+    if validation.run_id == run_id:
+        promoted = promote_staged_counts(
+            state,
+            month.month,
+            rows_in=validation.rows_in,
+            rows_quarantined=validation.rows_quarantined,
+            query_sha256=query.sha256,
+            run_id=run_id,
+        )
+        if promoted is not None:
+            return promoted, None
+    aggregate = aggregate_billable_users(product, query, month, validation.known_skus)
+    computation = _store_counted(state, month, validation, query, aggregate, run_id)
+    return StoredCounts(computation=computation, rows=len(aggregate.counts)), aggregate
+
+
+def store_billable_counts(
+    product: sa.Connection,
+    state: sa.Engine,
+    query: SourceQuery,
+    month: BillingMonth,
+    validation: MonthValidation,
+    run_id: str,
+) -> CountedMonth:
+    """Store the month's counts: the ones validation's pass staged when that validation is
+    this run's (``promote_staged_counts``: in the state database, never loaded here), else a
+    fresh count from the database, which must accept as many rows as validation did.
+
+    Raises ``ReconciliationError`` (and stores nothing) when the query changed since the
+    validation, or the fresh count accepted a different number of rows: the source changed
+    after validation, so the quarantine no longer describes what would be counted.
+    """
+    stored, aggregate = _store(product, state, query, month, validation, run_id)
+    staged = aggregate is None
+    del aggregate  # a fresh count is stored; the month's frame is not kept
+    return CountedMonth(
+        computation=stored.computation,
+        rows=stored.rows,
+        preview=load_billable_counts(state, month.month, limit=PREVIEW_ROWS),
+        staged=staged,
+    )
+
+
 def count_billable_users(
     product: sa.Connection,
     state: sa.Engine,
@@ -113,34 +224,19 @@ def count_billable_users(
     run_id: str,
     aggregate: MonthAggregate | None = None,
 ) -> tuple[pd.DataFrame, MonthComputation]:
-    """Store the month's counts: ``aggregate`` when validation's own pass produced it, else a
-    fresh count from the database, which must accept as many rows as validation did.
-
-    Raises ``ReconciliationError`` (and stores nothing) when the query changed since the
-    validation, or the fresh count accepted a different number of rows: the source changed
-    after validation, so the quarantine no longer describes what would be counted.
+    """``store_billable_counts`` for callers that want the month's counts back whole (tests,
+    small tools): the counts stored, and the computation. ``aggregate``: counts already made
+    (stored after the same reconciliation). The month-end asset uses ``store_billable_counts``,
+    which never holds a month's counts.
     """
-    if validation.query_sha256 != query.sha256:
-        raise ReconciliationError(
-            f"{month.label} was validated with another UTILIZATION_SQL "
-            f"({validation.query_sha256[:12]}) than it is counted with ({query.sha256[:12]}); "
-            "re-run the month from utilization_extract."
-        )
-    if aggregate is None:
-        aggregate = aggregate_billable_users(product, query, month, validation.known_skus)
-    if aggregate.accepted_rows != validation.rows_valid:
-        raise ReconciliationError(
-            f"{month.label}: validation accepted {validation.rows_valid} rows but the database "
-            f"counted from {aggregate.accepted_rows}: the source changed after validation; "
-            "re-run the month from validated_utilization."
-        )
-    computation = replace_billable_counts(
-        state,
-        month.month,
-        aggregate.counts,
-        rows_in=validation.rows_in,
-        rows_quarantined=validation.rows_quarantined,
-        query_sha256=query.sha256,
-        run_id=run_id,
-    )
-    return aggregate.counts, computation
+    if aggregate is not None:
+        _check_query(query, month, validation)
+        return aggregate.counts, _store_counted(state, month, validation, query, aggregate, run_id)
+    stored, counted = _store(product, state, query, month, validation, run_id)
+    if counted is not None:
+        return counted.counts, stored.computation
+    return counts_frame(_frame_columns(load_billable_counts(state, month.month))), stored.computation
+
+
+def _frame_columns(frame: pd.DataFrame) -> dict[str, list]:
+    return {column: frame[column].tolist() for column in COUNT_COLUMNS}
