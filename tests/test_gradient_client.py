@@ -538,6 +538,69 @@ def test_over_real_http_each_request_is_paced_when_it_is_written() -> None:
     assert max_requests_in_any_second(arrivals) <= 20
 
 
+def test_over_real_http_each_answer_is_reported_to_the_pacer() -> None:
+    """The pacer corrects its window from answers: every request answered over real HTTP is
+    reported once with its release time and when its headers came (>= the server's 20 ms);
+    a 429 (answered before the server's work) is reported without a round-trip sample."""
+    answered = 0
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal answered
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = 0
+                for line in head.split(b"\r\n"):
+                    if line.lower().startswith(b"content-length:"):
+                        length = int(line.split(b":", 1)[1])
+                await reader.readexactly(length)
+                answered += 1
+                if answered == 1:
+                    status, body = b"429 Too Many Requests", b'{"message":"Too many requests"}'
+                else:
+                    await asyncio.sleep(0.02)
+                    status, body = b"201 Created", b'{"status":201,"message":"Unit count updated"}'
+                writer.write(
+                    b"HTTP/1.1 %s\r\ncontent-type: application/json\r\n"
+                    b"content-length: %d\r\n\r\n%s" % (status, len(body), body)
+                )
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            writer.close()
+
+    reports: list[tuple[float, float, bool]] = []
+
+    async def main() -> float:
+        server = await asyncio.start_server(handle, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        async with server:
+            client = GradientClient(
+                f"http://127.0.0.1:{port}", VENDOR_KEY, max_requests_per_second=50.0, backoff_initial_seconds=0.0
+            )
+            pacer = client._limiter
+            original = pacer.answered
+
+            def spy(released: float, at: float, *, sample: bool = True) -> None:
+                reports.append((released, at, sample))
+                original(released, at, sample=sample)
+
+            pacer.answered = spy  # type: ignore[method-assign]
+            async with client:
+                session = client.partner("acme", PARTNER_KEY)
+                results = await asyncio.gather(*(count(session) for _ in range(10)))
+            assert all(r.outcome == "delivered" for r in results)
+            return pacer.min_round_trip
+
+    min_round_trip = asyncio.run(main())
+    assert answered == 11  # one 429, retried
+    assert len(reports) == 11
+    assert len({released for released, _, _ in reports}) == 11
+    assert [sample for _, _, sample in reports].count(False) == 1
+    sampled = [at - released for released, at, sample in reports if sample]
+    assert min(sampled) >= 0.02
+    assert min_round_trip == min(sampled)
+
+
 def test_a_request_that_never_reached_the_server_keeps_pacing_at_write_time() -> None:
     """Connection refused fails before anything is written, so no send trace event fires: that
     is not a transport without the hook, and the client keeps pacing in the hook."""

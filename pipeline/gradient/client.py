@@ -12,7 +12,11 @@ catch-up burst of 50 ms) under a hard cap (a sliding-window log of the actual re
 release and Gradient's check). The bound is worked out in that module. With the client's own
 transport, a request is paced at the moment httpcore writes it (its ``trace`` hook, with no
 await between the release and the socket write), so the client adds no jitter of its own; an
-injected transport (tests) is paced before sending. The earlier limiters
+injected transport (tests) is paced before sending. Each answer is reported to the pacer
+(``Pacer.answered``: release time, and when the response headers were read, from the same
+hook), which moves that request's stamp in its window later when the answer came late: a
+stall of the server makes the requests held during it arrive together, and the window then
+counts them where they arrived. The earlier limiters
 measured: ``AsyncLimiter(rate, 1)`` let 199 requests through in one second at 100/s (a full
 bucket plus its drain); ``AsyncLimiter(1, 1 / rate)`` held the limit but lost every wake-up
 latency (77 % of 100/s); a plain 1.0 s client-side window drew a few 429s from arrival jitter.
@@ -91,6 +95,8 @@ _MASK = "********"
 _NOT_RETRIED_TRANSPORT_ERRORS = (httpx.UnsupportedProtocol, httpx.LocalProtocolError)
 # httpcore's trace events right before a request's first byte is written.
 _SEND_HEADERS_EVENTS = frozenset({"http11.send_request_headers.started", "http2.send_request_headers.started"})
+# ... and right after a response's status line and headers were read (the pacer's answer time).
+_ANSWER_EVENTS = frozenset({"http11.receive_response_headers.complete", "http2.receive_response_headers.complete"})
 
 CountOutcome = Literal["delivered", "unmapped"]
 
@@ -335,21 +341,28 @@ class GradientClient:
         pools = self._require_open()
         async with self._semaphore:
             paced = False
+            loop = asyncio.get_running_loop()
+            # The pacer's release time of this request, and when its answer's headers came:
+            # reported to the pacer, which corrects the request's stamp in its window from them.
+            released: float | None = None
+            answered_at: float | None = None
 
             async def pace_on_send(event: str, info: dict[str, Any]) -> None:
                 # httpcore awaits this right before it writes the request line and headers,
                 # with no await between: the pacer's release time is the send time.
-                nonlocal paced
+                nonlocal paced, released, answered_at
                 if event in _SEND_HEADERS_EVENTS and not paced:
                     paced = True
-                    await self._limiter.acquire()
+                    released = await self._limiter.acquire()
+                elif event in _ANSWER_EVENTS:
+                    answered_at = loop.time()
 
             extensions: dict[str, Any] | None = None
             if self._pace_on_send:
                 extensions = {"trace": pace_on_send}
             else:
                 paced = True
-                await self._limiter.acquire()
+                released = await self._limiter.acquire()
             self._stats.requests_sent += 1
             pool = min(range(len(pools)), key=self._in_flight.__getitem__)
             http = pools[pool]
@@ -365,9 +378,17 @@ class GradientClient:
                 )
             except httpx.TransportError:
                 self._stats.transport_errors += 1
+                if released is not None and answered_at is not None:
+                    # Headers came, then the body failed: it arrived, but no round-trip sample.
+                    self._limiter.answered(released, answered_at, sample=False)
                 raise
             finally:
                 self._in_flight[pool] -= 1
+            if released is not None:
+                if answered_at is None:  # paced before sending: answered when the call returned
+                    answered_at = loop.time()
+                # A 429 is answered before the server's work (and latency): no round-trip sample.
+                self._limiter.answered(released, answered_at, sample=response.status_code != 429)
             if not paced and self._pace_on_send:
                 # Answered without the send trace event (another httpcore?): pace before
                 # sending from now on, so no request can go unpaced again. (A request that
