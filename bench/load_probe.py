@@ -11,7 +11,10 @@ share a GIL, as in the benchmark. Prints the figures the emulator logged (bench/
     python -m bench.load_probe --limit 1000 --calls 20000 --profile /tmp/push.txt   # py-spy, raw stacks
     python -m bench.load_probe --ceiling 10 --connections 96   # the emulator alone: a raw HTTP/1.1 load
 
-``--rerun`` pushes again with nothing changed (must send 0 count calls).
+``--rerun`` pushes again with nothing changed (must send 0 count calls). ``--no-corrections``
+runs the client with the pacer's answer corrections off (release stamps only), for an A/B.
+The emulator's garbage collector runs as it would (unlike ``gradient-billing-sync bench``): its
+full collections stall the emulator, which is the case the corrections are for.
 """
 
 from __future__ import annotations
@@ -50,28 +53,50 @@ def _children_cpu() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-_TRACING_CHILD = r"""
-import sys, time, atexit
+_PROBED_CHILD = r"""
+import json, sys, time, atexit
 sys.path.insert(0, sys.argv[1])
 from pipeline.gradient import pacing
-stamps = []
-original = pacing.Pacer.acquire
-async def acquire(self):
-    await original(self)
-    stamps.append(time.time())
-pacing.Pacer.acquire = acquire
-atexit.register(lambda: open(sys.argv[2], "w").write("\n".join(map(repr, stamps))))
+releases_path, pacer_path, corrections = sys.argv[2], sys.argv[3], sys.argv[4] == "1"
+stamps, pacers = [], []
+original_init, original_acquire = pacing.Pacer.__init__, pacing.Pacer.acquire
+def init(self, *args, **kwargs):
+    original_init(self, *args, **kwargs)
+    pacers.append(self)
+pacing.Pacer.__init__ = init
+if releases_path:
+    async def acquire(self):
+        released = await original_acquire(self)
+        stamps.append(time.time())
+        return released
+    pacing.Pacer.acquire = acquire
+if not corrections:
+    pacing.Pacer.answered = lambda self, released, at, *, sample=True: None
+def dump():
+    if releases_path:
+        open(releases_path, "w").write("\n".join(map(repr, stamps)))
+    figures = [{"limit": p.limit, "corrections": p.corrections,
+                "min_round_trip_ms": round(1000 * p.min_round_trip, 3) if p.min_round_trip < 1e9 else None}
+               for p in pacers]
+    open(pacer_path, "w").write(json.dumps(figures))
+atexit.register(dump)
 from tests import push_harness
-raise SystemExit(push_harness.main(sys.argv[3]))
+raise SystemExit(push_harness.main(sys.argv[5]))
 """
 
 
-def run_push(job_path: Path, profile: str | None, releases: Path | None = None) -> tuple[dict, float, float]:
+def run_push(
+    job_path: Path, profile: str | None, releases: Path | None = None, *, corrections: bool = True,
+    pacer_figures: Path | None = None,
+) -> tuple[dict, float, float]:
     """Run the harness on ``job_path`` in a child process; (its output, wall s, its CPU s).
-    With ``releases``, the child writes the wall-clock time of every pacer release there."""
+    With ``releases``, the child writes the wall-clock time of every pacer release there; with
+    ``pacer_figures``, each pacer's corrections and minimum round trip (JSON) there. Without
+    ``corrections``, the pacer is not told of answers (its window keeps the release stamps)."""
     command = _harness().worker_command(job_path)
-    if releases is not None:
-        command = [sys.executable, "-c", _TRACING_CHILD, str(ROOT), str(releases), str(job_path)]
+    if releases is not None or pacer_figures is not None or not corrections:
+        command = [sys.executable, "-c", _PROBED_CHILD, str(ROOT), str(releases or ""),
+                   str(pacer_figures or "/dev/null"), "1" if corrections else "0", str(job_path)]
     if profile:
         spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
         command = [spy, "record", "--idle", "--format", "raw", "--rate", "200", "-o", profile, "--", *command]
@@ -134,7 +159,9 @@ def probe(args: argparse.Namespace) -> dict:
         cpu_server_before = time.process_time()
         pauses = _GcPauses()
         releases = workdir / "releases.txt" if args.releases else None
-        out, wall, cpu = run_push(job.write(workdir / "job.json"), args.profile, releases)
+        pacer_figures = workdir / "pacer.json"
+        out, wall, cpu = run_push(job.write(workdir / "job.json"), args.profile, releases,
+                                  corrections=not args.no_corrections, pacer_figures=pacer_figures)
         gc_pauses = pauses.close()
         entries = admin.requests()
         origin = min((_seconds(e["time"]) for e in entries), default=0.0)
@@ -156,6 +183,8 @@ def probe(args: argparse.Namespace) -> dict:
             "limit_check": _limit_check(entries),
             "emulator_gc": gc_pauses,
             **({"arrival_delay": _arrival_delay(releases, entries)} if releases else {}),
+            "pacer": {"corrections_reported": not args.no_corrections,
+                      "pacers": json.loads(pacer_figures.read_text()) if pacer_figures.exists() else None},
             "client_stats": out["stats"],
             "failed_partners": out["failed_partners"],
         }
@@ -286,6 +315,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--concurrency", type=int, default=32, help="the client's max_concurrency")
     parser.add_argument("--rerun", action="store_true", help="push again unchanged: must send 0 count calls")
     parser.add_argument("--releases", action="store_true", help="compare the pacer's releases with the arrivals")
+    parser.add_argument("--no-corrections", action="store_true",
+                        help="do not tell the pacer of answers (its window keeps the release stamps): A/B")
     parser.add_argument("--profile", help="py-spy raw (collapsed) stacks of the push to this file")
     parser.add_argument("--ceiling", type=float, help="seconds of a raw load against the emulator alone")
     parser.add_argument("--connections", type=int, default=96, help="connections of the --ceiling load")
