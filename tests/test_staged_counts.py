@@ -77,14 +77,14 @@ def validation_record(month: date, run_id: str, counts_staged: int | None, *, ro
 
 def stage(state: sa.Engine, month: date, run_id: str, counts: pd.DataFrame, *, chunk: int = 50_000,
           rows_in: int = 1000, rows_quarantined: int = 4) -> int:
-    """What validate_month does: stage the counts in chunks and save the validation, in one
-    transaction; returns the groups staged."""
+    """What validate_month does: stage the counts in chunks and save the validation (which
+    records what the writer staged), in one transaction; returns the groups staged."""
     with state.begin() as conn:
         writer = StagedCountsWriter(conn, month, run_id)
         for start in range(0, len(counts), chunk):
             writer.write(counts.iloc[start:start + chunk])
         save_month_validation(
-            conn, validation_record(month, run_id, writer.rows, rows_in=rows_in, rows_quarantined=rows_quarantined)
+            conn, validation_record(month, run_id, None, rows_in=rows_in, rows_quarantined=rows_quarantined)
         )
     return writer.rows
 
@@ -226,6 +226,30 @@ def test_promoting_twice_is_refused_and_keeps_the_counts(state):
     assert record(load_month_computation(state, MARCH)) == record(first.computation)
 
 
+def test_the_validation_records_what_its_transaction_staged(state):
+    with state.begin() as conn:  # given: kept as given
+        StagedCountsWriter(conn, MARCH, "run-1").write(frame([("p1", "c1", "One", "SAT", 3)]))
+        save_month_validation(conn, validation_record(MARCH, "run-1", 7))
+    assert load_month_validation(state, MARCH).counts_staged == 7
+
+    with state.begin() as conn:  # another run's writer is not this validation's
+        StagedCountsWriter(conn, MARCH, "run-1")
+        save_month_validation(conn, validation_record(MARCH, "run-2", None))
+    assert load_month_validation(state, MARCH).counts_staged is None
+
+    with state.begin() as conn:  # another month's writer neither
+        StagedCountsWriter(conn, APRIL, "run-3")
+        save_month_validation(conn, validation_record(MARCH, "run-3", None))
+    assert load_month_validation(state, MARCH).counts_staged is None
+
+    with state.begin() as conn:  # staged in an earlier transaction: not this one's
+        StagedCountsWriter(conn, MARCH, "run-4").write(frame([("p1", "c1", "One", "SAT", 3)]))
+    with state.begin() as conn:
+        save_month_validation(conn, validation_record(MARCH, "run-4", None))
+    assert load_month_validation(state, MARCH).counts_staged is None
+    assert promote(state, MARCH, "run-4") is None
+
+
 def test_the_writer_counts_its_rows_and_skips_empty_chunks(state):
     counts = tricky_counts()
     with state.begin() as conn:
@@ -282,11 +306,10 @@ EXPECTED = {("p1", "c1", "PHISH"): ("Acme", 1), ("p1", "c1", "SAT"): ("Acme", 2)
 
 
 def test_store_counts_afresh_when_nothing_was_staged(product, state):
-    validation = _validate(product, state, "run-1")
-    if validation.counts_staged is not None:  # validate_month stages: make this month unstaged
-        with state.begin() as conn:
-            conn.execute(sa.update(month_validations).values(counts_staged=None))
-        validation = load_month_validation(state, MARCH)
+    _validate(product, state, "run-1")
+    with state.begin() as conn:  # a validation that did not stage its counts
+        conn.execute(sa.update(month_validations).values(counts_staged=None))
+    validation = load_month_validation(state, MARCH)
 
     counted = _store(product, state, validation, "run-1")
 
@@ -296,8 +319,9 @@ def test_store_counts_afresh_when_nothing_was_staged(product, state):
 
 
 def test_store_promotes_what_its_run_staged_without_counting(product, state, monkeypatch):
-    validation = _validate(product, state, "run-1")
-    if validation.counts_staged is None:  # validate_month does not stage yet: stage as it will
+    _validate(product, state, "run-1")
+    validation = load_month_validation(state, MARCH)
+    if validation.counts_staged is None:  # a validate_month that does not stage: stage as it would
         with state.begin() as conn:
             writer = StagedCountsWriter(conn, MARCH, "run-1")
             writer.write(frame([("p1", "c1", "Acme", "SAT", 2), ("p1", "c1", "Acme", "PHISH", 1)]))
@@ -317,7 +341,7 @@ def test_store_promotes_what_its_run_staged_without_counting(product, state, mon
 
 
 def test_store_counts_afresh_in_another_run_than_its_validation(product, state, monkeypatch):
-    validation = _validate(product, state, "run-1")
+    _validate(product, state, "run-1")
     with state.begin() as conn:
         writer = StagedCountsWriter(conn, MARCH, "run-1")
         writer.write(frame([("p1", "c1", "Acme", "SAT", 99)]))  # not what the source says

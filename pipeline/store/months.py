@@ -15,6 +15,7 @@ import hashlib
 import io
 import itertools
 import json
+import weakref
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, timezone
@@ -224,7 +225,9 @@ def replace_billable_counts(
     query_sha256: str,
     run_id: str,
 ) -> MonthComputation:
-    """Store a month's counts (delete-then-insert) and its computation record, atomically."""
+    """Store a month's counts (delete-then-insert) and its computation record, atomically;
+    counts a validation pass staged for the month are superseded and deleted (the run that
+    staged them counts afresh, ``promote_staged_counts`` finding them gone)."""
     now = utcnow()
     columns: dict[str, object] = {
         "month": month,
@@ -254,14 +257,20 @@ def replace_billable_counts(
         insert_columns(conn, billable_counts, columns, len(counts))
         conn.execute(sa.delete(month_computations).where(month_computations.c.month == month))
         conn.execute(month_computations.insert(), [computation.__dict__])
+        conn.execute(sa.delete(staged_billable_counts).where(staged_billable_counts.c.month == month))
     return computation
+
+
+# connection -> month -> the writer staging that month's counts in the connection's transaction
+_STAGING: weakref.WeakKeyDictionary[sa.Connection, dict[date, StagedCountsWriter]] = weakref.WeakKeyDictionary()
 
 
 class StagedCountsWriter:
     """Stages a month's counts, chunk by chunk, in the caller's transaction: the month's staged
     rows (any run's) are deleted first, so counts, quarantine and validation are replaced
-    together. ``rows``: the groups staged so far — what the validation record keeps as
-    ``counts_staged`` so that ``promote_staged_counts`` knows the pass staged them (0 too)."""
+    together. ``rows``: the groups staged so far. ``save_month_validation`` on the same
+    connection records them as the validation's ``counts_staged`` (unless it is given), so that
+    ``promote_staged_counts`` knows the pass staged its counts — 0 groups included."""
 
     def __init__(self, conn: sa.Connection, month: date, run_id: str) -> None:
         self.conn = conn
@@ -270,6 +279,7 @@ class StagedCountsWriter:
         self.rows = 0
         self.staged_at = utcnow()
         conn.execute(sa.delete(staged_billable_counts).where(staged_billable_counts.c.month == month))
+        _STAGING.setdefault(conn, {})[month] = self
 
     def write(self, counts: pd.DataFrame) -> None:
         """Append a chunk of counts (``pipeline.billing.counts.COUNT_COLUMNS``, checked)."""
@@ -456,7 +466,13 @@ class MonthValidation:
 
 
 def save_month_validation(conn: sa.Connection, validation: MonthValidation) -> None:
+    """Replace the month's validation record. ``counts_staged`` unset: the groups a
+    ``StagedCountsWriter`` of the same run staged for the month on this connection (None when
+    none did)."""
     record = dict(validation.__dict__)
+    writer = _STAGING.get(conn, {}).get(validation.month)
+    if validation.counts_staged is None and writer is not None and writer.run_id == validation.run_id:
+        record["counts_staged"] = writer.rows
     record["reason_counts"] = json.dumps(validation.reason_counts, sort_keys=True)
     record["known_skus"] = json.dumps(validation.known_skus)
     conn.execute(sa.delete(month_validations).where(month_validations.c.month == validation.month))
