@@ -210,7 +210,7 @@ def store_billable_counts(
     return CountedMonth(
         computation=stored.computation,
         rows=stored.rows,
-        preview=load_billable_counts(state, month.month, limit=PREVIEW_ROWS),
+        preview=load_billable_counts(state, month.month, limit=PREVIEW_ROWS).astype({"billable_users": "int64"}),
         staged=staged,
     )
 
@@ -224,19 +224,15 @@ def count_billable_users(
     run_id: str,
     aggregate: MonthAggregate | None = None,
 ) -> tuple[pd.DataFrame, MonthComputation]:
-    """``store_billable_counts`` for callers that want the month's counts back whole (tests,
-    small tools): the counts stored, and the computation. ``aggregate``: counts already made
-    (stored after the same reconciliation). The month-end asset uses ``store_billable_counts``,
-    which never holds a month's counts.
+    """Count the month afresh from the database (or take ``aggregate``, counts already made),
+    reconcile with its validation and store the counts; returns them whole, with the
+    computation. For callers that want the frame (tests, small tools) and the check that the
+    source still accepts what validation did: staged counts are not promoted here (the
+    month-end asset uses ``store_billable_counts``, which never holds a month's counts).
+
+    Raises ``ReconciliationError`` as ``store_billable_counts`` does.
     """
-    if aggregate is not None:
-        _check_query(query, month, validation)
-        return aggregate.counts, _store_counted(state, month, validation, query, aggregate, run_id)
-    stored, counted = _store(product, state, query, month, validation, run_id)
-    if counted is not None:
-        return counted.counts, stored.computation
-    return counts_frame(_frame_columns(load_billable_counts(state, month.month))), stored.computation
-
-
-def _frame_columns(frame: pd.DataFrame) -> dict[str, list]:
-    return {column: frame[column].tolist() for column in COUNT_COLUMNS}
+    _check_query(query, month, validation)
+    if aggregate is None:
+        aggregate = aggregate_billable_users(product, query, month, validation.known_skus)
+    return aggregate.counts, _store_counted(state, month, validation, query, aggregate, run_id)
