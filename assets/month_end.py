@@ -1,8 +1,10 @@
 """Month-end assets: utilization_extract -> validated_utilization -> billable_counts.
 
-Validation and counting are one pass of the product database; the month-end jobs run their
-steps in one process, so ``billable_counts`` stores the counts validation's pass produced
-(``_PASSED_COUNTS``) and only counts again when it runs apart from its validation.
+Validation and counting are one pass of the product database: the pass stages its counts in
+the state database (``staged_billable_counts``, in the validation's transaction), and
+``billable_counts`` of the same run promotes them into ``billable_counts`` with SQL, so no
+step holds a month's counts in memory. Run apart from its validation (another run, or
+nothing staged), ``billable_counts`` counts again and reconciles with the validation.
 """
 
 import dagster as dg
@@ -10,7 +12,7 @@ import dagster as dg
 from assets import specs
 from assets.metadata_values import table_value
 from pipeline.billing.month import BillingMonth
-from pipeline.billing.counts import MonthAggregate, ReconciliationError, count_billable_users
+from pipeline.billing.counts import PREVIEW_ROWS, ReconciliationError, store_billable_counts
 from pipeline.source.extract import extract_month
 from pipeline.validation.month import validate_month
 from pipeline.partitions import monthly_partitions
@@ -27,9 +29,6 @@ from pipeline.store.months import load_month_computation, load_month_validation
 
 GROUP = "month_end"
 DB_RETRY = dg.RetryPolicy(max_retries=2, delay=10, backoff=dg.Backoff.EXPONENTIAL)
-# (run id, partition key) -> the counts of that run's validation pass, until billable_counts
-# of the same run takes them (same process: the in-process executor of the month-end jobs).
-_PASSED_COUNTS: dict[tuple[str, str], MonthAggregate] = {}
 
 
 def billing_month(context: dg.AssetExecutionContext, rules: BillingRules) -> BillingMonth:
@@ -145,7 +144,8 @@ def validated_utilization(
 ) -> dg.MaterializeResult:
     """Every row of the month checked against the billing-row rules by the product database,
     in the same pass that counts it; failing rows go to the quarantine table with their
-    reasons (checked with pandera), the counts wait for billable_counts."""
+    reasons (checked with pandera), the counts wait staged in the state database for
+    billable_counts."""
     month = billing_month(context, billing_rules)
     try:
         query = product_db.utilization_query()
@@ -173,8 +173,6 @@ def validated_utilization(
     share = validation.quarantined_share
     threshold = billing_rules.quarantine_threshold
     within = share <= threshold
-    if within and outcome.aggregate is not None:
-        _PASSED_COUNTS[(context.run_id, month.key)] = outcome.aggregate
     if validation.rows_quarantined:
         log = context.log.info if within else context.log.error
         log(
@@ -237,30 +235,27 @@ def billable_counts(
     billing_rules: BillingRules,
 ) -> dg.MaterializeResult:
     """Distinct billable users per partner x company x service for the month, counted by the
-    product database in validation's pass and stored in the state database
-    (delete-then-insert per month)."""
+    product database in validation's pass and promoted from where that pass staged them in
+    the state database (delete-then-insert per month); counted again when validated in
+    another run."""
     month = billing_month(context, billing_rules)
     state = state_db.engine()
-    passed = _PASSED_COUNTS.pop((context.run_id, month.key), None)
     validation = load_month_validation(state, month.month)
     if validation is None:
         raise no_retry(
             ValueError(f"{month.label} has not been validated; materialize validated_utilization first."),
             context,
         )
-    if validation.run_id != context.run_id:
-        passed = None  # validated by another run since: count what that validation saw
     previous = load_month_computation(state, month.previous().month)
     try:
         query = product_db.utilization_query()
         with product_db.connect() as conn:
-            counts, computation = count_billable_users(
-                conn, state, query, month, validation, context.run_id, aggregate=passed
-            )
+            counted = store_billable_counts(conn, state, query, month, validation, context.run_id)
     except ReconciliationError as exc:
         raise no_retry(exc, context) from None
     except Exception as exc:
         raise step_failure(exc, context) from exc
+    computation = counted.computation
     metadata: dict[str, object] = {
         "month": month.label,
         "rows_in": computation.rows_in,
@@ -269,9 +264,9 @@ def billable_counts(
         "partners": computation.partners,
         "companies": computation.companies,
         "billable_users": computation.billable_users,
-        "dagster/row_count": len(counts),
+        "dagster/row_count": counted.rows,
         "counts_fingerprint": computation.counts_fingerprint,
-        "counts_preview": table_value(counts, max_rows=20),
+        "counts_preview": table_value(counted.preview, max_rows=PREVIEW_ROWS),
     }
     if previous is not None:
         delta = computation.billable_users - previous.billable_users

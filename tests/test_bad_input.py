@@ -28,8 +28,13 @@ import sqlalchemy as sa
 
 from assets.month_end import billable_counts, utilization_extract, validated_utilization
 from pipeline.resources import BillingRules, ProductDatabase, StateDatabase
-from pipeline.store.months import load_billable_counts, load_quarantine
-from pipeline.store.schema import ensure_state_schema
+from pipeline.store.months import (
+    load_billable_counts,
+    load_month_computation,
+    load_month_validation,
+    load_quarantine,
+)
+from pipeline.store.schema import ensure_state_schema, staged_billable_counts
 from tests.product_rows import NY, ProductRows, as_dict, at
 
 MARCH = "2026-03-01"
@@ -324,11 +329,16 @@ def test_quarantine_and_counts_round_trip_through_a_postgresql_state_db(sqlite_u
     state.dispose()
 
 
-def test_billable_counts_takes_its_runs_pass_and_recounts_apart_from_it(product_url, product_engine, tmp_path):
-    """In one run billable_counts stores the counts validation's pass produced; materialized
-    in another run it counts again with the same rules (here after late data: it refuses)."""
-    from assets import month_end
+def _staged_runs(state: sa.Engine) -> list[str]:
+    """The run of every count group waiting in staged_billable_counts."""
+    with state.connect() as conn:
+        return conn.execute(sa.select(staged_billable_counts.c.run_id)).scalars().all()
 
+
+def test_billable_counts_takes_its_runs_pass_and_recounts_apart_from_it(product_url, product_engine, tmp_path):
+    """In one run billable_counts promotes the counts validation's pass staged in the state DB;
+    materialized in another run it counts again with the same rules (here after late data: it
+    refuses)."""
     rows = ProductRows(product_engine)
     _base(rows)
     rows.enroll(None, "c1", "SAT", ALWAYS)  # quarantined
@@ -338,21 +348,33 @@ def test_billable_counts_takes_its_runs_pass_and_recounts_apart_from_it(product_
         "state_db": StateDatabase(url=state_url),
         "billing_rules": BillingRules(timezone=NY, quarantine_threshold=1.0),
     }
+    month = date(2026, 3, 1)
     both = _materialize(product_url, state_url, None, threshold=1.0)
-    assert both.success and not month_end._PASSED_COUNTS  # handed over and taken
+    assert both.success
     state = sa.create_engine(state_url)
-    assert as_dict(load_billable_counts(state, date(2026, 3, 1))) == BASE
+    assert _staged_runs(state) == []  # staged and promoted in the same run
+    assert as_dict(load_billable_counts(state, month)) == BASE
+    assert load_month_computation(state, month).run_id == both.run_id
 
     validated = dg.materialize([validated_utilization], partition_key=MARCH, resources=resources,
                                selection=[validated_utilization])
-    assert validated.success and len(month_end._PASSED_COUNTS) == 1  # waiting for its run
-    month_end._PASSED_COUNTS.clear()
+    assert validated.success
+    validation = load_month_validation(state, month)
+    assert validation.run_id == validated.run_id
+    staged = _staged_runs(state)
+    # the pass's counts wait for billable_counts of its run (counts_staged None: not staged)
+    assert staged == [validated.run_id] * len(BASE) or (validation.counts_staged is None and staged == [])
+    assert len(staged) == (validation.counts_staged or 0)
+
     alone = dg.materialize([billable_counts], partition_key=MARCH, resources=resources)
     assert alone.success  # another run: counted again, same result
-    assert as_dict(load_billable_counts(state, date(2026, 3, 1))) == BASE
+    assert as_dict(load_billable_counts(state, month)) == BASE
+    assert load_month_computation(state, month).run_id == alone.run_id
+    assert _staged_runs(state) == []  # superseded by the counts stored
 
     _new_user(rows, "late")  # the source changes after validation
     late = dg.materialize([billable_counts], partition_key=MARCH, resources=resources, raise_on_error=False)
     assert not late.success and "the source changed after validation" in _failure(late)
-    assert as_dict(load_billable_counts(state, date(2026, 3, 1))) == BASE
+    assert as_dict(load_billable_counts(state, month)) == BASE
+    assert load_month_computation(state, month).run_id == alone.run_id
     state.dispose()
