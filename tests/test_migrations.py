@@ -19,7 +19,14 @@ from sqlalchemy.engine import make_url
 from pipeline.cli import main
 from pipeline.resources import StateDatabase
 from pipeline.store import migrations
-from pipeline.store.schema import billable_counts, ensure_state_schema, ledger_entries, metadata
+from pipeline.store.months import load_month_validation
+from pipeline.store.schema import (
+    billable_counts,
+    ensure_state_schema,
+    ledger_entries,
+    metadata,
+    staged_billable_counts,
+)
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -175,6 +182,31 @@ def test_cli_db_upgrade_then_current(postgres_url, monkeypatch):
         assert schema_diff(engine) == []
     finally:
         engine.dispose()
+
+
+def test_0004_keeps_the_validations_as_not_staged_and_adds_the_staging_table(engine):
+    """A month validated before 0004 did not stage its counts: counts_staged is NULL, so its
+    billable_counts counts afresh; the staging table starts empty."""
+    with engine.begin() as conn:
+        command.upgrade(migrations.alembic_config(conn, metadata), "0003")
+        conn.execute(sa.text(
+            "INSERT INTO month_validations (month, rows_in, rows_valid, rows_quarantined, "
+            "reason_counts, known_skus, query_sha256, run_id, validated_at) "
+            "VALUES (:month, 5, 5, 0, '{}', '[]', 'q', 'r0', :at)"
+        ), {"month": date(2026, 9, 1), "at": datetime.now(timezone.utc)})
+
+    ensure_state_schema(engine)
+
+    assert schema_diff(engine) == []
+    validation = load_month_validation(engine, date(2026, 9, 1))
+    assert (validation.run_id, validation.rows_valid, validation.counts_staged) == ("r0", 5, None)
+    with engine.connect() as conn:
+        assert conn.execute(sa.select(sa.func.count()).select_from(staged_billable_counts)).scalar_one() == 0
+    with engine.begin() as conn:  # and back: 0004 downgrades cleanly
+        command.downgrade(migrations.alembic_config(conn, metadata), "0003")
+    inspector = sa.inspect(engine)
+    assert "staged_billable_counts" not in inspector.get_table_names()
+    assert "counts_staged" not in {c["name"] for c in inspector.get_columns("month_validations")}
 
 
 def _insert_counts(engine: sa.Engine) -> None:
