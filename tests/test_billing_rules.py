@@ -350,6 +350,9 @@ def test_sub_millisecond_reversed_span_never_blocks_the_month_nor_bills(rows, pr
 
 
 # ------------------------------------------------------------------ reconciliation
+# Within its validation's run, billable_counts promotes the counts that pass staged; a later run
+# counts afresh, and that count must agree with the validation it reads.
+LATER_RUN = "a-later-run"
 
 
 def test_reconciliation_error_when_source_changes_between_validation_and_count(
@@ -361,7 +364,7 @@ def test_reconciliation_error_when_source_changes_between_validation_and_count(
     assert validation.rows_valid == 1
     rows.enroll("u2", "c1", "SAT", at(2026, 3, 10), None)  # lands after validation
     with pytest.raises(ReconciliationError, match=r"validation accepted 1 rows but the database counted from 2"):
-        count(product_engine, state_engine, "2026-03-01", validation)
+        count(product_engine, state_engine, "2026-03-01", validation, run_id=LATER_RUN)
     # nothing stored for the month
     assert load_billable_counts(state_engine, date(2026, 3, 1)).empty
     assert load_month_computation(state_engine, date(2026, 3, 1)) is None
@@ -378,7 +381,7 @@ def test_reconciliation_error_when_a_row_is_removed_after_validation(rows, produ
     with product_engine.begin() as conn:
         conn.execute(ps.service_enrollments.delete().where(ps.service_enrollments.c.enrollment_id == gone))
     with pytest.raises(ReconciliationError):
-        count(product_engine, state_engine, "2026-03-01", validation)
+        count(product_engine, state_engine, "2026-03-01", validation, run_id=LATER_RUN)
 
 
 def test_reconciliation_error_when_the_query_changed_since_validation(rows, product_engine, state_engine, tmp_path):
@@ -391,7 +394,7 @@ def test_reconciliation_error_when_the_query_changed_since_validation(rows, prod
     assert SourceQuery.load(other).sha256 == reference.sha256
     other.write_text(reference.sql.replace("SELECT", "SELECT DISTINCT", 1), encoding="utf-8")
     with pytest.raises(ReconciliationError, match="validated with another UTILIZATION_SQL"):
-        count(product_engine, state_engine, "2026-03-01", validation, query=SourceQuery.load(other))
+        count(product_engine, state_engine, "2026-03-01", validation, query=SourceQuery.load(other), run_id=LATER_RUN)
 
 
 # ------------------------------------------------------------------ idempotency

@@ -627,3 +627,106 @@ def test_postgresql_month_pass_computes_the_rules_once_in_parallel_workers(postg
     projected = next(line for line in lines[sort + 1:] if line.strip().startswith("Output:"))
     # what the workers compute per row below the sort: the mask once (one CASE per rule)
     assert projected.count("CASE WHEN") == len(RULES), projected
+
+
+def _pg_month_with_rows(postgres_url: str, users: int) -> tuple[sa.Engine, ProductRows]:
+    engine = sa.create_engine(postgres_url)
+    rows = ProductRows(engine).basic()
+    names = [f"u{i:03d}" for i in range(users)]
+    rows.users(*names)
+    for name in names:
+        rows.enroll(name, "c1", "SAT", at(2026, 1, 1), None)
+    return engine, rows
+
+
+def test_postgresql_pass_streams_in_chunks_and_counts_like_the_fetch(postgres_url, tmp_path, monkeypatch):
+    """On PostgreSQL the groups stream from ``COPY`` in frames of ``COPY_CHUNK_ROWS``; with one
+    group per frame the month is tallied exactly as one frame would (counts, quarantine)."""
+    import pipeline.validation.month as month_pass
+
+    engine, rows = _pg_month_with_rows(postgres_url, 3)
+    rows.enroll("u000", "c1", "PHISH", at(2026, 1, 1), None)
+    rows.enroll("u001", "c1", "FAX", at(2026, 1, 1), None)  # quarantined: unknown sku
+    state = sa.create_engine(f"sqlite:///{tmp_path / 'state.db'}")
+    whole, whole_validation = run_month(engine, state, MARCH)
+    monkeypatch.setattr(month_pass, "COPY_CHUNK_ROWS", 1)
+    streamed, streamed_validation = run_month(engine, state, MARCH, run_id="chunked")
+    assert as_dict(streamed) == as_dict(whole) == {("p1", "c1", "SAT"): 3, ("p1", "c1", "PHISH"): 1}
+    assert streamed_validation.rows_in == whole_validation.rows_in == 5
+    assert streamed_validation.reason_counts == whole_validation.reason_counts == {"sku_unknown": 1}
+    engine.dispose()
+    state.dispose()
+
+
+def test_postgresql_pass_failing_in_the_database_raises_its_error_and_stores_nothing(
+    postgres_url, tmp_path, monkeypatch
+):
+    """An error inside the streamed ``COPY`` is the error raised (not a parse error of what
+    came before it); the month's validation, quarantine and staged counts stay as they were,
+    and the product database stays usable."""
+    import psycopg2
+
+    import pipeline.validation.month as month_pass
+    from pipeline.store.months import load_month_validation
+
+    engine, _ = _pg_month_with_rows(postgres_url, 5)
+    state = sa.create_engine(f"sqlite:///{tmp_path / 'state.db'}")
+    run_month(engine, state, MARCH)
+    before = load_month_validation(state, date(2026, 3, 1))
+    real_sql = month_pass.month_pass_sql
+
+    def failing_on_the_last_group(query, dialect):
+        return real_sql(query, dialect).replace(
+            "COUNT(*) AS row_count,", "COUNT(*) / (CASE WHEN MAX(user_id) = 'u004' THEN 0 ELSE 1 END) AS row_count,", 1
+        )
+
+    monkeypatch.setattr(month_pass, "month_pass_sql", failing_on_the_last_group)
+    with pytest.raises(psycopg2.errors.DivisionByZero):
+        run_month(engine, state, MARCH, run_id="failed-run")
+    assert load_month_validation(state, date(2026, 3, 1)) == before
+    monkeypatch.setattr(month_pass, "month_pass_sql", real_sql)
+    counts, validation = run_month(engine, state, MARCH, run_id="after")
+    assert validation.rows_in == 5 and as_dict(counts) == {("p1", "c1", "SAT"): 5}
+    engine.dispose()
+    state.dispose()
+
+
+def test_postgresql_pass_abandoned_by_its_reader_stops_the_copy_and_stores_nothing(
+    postgres_url, tmp_path, monkeypatch
+):
+    """When storing a chunk fails midway, the ``COPY`` thread stops (broken pipe), the error is
+    the one raised, nothing of the month is replaced, and the next run reads normally."""
+    import pipeline.validation.month as month_pass
+    from pipeline.store.months import StagedCountsWriter, load_month_validation
+
+    engine, rows = _pg_month_with_rows(postgres_url, 40)
+    for i in range(40):
+        rows.enroll(f"u{i:03d}", "c1", f"SKU{i}", at(2026, 1, 1), None)  # 40 quarantined groups
+    state = sa.create_engine(f"sqlite:///{tmp_path / 'state.db'}")
+    run_month(engine, state, MARCH)
+    before = load_month_validation(state, date(2026, 3, 1))
+    monkeypatch.setattr(month_pass, "COPY_CHUNK_ROWS", 1)
+
+    class Broken(StagedCountsWriter):
+        def write(self, counts):
+            raise RuntimeError("state database went away")
+
+    monkeypatch.setattr(month_pass, "StagedCountsWriter", Broken)
+    with pytest.raises(RuntimeError, match="state database went away"):
+        run_month(engine, state, MARCH, run_id="failed-run")
+    assert load_month_validation(state, date(2026, 3, 1)) == before
+    monkeypatch.setattr(month_pass, "StagedCountsWriter", StagedCountsWriter)
+    _, validation = run_month(engine, state, MARCH, run_id="after")
+    assert validation.rows_in == 80 and validation.rows_quarantined == 40
+    engine.dispose()
+    state.dispose()
+
+
+def test_postgresql_month_without_rows_validates_empty(postgres_url, tmp_path):
+    engine = sa.create_engine(postgres_url)
+    ProductRows(engine).basic()
+    state = sa.create_engine(f"sqlite:///{tmp_path / 'state.db'}")
+    counts, validation = run_month(engine, state, MARCH)
+    assert validation.rows_in == 0 and counts.empty
+    engine.dispose()
+    state.dispose()
