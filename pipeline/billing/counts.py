@@ -27,7 +27,7 @@ from pipeline.store.months import (
     promote_staged_counts,
     replace_billable_counts,
 )
-from pipeline.validation.rows import checked_counts
+from pipeline.validation.rows import COUNT_TEXT_DTYPE, checked_counts
 from pipeline.validation.rules import (
     billable_true,
     bind_known_skus,
@@ -84,7 +84,7 @@ def counts_frame(columns: dict[str, list]) -> pd.DataFrame:
     """The month's counts (``COUNT_COLUMNS`` as lists), sorted and checked (unique keys,
     non-negative ints). Built column-wise: no tuple or dict per group is kept."""
     frame = pd.DataFrame({column: columns[column] for column in COUNT_COLUMNS}, columns=COUNT_COLUMNS)
-    frame = frame.astype({**{column: object for column in COUNT_COLUMNS[:-1]}, "billable_users": "int64"})
+    frame = frame.astype({**{column: COUNT_TEXT_DTYPE for column in COUNT_COLUMNS[:-1]}, "billable_users": "int64"})
     frame = frame.sort_values(["partner_id", "company_id", "sku"]).reset_index(drop=True)
     return checked_counts(frame)
 

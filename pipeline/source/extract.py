@@ -1,4 +1,4 @@
-"""Extracting a month: the contract query's row count and its columns checked against the contract."""
+"""Extracting a month: the contract query's columns checked against the contract (and its row count)."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ class MonthExtract:
     month: BillingMonth
     query: SourceQuery
     columns: list[str]
-    rows: int
+    rows: int | None  # None when not counted (the month pass counts them: rows_in)
     contract_violations: list[ContractViolation]
     sample: pd.DataFrame
 
@@ -28,18 +28,23 @@ class MonthExtract:
         return not self.contract_violations
 
 
-def extract_month(conn: sa.Connection, query: SourceQuery, month: BillingMonth) -> MonthExtract:
-    """Count the month's rows and check the query result's contract (column kinds)."""
+def extract_month(
+    conn: sa.Connection, query: SourceQuery, month: BillingMonth, *, count_rows: bool = True
+) -> MonthExtract:
+    """Check the query result's contract (column kinds) and, with ``count_rows``, count the
+    month's rows (one more scan of the source: the month-end assets leave it to the pass)."""
     params = month_parameters(month, conn.dialect.name)
     columns, sample, violations = check_source_contract(conn, query, month)
-    rows = conn.execute(
-        sa.text(f"SELECT COUNT(*) FROM (\n{query.sql}\n) AS utilization"), params
-    ).scalar_one()
+    rows = None
+    if count_rows:
+        rows = int(conn.execute(
+            sa.text(f"SELECT COUNT(*) FROM (\n{query.sql}\n) AS utilization"), params
+        ).scalar_one())
     return MonthExtract(
         month=month,
         query=query,
         columns=columns,
-        rows=int(rows),
+        rows=rows,
         contract_violations=violations,
         sample=sample,
     )

@@ -36,7 +36,7 @@ from pipeline.store.months import (
     save_month_validation,
     utcnow,
 )
-from pipeline.validation.rows import QUARANTINE_COLUMNS, checked_counts, checked_quarantine, describe
+from pipeline.validation.rows import COUNT_TEXT_DTYPE, QUARANTINE_COLUMNS, checked_counts, checked_quarantine, describe
 from pipeline.validation.rules import (
     MASK,
     billable_true,
@@ -263,7 +263,7 @@ def _tally_chunk(tally: _Tally, groups: pd.DataFrame, staged: StagedCountsWriter
     tally.valid += int(rows[good].sum())
     counted = groups.loc[good & (groups["rows_in_month"].astype("int64") > 0).to_numpy(), list(COUNT_COLUMNS)]
     if len(counted):
-        counted = counted.astype({**{c: object for c in COUNT_COLUMNS[:-1]}, "billable_users": "int64"})
+        counted = counted.astype({**{c: COUNT_TEXT_DTYPE for c in COUNT_COLUMNS[:-1]}, "billable_users": "int64"})
         staged.write(checked_counts(counted.reset_index(drop=True)))
     quarantined: list[dict] = []
     if good.all():

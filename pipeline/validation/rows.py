@@ -88,12 +88,14 @@ class QuarantinedRow(pa.DataFrameModel):
 
 
 class BillableCount(pa.DataFrameModel):
-    """One count of the month: a non-negative number of users per partner x company x sku."""
+    """One count of the month: a non-negative number of users per partner x company x sku.
+    Text columns are pandas' ``string`` dtype (``COUNT_TEXT_DTYPE``): its values are strings
+    by construction, where an ``object`` column would be checked value by value."""
 
-    partner_id: Series[str] = pa.Field(str_length={"min_value": 1})
-    company_id: Series[str] = pa.Field(str_length={"min_value": 1})
-    company_name: Series[str] = pa.Field(str_length={"min_value": 1})
-    sku: Series[str] = pa.Field(str_length={"min_value": 1})
+    partner_id: Series[pd.StringDtype] = pa.Field(str_length={"min_value": 1})
+    company_id: Series[pd.StringDtype] = pa.Field(str_length={"min_value": 1})
+    company_name: Series[pd.StringDtype] = pa.Field(str_length={"min_value": 1})
+    sku: Series[pd.StringDtype] = pa.Field(str_length={"min_value": 1})
     billable_users: Series[int] = pa.Field(ge=0)
 
     class Config:
@@ -102,6 +104,7 @@ class BillableCount(pa.DataFrameModel):
         unique = ["partner_id", "company_id", "sku"]
 
 
+COUNT_TEXT_DTYPE = pd.StringDtype()
 QUARANTINE_SCHEMA = QuarantinedRow.to_schema()
 COUNTS_SCHEMA = BillableCount.to_schema()
 
