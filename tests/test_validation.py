@@ -694,11 +694,9 @@ def test_postgresql_pass_failing_in_the_database_raises_its_error_and_stores_not
     state.dispose()
 
 
-def test_postgresql_pass_abandoned_by_its_reader_stops_the_copy_and_stores_nothing(
-    postgres_url, tmp_path, monkeypatch
-):
-    """When storing a chunk fails midway, the ``COPY`` thread stops (broken pipe), the error is
-    the one raised, nothing of the month is replaced, and the next run reads normally."""
+def test_postgresql_pass_failing_while_storing_stores_nothing(postgres_url, tmp_path, monkeypatch):
+    """When storing a chunk of counts fails midway, that error is raised, nothing of the
+    month is replaced, and the next run reads normally."""
     import pipeline.validation.month as month_pass
     from pipeline.store.months import StagedCountsWriter, load_month_validation
 
