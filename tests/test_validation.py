@@ -667,6 +667,8 @@ def test_postgresql_pass_failing_in_the_database_raises_its_error_and_stores_not
     """An error inside the streamed ``COPY`` is the error raised (not a parse error of what
     came before it); the month's validation, quarantine and staged counts stay as they were,
     and the product database stays usable."""
+    import gc
+
     import psycopg2
 
     import pipeline.validation.month as month_pass
@@ -687,6 +689,7 @@ def test_postgresql_pass_failing_in_the_database_raises_its_error_and_stores_not
     with pytest.raises(psycopg2.errors.DivisionByZero):
         run_month(engine, state, MARCH, run_id="failed-run")
     assert load_month_validation(state, date(2026, 3, 1)) == before
+    assert gc.get_freeze_count() == 0  # the collector is unfrozen on failure too
     monkeypatch.setattr(month_pass, "month_pass_sql", real_sql)
     counts, validation = run_month(engine, state, MARCH, run_id="after")
     assert validation.rows_in == 5 and as_dict(counts) == {("p1", "c1", "SAT"): 5}
@@ -729,5 +732,44 @@ def test_postgresql_month_without_rows_validates_empty(postgres_url, tmp_path):
     state = sa.create_engine(f"sqlite:///{tmp_path / 'state.db'}")
     counts, validation = run_month(engine, state, MARCH)
     assert validation.rows_in == 0 and counts.empty
+    engine.dispose()
+    state.dispose()
+
+
+def test_the_pass_collects_its_cycles_every_few_chunks_and_leaves_the_collector_as_found(
+    sqlite_url, tmp_path, monkeypatch
+):
+    """pandas and pandera leave reference cycles per chunk that only a full collection frees;
+    the pass collects them every ``COLLECT_EVERY_CHUNKS`` chunks with the older objects frozen,
+    and unfreezes them after, even when the pass fails. A collector someone else froze or
+    disabled is left alone."""
+    import gc
+
+    import pipeline.validation.month as month_pass
+
+    engine = sa.create_engine(sqlite_url)
+    rows = ProductRows(engine).basic()
+    names = [f"u{i}" for i in range(9)]
+    rows.users(*names)
+    for i, name in enumerate(names):
+        rows.enroll(name, "c1", ("SAT", "PHISH", "EMAIL")[i % 3], at(2026, 1, 1), None)
+        rows.partner(f"p{i + 2}").company(f"c{i + 2}", f"p{i + 2}")
+        rows.enroll(name, f"c{i + 2}", "SAT", at(2026, 1, 1), None)
+    state = sa.create_engine(f"sqlite:///{tmp_path / 'state.db'}")
+    collections: list[int] = []
+    real_collect = gc.collect
+    monkeypatch.setattr(gc, "collect", lambda *a: collections.append(gc.get_freeze_count()) or real_collect(*a))
+    _, validation = run_month(engine, state, MARCH, chunk_rows=1)
+    assert validation.rows_in == 18
+    assert len(collections) == 12 // month_pass.COLLECT_EVERY_CHUNKS  # 12 groups, one per chunk
+    assert all(frozen > 0 for frozen in collections) and gc.get_freeze_count() == 0
+
+    collections.clear()
+    gc.freeze()
+    try:
+        run_month(engine, state, MARCH, chunk_rows=1, run_id="frozen-by-someone-else")
+        assert collections == [] and gc.get_freeze_count() > 0
+    finally:
+        gc.unfreeze()
     engine.dispose()
     state.dispose()

@@ -16,9 +16,11 @@ validation record are replaced in one state-DB transaction; ``billable_counts`` 
 
 from __future__ import annotations
 
+import gc
 import json
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import pandas as pd
@@ -56,6 +58,7 @@ PASS_COLUMNS = (*GROUP_KEYS, "reason_mask", "company_name", "billable_users", "r
                 "row_count", "quarantined_rows")
 # Groups per frame read back from the COPY: what is held at once while tallying.
 COPY_CHUNK_ROWS = 10_000
+COLLECT_EVERY_CHUNKS = 4
 # PostgreSQL's default JIT thresholds take the pass (a large estimated cost) for a query worth
 # LLVM inlining and optimization: 2.3 s of compiling across the leader and its two workers for a
 # 4.8 s pass at 1.6 M rows. Without them, compiled-but-unoptimized expressions still cost more
@@ -244,6 +247,31 @@ def _tally_chunk(tally: _Tally, groups: pd.DataFrame, staged: StagedCountsWriter
     return quarantined
 
 
+@contextmanager
+def _chunk_garbage_collected(every: int = COLLECT_EVERY_CHUNKS) -> Iterator[Callable[[], None]]:
+    """A callback to call after each chunk: every ``every`` chunks it collects the reference
+    cycles pandas and pandera leave behind (they survive to the oldest generation, which a
+    process holding Dagster's and pandas' objects collects rarely: +1.5 MB per chunk, the
+    peak growing with the month). The objects alive before the pass are frozen meanwhile, so
+    a collection traverses only what the pass made (~9 ms, not ~100 ms)."""
+    if gc.get_freeze_count() or not gc.isenabled():  # someone else manages the collector
+        yield lambda: None
+        return
+    gc.freeze()
+    chunks = 0
+
+    def after_chunk() -> None:
+        nonlocal chunks
+        chunks += 1
+        if chunks % every == 0:
+            gc.collect()
+
+    try:
+        yield after_chunk
+    finally:
+        gc.unfreeze()
+
+
 def validate_month(
     product: sa.Connection,
     state: sa.Engine,
@@ -279,12 +307,15 @@ def validate_month(
         writer = QuarantineWriter(state_conn, month.month, run_id)
         staged = StagedCountsWriter(state_conn, month.month, run_id)
         statement = bind_known_skus(month_pass_sql(query, dialect))
-        for groups in _pass_chunks(product, statement, params, chunk_rows):
-            quarantined = _tally_chunk(tally, groups, staged)
-            if quarantined:
-                frame = checked_quarantine(pd.DataFrame.from_records(quarantined, columns=QUARANTINE_COLUMNS))
-                writer.write(frame)
-                tally.sample.extend(quarantined[: QUARANTINE_SAMPLE_ROWS - len(tally.sample)])
+        with _chunk_garbage_collected() as after_chunk:
+            for groups in _pass_chunks(product, statement, params, chunk_rows):
+                quarantined = _tally_chunk(tally, groups, staged)
+                if quarantined:
+                    frame = checked_quarantine(pd.DataFrame.from_records(quarantined, columns=QUARANTINE_COLUMNS))
+                    writer.write(frame)
+                    tally.sample.extend(quarantined[: QUARANTINE_SAMPLE_ROWS - len(tally.sample)])
+                del groups, quarantined
+                after_chunk()
         validation = record(tally)
         save_month_validation(state_conn, validation)
     sample = pd.DataFrame.from_records(tally.sample, columns=QUARANTINE_COLUMNS) if tally.sample else pd.DataFrame()
