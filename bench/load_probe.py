@@ -75,7 +75,8 @@ if not corrections:
 def dump():
     if releases_path:
         open(releases_path, "w").write("\n".join(map(repr, stamps)))
-    figures = [{"limit": p.limit, "corrections": p.corrections,
+    figures = [{"limit": p.limit, "answers": p.answers, "corrections": p.corrections,
+                "mean_shift_ms": round(1000 * p.corrected_seconds / max(1, p.answers), 3), "cap_waits": p.cap_waits,
                 "min_round_trip_ms": round(1000 * p.min_round_trip, 3) if p.min_round_trip < 1e9 else None}
                for p in pacers]
     open(pacer_path, "w").write(json.dumps(figures))
