@@ -97,21 +97,22 @@ The bound, worked out:
 Measured on the emulator (``python -m bench.load_probe --limit 100 --calls 50000``: 20 ms
 latency, its sliding-window limiter, its garbage collector left on so that its full
 collections stall it; a 2-core machine shared with a PostgreSQL benchmark, so rates are
-noisy). Before the corrections: 50,099 count
-calls at limit 100, 96.6 % of the limit, 99 429s, in clusters ~1 s after the emulator's stalls
-(86-272 ms); with its collector paused (``gradient-billing-sync bench --scale large``) 97.2 %
-and 8 429s over 50,017 calls. With them: 50,000 count calls at limit 100 in 525 s, **0 429s**,
-never more than 100 accepted in any 1 s window, 95.3 % of the limit, through 5 stalls of
-175-676 ms; three 20,000-call runs: 0 429s each, 96.2 %, 96.5 % and 95.6 % (the last one
-with the cap's wake-ups counted: 0.94 per call; 7.6 before callers waiting on the cap were
-counted in the wake-up time); the same 20,000 calls with ``--no-corrections``: 64 429s
-(e.g. a cluster ~1 s after a 96 ms stall), 96.8 %. The
-minimum round trip settles at 20.0-20.2 ms (the emulator's 20 ms sleep plus ~0.1 ms). At
-limit 1000, 20,000 calls: 397, 445 and 674/s in three runs with corrections (0 429s; in the
-last two, stamps moved 26 and 14 ms on average, mostly the client's event-loop lag in reading
-answers: the sustainable ``limit / (window + mean shift)`` stays ~950/s, far above what the
-machine delivered), 339 and 564/s without: the machine's load, not the pacer, sets that
-rate. An ``answered`` call costs ~1 us with 1000 stamps in the log.
+noisy). Before the corrections: 50,099 count calls at limit 100, 96.6 % of the limit, 99
+429s, in clusters ~1 s after the emulator's stalls (86-272 ms); with its collector paused
+(``gradient-billing-sync bench --scale large``) 97.2 % and 8 429s over 50,017 calls. With
+them: 50,000 count calls at limit 100 in 517 s, **0 429s**, never more than 100 accepted in
+any 1 s window, 96.7 % of the limit, through 5 stalls of 90-250 ms (mean stamp shift 4.2 ms,
+0.9 cap wake-ups per call); an earlier 50,000-call run, before the cap's wake-ups counted the
+callers already waiting (7.6 wake-ups per call then): 0 429s, 95.3 %, through stalls of
+175-676 ms; three 20,000-call runs: 0 429s each, 96.2-96.5 % and 95.6 %; the same 20,000
+calls with ``--no-corrections``: 64 429s (e.g. a cluster ~1 s after a 96 ms stall), 96.8 %.
+The minimum round trip settles at 19.9-20.3 ms (the emulator's 20 ms sleep). At limit 1000,
+20,000 calls (``--limit 1000 --calls 20000``), with corrections: 397, 445, 674 and 695/s in
+four runs, 0 429s, stamps moved 14-26 ms on average (mostly the client's event-loop lag in
+reading answers), the cap waited 0 times in the last run: the sustainable
+``limit / (window + mean shift)`` ~950/s stays far above what the machine delivered; without
+corrections 339 and 564/s: the machine's load, not the pacer, sets that rate. An
+``answered`` call costs ~1 us with 1000 stamps in the log.
 
 The pacer is per-process: one per ``GradientClient``; concurrent runs each get their own
 budget (see ``pipeline.gradient.client``).
