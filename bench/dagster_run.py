@@ -20,6 +20,7 @@ from pathlib import Path
 import dagster as dg
 from dagster import DagsterEventType, DagsterInstance, execute_job, reconstructable
 
+from bench.memory import own_peak_rss_mb
 from pipeline.definitions import build_defs
 
 QUIET_RUN_CONFIG = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
@@ -39,10 +40,13 @@ JOBS = {"monthly_billing": monthly_billing, "gradient_load": gradient_load}
 
 
 def peak_rss_mb() -> dict[str, float]:
-    """Peak resident memory of this process and of the largest child it waited for (MB)."""
-    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    """Peak resident memory (MB) of this process (``VmHWM``: since its own start, see
+    ``bench.memory``) and of the largest child it waited for (``ru_maxrss``, which on Linux
+    includes this process's memory when the child was spawned: step subprocesses, if the
+    executor makes any)."""
+    own = own_peak_rss_mb()
     children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
-    return {"process": round(own, 1), "children": round(children, 1), "peak": round(max(own, children), 1)}
+    return {"process": own, "children": round(children, 1), "peak": round(max(own, children), 1)}
 
 
 def step_times(instance: DagsterInstance, run_id: str) -> dict[str, dict]:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import time
 from datetime import date
 from pathlib import Path
@@ -19,6 +18,7 @@ from pathlib import Path
 import pandas as pd
 import sqlalchemy as sa
 
+from bench.memory import own_peak_rss_mb
 from pipeline.billing.month import BillingMonth
 from pipeline.settings import DEFAULT_BILLING_TIMEZONE
 from pipeline.source.utilization import month_parameters, utilization_query
@@ -39,7 +39,7 @@ def naive_counts(url: str, month: BillingMonth) -> dict:
         "rows": len(rows),
         "groups": int(len(counts)),
         "billable_users": int(counts.sum()),
-        "rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "rss_mb": own_peak_rss_mb(),
     }
 
 

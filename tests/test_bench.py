@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 from collections import defaultdict
+from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
@@ -99,3 +100,25 @@ def test_small_bench_runs_and_its_counts_are_exact(postgres_url, tmp_path):
     for label in ("bare aggregate", "naive pandas", "pipeline: month-end run", "limit raised",
                   "unchanged re-run", "growth"):
         assert label in text
+
+
+def test_a_child_measures_its_own_peak_memory_not_its_parents():
+    """``ru_maxrss`` of a freshly spawned child already holds its parent's memory (Linux keeps
+    it across exec): the benchmark reads the child's own peak (VmHWM) instead."""
+    import subprocess
+    import sys
+
+    from bench.memory import STATUS
+
+    if not STATUS.exists():
+        pytest.skip("VmHWM is a Linux /proc figure")
+    ballast = bytearray(400 * 2**20)  # the parent at 400+ MB when it spawns the child
+    ballast[:: 4096] = b"x" * len(ballast[:: 4096])
+    child = subprocess.run(
+        [sys.executable, "-c", "import resource; from bench.memory import own_peak_rss_mb; "
+         "print(own_peak_rss_mb(), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)"],
+        capture_output=True, text=True, check=True, cwd=Path(__file__).resolve().parents[1],
+    )
+    del ballast
+    own, maxrss = map(float, child.stdout.split())
+    assert own < 100 < 400 < maxrss, (own, maxrss)
