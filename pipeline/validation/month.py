@@ -171,9 +171,9 @@ def _postgresql_copy_chunks(product: sa.Connection, statement: sa.TextClause, pa
     through a pipe from a thread, to tally while the database still aggregates, was measured
     slower inside a Dagster run: psycopg2 writes each row from Python, so the two threads
     contend for the GIL row by row.)"""
-    raw = product.connection.driver_connection
-    if not hasattr(raw, "cursor") or not hasattr(raw.cursor(), "copy_expert"):
+    if product.dialect.driver != "psycopg2":
         return None
+    raw = product.connection.driver_connection
     compiled = statement.bindparams(**params).compile(
         dialect=product.dialect, compile_kwargs={"render_postcompile": True}
     )
