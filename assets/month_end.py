@@ -193,6 +193,7 @@ def validated_utilization(
             "quarantine_by_reason": dg.MetadataValue.json(validation.reason_counts),
             "quarantine_sample": table_value(sample.astype(object).where(sample.notna(), "").astype(str), max_rows=20),
             "known_skus": ", ".join(validation.known_skus),
+            "groups_staged": validation.counts_staged or 0,
         },
         check_results=[
             dg.AssetCheckResult(
@@ -266,6 +267,10 @@ def billable_counts(
         "billable_users": computation.billable_users,
         "dagster/row_count": counted.rows,
         "counts_fingerprint": computation.counts_fingerprint,
+        "counted_from": (
+            "this run's validation pass (staged counts promoted)" if counted.staged
+            else "a fresh count (the month was validated in another run), reconciled with its validation"
+        ),
         "counts_preview": table_value(counted.preview, max_rows=PREVIEW_ROWS),
     }
     if previous is not None:

@@ -367,6 +367,8 @@ def test_billable_counts_takes_its_runs_pass_and_recounts_apart_from_it(product_
 
     alone = dg.materialize([billable_counts], partition_key=MARCH, resources=resources)
     assert alone.success  # another run: counted again, same result
+    (event,) = alone.get_asset_materialization_events()
+    assert event.materialization.metadata["counted_from"].value.startswith("a fresh count")
     assert as_dict(load_billable_counts(state, month)) == BASE
     assert load_month_computation(state, month).run_id == alone.run_id
     assert _staged_runs(state) == []  # superseded by the counts stored

@@ -178,6 +178,8 @@ def test_demo_metadata(demo_run):
         assert extract["month"] == month[:7]
         assert validated["rows_in"] == validation.rows_in > 0
         assert validated["rows_quarantined"] == validation.rows_quarantined == len(BAD_ROW_KINDS)
+        assert validated["groups_staged"] == validation.counts_staged == counts["dagster/row_count"]
+        assert counts["counted_from"].startswith("this run's validation pass")
         assert validated["quarantine_by_reason"] == validation.reason_counts
         assert counts["rows_in"] == computation.rows_in == validation.rows_in
         assert counts["rows_quarantined"] == computation.rows_quarantined

@@ -127,7 +127,6 @@ class ValidationOutcome:
     validation: MonthValidation
     sample: pd.DataFrame = field(default_factory=pd.DataFrame)
     contract_violations: list[ContractViolation] = field(default_factory=list)
-    staged_counts: int = 0  # groups staged for billable_counts (StagedCountsWriter)
 
 
 @dataclass
@@ -289,12 +288,13 @@ def validate_month(
     dialect = product.dialect.name
     skus = sorted(set(known_skus))
 
-    def record(tally: _Tally) -> MonthValidation:
+    def record(tally: _Tally, counts_staged: int | None = None) -> MonthValidation:
         return MonthValidation(
             month=month.month, rows_in=tally.rows, rows_valid=tally.valid,
             rows_quarantined=tally.rows - tally.valid,
             reason_counts=dict(sorted(tally.reason_counts.items())), known_skus=skus,
             query_sha256=query.sha256, run_id=run_id, validated_at=utcnow(),
+            counts_staged=counts_staged,
         )
 
     _, _, violations = check_source_contract(product, query, month)
@@ -316,7 +316,7 @@ def validate_month(
                     tally.sample.extend(quarantined[: QUARANTINE_SAMPLE_ROWS - len(tally.sample)])
                 del groups, quarantined
                 after_chunk()
-        validation = record(tally)
+        validation = record(tally, counts_staged=staged.rows)
         save_month_validation(state_conn, validation)
     sample = pd.DataFrame.from_records(tally.sample, columns=QUARANTINE_COLUMNS) if tally.sample else pd.DataFrame()
-    return ValidationOutcome(validation=validation, sample=sample, staged_counts=staged.rows)
+    return ValidationOutcome(validation=validation, sample=sample)
