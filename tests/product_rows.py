@@ -6,8 +6,9 @@ SQLite, timestamptz on PostgreSQL). A raw string is written as it is, which is h
 tests put non-timestamp values into SQLite.
 
 ``run_month`` runs what the month-end assets run — ``validate_month`` then
-``count_billable_users`` with the reference query — and returns the counts and the
-validation record.
+``store_billable_counts`` with the reference query — and returns the counts as stored and the
+validation record. Within the validation's run the counts are the pass's own, staged and
+promoted; ``count`` with another ``run_id`` counts afresh and reconciles, as a later run does.
 
 ``oracle_counts`` is a brute-force, pure-Python reading of the billing rules in
 ``/work/shared/design.md`` (plus the reference query's "a deleted company ends its users'
@@ -27,9 +28,9 @@ import sqlalchemy as sa
 
 from pipeline.source import product_schema as ps
 from pipeline.billing.month import BillingMonth
-from pipeline.billing.counts import count_billable_users
+from pipeline.billing.counts import store_billable_counts
 from pipeline.validation.month import validate_month
-from pipeline.store.months import MonthValidation
+from pipeline.store.months import MonthValidation, load_billable_counts
 from pipeline.store.schema import ensure_state_schema
 from pipeline.source.utilization import SourceQuery, load_known_skus, utilization_query
 
@@ -222,12 +223,12 @@ def count(
     query: SourceQuery | None = None,
     run_id: str = "test-run",
 ) -> pd.DataFrame:
-    """``count_billable_users`` alone."""
+    """``store_billable_counts`` alone; the month's counts as stored."""
     month = BillingMonth.from_partition_key(month_key, tz)
     query = query or reference_query(product_engine)
     with product_engine.connect() as conn:
-        counts, _ = count_billable_users(conn, state_engine, query, month, validation, run_id)
-    return counts
+        store_billable_counts(conn, state_engine, query, month, validation, run_id)
+    return load_billable_counts(state_engine, month.month)
 
 
 def run_month(
@@ -241,7 +242,7 @@ def run_month(
     run_id: str = "test-run",
     chunk_rows: int = 50_000,
 ) -> tuple[pd.DataFrame, MonthValidation]:
-    """validate_month + count_billable_users with the reference query (or ``query``)."""
+    """validate_month + store_billable_counts with the reference query (or ``query``)."""
     validation = validate(
         product_engine, state_engine, month_key, tz, query=query, skus=skus, run_id=run_id,
         chunk_rows=chunk_rows,

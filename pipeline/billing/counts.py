@@ -213,26 +213,3 @@ def store_billable_counts(
         preview=load_billable_counts(state, month.month, limit=PREVIEW_ROWS).astype({"billable_users": "int64"}),
         staged=staged,
     )
-
-
-def count_billable_users(
-    product: sa.Connection,
-    state: sa.Engine,
-    query: SourceQuery,
-    month: BillingMonth,
-    validation: MonthValidation,
-    run_id: str,
-    aggregate: MonthAggregate | None = None,
-) -> tuple[pd.DataFrame, MonthComputation]:
-    """Count the month afresh from the database (or take ``aggregate``, counts already made),
-    reconcile with its validation and store the counts; returns them whole, with the
-    computation. For callers that want the frame (tests, small tools) and the check that the
-    source still accepts what validation did: staged counts are not promoted here (the
-    month-end asset uses ``store_billable_counts``, which never holds a month's counts).
-
-    Raises ``ReconciliationError`` as ``store_billable_counts`` does.
-    """
-    _check_query(query, month, validation)
-    if aggregate is None:
-        aggregate = aggregate_billable_users(product, query, month, validation.known_skus)
-    return aggregate.counts, _store_counted(state, month, validation, query, aggregate, run_id)
