@@ -14,11 +14,13 @@ import pytest
 import sqlalchemy as sa
 
 from pipeline.billing import counts as billing_counts
+from pipeline.store import months as store_months
 from pipeline.billing.counts import COUNT_COLUMNS, PREVIEW_ROWS, counts_frame, store_billable_counts
 from pipeline.billing.month import BillingMonth
 from pipeline.store.months import (
     MonthValidation,
     StagedCountsWriter,
+    bulk_insert,
     count_stored_counts,
     counts_fingerprint,
     load_billable_counts,
@@ -29,7 +31,7 @@ from pipeline.store.months import (
     save_month_validation,
     stored_counts_fingerprint,
 )
-from pipeline.store.schema import ensure_state_schema, month_validations, staged_billable_counts
+from pipeline.store.schema import ensure_state_schema, month_validations, quarantined_rows, staged_billable_counts, utcnow
 from pipeline.validation.month import validate_month
 from tests.product_rows import NY, ProductRows, at, known_skus, reference_query
 
@@ -272,6 +274,44 @@ def test_the_preview_reads_only_its_rows(state):
     assert len(preview) == PREVIEW_ROWS
     assert list(preview.columns) == COUNT_COLUMNS
     assert count_stored_counts(state, MARCH) == len(counts)
+
+
+@pytest.mark.parametrize("chunk_rows", [2, 50_000])
+def test_bulk_rows_round_trip_whatever_they_hold(state, monkeypatch, chunk_rows):
+    """COPY (PostgreSQL) and executemany (SQLite) store what they are given: text needing an
+    escape (tab, newline, CR, backslash, "\\N"), empty text apart from NULL, non-ASCII, ints
+    as text, a column of one value for every row; in chunks or not."""
+    monkeypatch.setattr(store_months, "BULK_CHUNK_ROWS", chunk_rows)
+    texts = ["plain", "tab\there", "new\nline", "cr\rhere", "back\\slash", "\\N", "", None, "日本 ✓", "😀"]
+    records = [
+        {"month": MARCH, "row_number": i + 1, "partner_id": text, "company_id": "c1",
+         "company_name": None if i % 3 else f"Firma {i}", "sku": "SAT", "user_id": str(i),
+         "active_from": "2026-03-01", "active_to": None, "billable": "1", "reason_codes": "missing_user_id",
+         "reasons": f"reason {text}", "run_id": "run-1", "quarantined_at": datetime(2026, 3, 2, tzinfo=timezone.utc)}
+        for i, text in enumerate(texts)
+    ]
+    clean = [dict(r, row_number=100 + r["row_number"], partner_id=f"p{r['row_number']}", reasons="ok")
+             for r in records]  # a chunk whose text columns need no escape
+    with state.begin() as conn:
+        bulk_insert(conn, quarantined_rows, records + clean)
+        store_months.insert_columns(conn, quarantined_rows, {
+            "month": MARCH, "row_number": [201, 202, 203], "partner_id": ["x", "y\tz", "w"],
+            "company_id": pd.Series(["c1", "c2", "c3"]), "company_name": None, "sku": "SAT",
+            "user_id": [7, 8, 9], "active_from": None, "active_to": None, "billable": ["1", 0, None],
+            "reason_codes": "r", "reasons": "why", "run_id": "run-1", "quarantined_at": utcnow(),
+        }, 3)
+    with state.connect() as conn:
+        stored = conn.execute(
+            sa.select(quarantined_rows.c.row_number, quarantined_rows.c.partner_id, quarantined_rows.c.company_id,
+                      quarantined_rows.c.company_name, quarantined_rows.c.user_id, quarantined_rows.c.active_to,
+                      quarantined_rows.c.billable, quarantined_rows.c.reasons)
+            .order_by(quarantined_rows.c.row_number)
+        ).all()
+    expected = [(r["row_number"], r["partner_id"], r["company_id"], r["company_name"], r["user_id"],
+                 r["active_to"], r["billable"], r["reasons"]) for r in records + clean]
+    expected += [(201, "x", "c1", None, "7", None, "1", "why"), (202, "y\tz", "c2", None, "8", None, "0", "why"),
+                 (203, "w", "c3", None, "9", None, None, "why")]
+    assert [tuple(row) for row in stored] == expected
 
 
 # ------------------------------------------------------------ store_billable_counts
