@@ -599,10 +599,13 @@ def test_vendor_query_file_over_another_schema_works(product_engine, state_engin
 
 def test_postgresql_month_pass_computes_the_rules_once_in_parallel_workers(postgres_url):
     """The month pass on PostgreSQL is planned like a plain aggregate: parallel workers below a
-    Gather Merge, the rules' mask computed once per row as a group key (no ``OFFSET 0`` fence,
-    which keeps the whole sort in the leader; no per-key ``CASE`` repeating the rules)."""
-    from pipeline.validation.month import month_pass_sql
-    from pipeline.validation.rules import bind_known_skus
+    Gather Merge, the row part of the rules' mask computed once per row as a group key (no
+    ``OFFSET 0`` fence, which keeps the whole sort in the leader; no per-key ``CASE`` repeating
+    the rules), the part the group keys alone break once per group above the aggregate, the
+    keys sorted in the "C" collation, and no column the aggregate does not need carried
+    through the sort."""
+    from pipeline.validation.month import GROUP_KEYS, month_pass_sql
+    from pipeline.validation.rules import bind_known_skus, split_reason_mask_sql
 
     engine = sa.create_engine(postgres_url)
     rows = ProductRows(engine).basic()
@@ -621,15 +624,27 @@ def test_postgresql_month_pass_computes_the_rules_once_in_parallel_workers(postg
         )
     engine.dispose()
     assert "Gather Merge" in plan and "Workers Planned" in plan, plan
-    from pipeline.validation.rules import RULES
 
+    def live_bits(mask_sql: str) -> list[int]:
+        # the planner folds the rules that cannot break on PostgreSQL, "(1 = 0)", away
+        cases = re.findall(r"CASE WHEN (.*?) THEN (\d+) ELSE 0 END", mask_sql)
+        return sorted(int(bit) for condition, bit in cases if condition != "(1 = 0)")
+
+    def bits(line: str) -> list[int]:
+        return sorted(int(v) for v in re.findall(r"THEN (\d+) ELSE 0 END", line))
+
+    key_mask, row_mask = split_reason_mask_sql("postgresql", GROUP_KEYS)
     lines = plan.splitlines()
+    top = next(line for line in lines if line.strip().startswith("Output:"))
     sort = next(i for i, line in enumerate(lines) if line.strip().startswith("->  Sort"))
+    sort_key = next(line for line in lines[sort + 1:] if line.strip().startswith("Sort Key:"))
     projected = next(line for line in lines[sort + 1:] if line.strip().startswith("Output:"))
-    # what the workers compute per row below the sort: the mask once (one CASE per rule that
-    # can break on PostgreSQL; the planner folds the ones that cannot, "(1 = 0)", away)
-    live = [1 << bit for bit, rule in enumerate(RULES) if rule.breaks("postgresql") != "(1 = 0)"]
-    assert sorted(int(v) for v in re.findall(r"THEN (\d+) ELSE 0 END", projected)) == live, projected
+    assert bits(projected) == live_bits(row_mask), projected
+    assert bits(top) == live_bits(key_mask), top
+    assert sort_key.count('COLLATE "C"') >= len(GROUP_KEYS), sort_key
+    # the sort carries the keys, the mask, the in-month flag and what the aggregates read
+    carried = projected.split("Output:", 1)[1].rsplit("))))),", 1)[-1]
+    assert "started_at" not in carried and "ended_at" not in carried and "deleted_at" not in carried, carried
 
 
 def _pg_month_with_rows(postgres_url: str, users: int) -> tuple[sa.Engine, ProductRows]:
@@ -682,7 +697,7 @@ def test_postgresql_pass_failing_in_the_database_raises_its_error_and_stores_not
 
     def failing_on_the_last_group(query, dialect):
         return real_sql(query, dialect).replace(
-            "COUNT(*) AS row_count,", "COUNT(*) / (CASE WHEN MAX(user_id) = 'u004' THEN 0 ELSE 1 END) AS row_count,", 1
+            "COUNT(*) AS row_count", "COUNT(*) / (CASE WHEN MAX(user_id) = 'u004' THEN 0 ELSE 1 END) AS row_count", 1
         )
 
     monkeypatch.setattr(month_pass, "month_pass_sql", failing_on_the_last_group)
@@ -772,4 +787,127 @@ def test_the_pass_collects_its_cycles_every_few_chunks_and_leaves_the_collector_
     finally:
         gc.unfreeze()
     engine.dispose()
+    state.dispose()
+
+
+SPLIT_CASES = [
+    # partner, company, name, sku, user, active_from, active_to, billable
+    ("p1", "c1", "Acme", "SAT", "u1", "2026-01-01", None, True),
+    (None, "c1", "Acme", "SAT", "u1", "2026-01-01", None, True),
+    (" p1", "c 1", " ", "FAX", "u1 ", "2026-01-01", "2025-01-01", None),
+    ("p1", "c\x01", "Ac\x7fme", "", "", None, None, True),
+    ("p" * 300, "c1", "n" * 300, " SAT", "u\x02", "2026-01-01", None, False),
+    ("", "   ", None, None, None, "2026-02-01", "2026-01-01", True),
+    ("p1", "c1", "Acme\t", "SAT", "u" * 256, "2026-01-01", None, True),
+]
+
+
+@pytest.mark.parametrize("dialect_url", ["sqlite_url", "postgres_url"])
+def test_the_mask_split_into_group_keys_and_row_parts_ors_back_to_the_whole_mask(dialect_url, request):
+    """``split_reason_mask_sql``: what the group keys alone break (asked once per group) OR
+    what the other columns break (once per row) is, for every kind of bad value, exactly the
+    row's ``reason_mask_sql`` — the month pass on PostgreSQL relies on it."""
+    from pipeline.validation.month import GROUP_KEYS
+    from pipeline.validation.rules import bind_known_skus, prepare_connection, reason_mask_sql, split_reason_mask_sql
+
+    engine = sa.create_engine(request.getfixturevalue(dialect_url))
+    dialect = engine.dialect.name
+    key_mask, row_mask = split_reason_mask_sql(dialect, GROUP_KEYS)
+    if dialect == "postgresql":
+        typed = ["CAST(:{0}_{1} AS TEXT)"] * 5 + ["CAST(:{0}_{1} AS timestamptz)"] * 2 + ["CAST(:{0}_{1} AS boolean)"]
+    else:
+        typed = ["CAST(:{0}_{1} AS TEXT)"] * 7 + [":{0}_{1}"]
+    selects, params = [], {"known_skus": ["SAT", "PHISH"]}
+    for i, case in enumerate(SPLIT_CASES):
+        values = []
+        for j, (column, value) in enumerate(zip(CONTRACT_COLUMNS, case)):
+            values.append(typed[j].format(column, i) + f" AS {column}")
+            params[f"{column}_{i}"] = (int(value) if dialect == "sqlite" and isinstance(value, bool) else value)
+        selects.append(f"SELECT {i} AS case_no, " + ", ".join(values))
+    sql = (
+        f"SELECT case_no, {reason_mask_sql(dialect)} AS whole, {key_mask} AS on_keys, {row_mask} AS on_rows "
+        f"FROM ({' UNION ALL '.join(selects)}) AS utilization ORDER BY case_no"
+    )
+    with engine.connect() as conn:
+        prepare_connection(conn)
+        found = conn.execute(bind_known_skus(sql), params).all()
+    engine.dispose()
+    assert len(found) == len(SPLIT_CASES)
+    assert found[0].whole == 0
+    assert all(row.whole != 0 for row in found[1:])
+    for row in found:
+        assert row.on_keys | row.on_rows == row.whole, (SPLIT_CASES[row.case_no], row)
+    assert any(row.on_keys and row.on_rows for row in found)
+
+
+def _month_with_failing_groups(postgres_url: str) -> ProductRows:
+    """Good rows around failing ones: an orphan company (NULL partner), a quoted company id,
+    an unknown sku, a padded partner id, a reversed span; two groups break the same rule."""
+    engine = sa.create_engine(postgres_url)
+    rows = ProductRows(engine).basic()
+    rows.partner(" p2").company("c'2", " p2").company("c3", "p1").company("orphan", "no-such-partner")
+    rows.users(*(f"u{i}" for i in range(8)))
+    for i in range(8):
+        rows.enroll(f"u{i}", "c1", "SAT", at(2026, 1, 1), None)
+    rows.enroll("u0", "orphan", "SAT", at(2026, 1, 1), None)
+    rows.enroll("u1", "c'2", "SAT", at(2026, 1, 1), None)
+    rows.enroll("u2", "c'2", "SAT", at(2026, 1, 1), None)
+    rows.enroll("u3", "c3", "FAX", at(2026, 1, 1), None)
+    rows.enroll("u4", "c3", "SAT", at(2026, 3, 20), at(2026, 3, 10))
+    rows.enroll("u5", "c1", "PHISH", at(2026, 3, 20), at(2026, 3, 10))
+    return rows
+
+
+def test_postgresql_failing_rows_are_fetched_by_their_keys_exactly_and_in_a_stable_order(
+    postgres_url, tmp_path, monkeypatch
+):
+    """On PostgreSQL the pass returns failing groups as counts; their rows are fetched after,
+    narrowed by the failing groups' keys (NULL keys, quotes and padding included) and in a
+    stable order. Unnarrowed (past ``NARROWING_KEY_VALUES``) the quarantine is the same."""
+    import pipeline.validation.month as month_pass
+
+    rows = _month_with_failing_groups(postgres_url)
+    state = sa.create_engine(f"sqlite:///{tmp_path / 'state.db'}")
+    counts, validation = run_month(rows.engine, state, MARCH)
+    narrowed = load_quarantine(state, date(2026, 3, 1))
+    assert as_dict(counts) == {("p1", "c1", "SAT"): 8}
+    assert validation.rows_quarantined == 6 == len(narrowed)
+    assert validation.reason_counts == {
+        "id_padded": 2, "partner_missing": 1, "sku_unknown": 1, "span_reversed": 2,
+    }
+    assert narrowed.row_number.tolist() == [1, 2, 3, 4, 5, 6]
+    by_user = narrowed.set_index("user_id")
+    assert by_user.loc["u0", "partner_id"] is None and by_user.loc["u0", "reason_codes"] == "partner_missing"
+    assert by_user.loc["u1", "partner_id"] == " p2" and by_user.loc["u1", "company_id"] == "c'2"
+    assert by_user.loc["u4", "reason_codes"] == "span_reversed"
+
+    monkeypatch.setattr(month_pass, "NARROWING_KEY_VALUES", 0)
+    _, again = run_month(rows.engine, state, MARCH, run_id="unnarrowed")
+    unnarrowed = load_quarantine(state, date(2026, 3, 1))
+    assert again.reason_counts == validation.reason_counts
+    columns = [c for c in narrowed.columns if c not in ("run_id", "quarantined_at")]
+    pd.testing.assert_frame_equal(unnarrowed[columns], narrowed[columns])
+    rows.engine.dispose()
+    state.dispose()
+
+
+def test_postgresql_fetched_rows_disagreeing_with_the_pass_raise_and_store_nothing(postgres_url, tmp_path, monkeypatch):
+    """The failing rows fetched must be, per group and rule, the rows the pass counted (one
+    snapshot makes them so); if they are not, the month is not stored from a half-truth."""
+    import pipeline.validation.month as month_pass
+    from pipeline.store.months import load_month_validation
+
+    rows = _month_with_failing_groups(postgres_url)
+    state = sa.create_engine(f"sqlite:///{tmp_path / 'state.db'}")
+    run_month(rows.engine, state, MARCH)
+    before = load_month_validation(state, date(2026, 3, 1))
+    real_sql = month_pass._postgresql_quarantined_rows_sql
+    monkeypatch.setattr(
+        month_pass, "_postgresql_quarantined_rows_sql",
+        lambda query, narrowed: real_sql(query, narrowed).replace("WHERE reason_mask", "WHERE user_id <> 'u4' AND reason_mask"),
+    )
+    with pytest.raises(month_pass.ValidationDriftError, match="counted 6 rows breaking a rule in 5 groups.*found 5 rows"):
+        run_month(rows.engine, state, MARCH, run_id="drifted")
+    assert load_month_validation(state, date(2026, 3, 1)) == before
+    rows.engine.dispose()
     state.dispose()

@@ -3,8 +3,11 @@
 The database flags every row with the rules it breaks (``pipeline.validation.rules``) and, in
 the same scan, groups the rows: the rows breaking no rule into the month's counts per partner
 x company x sku, the others into groups that come back — only they — to be quarantined with
-their reasons (PostgreSQL: per partner x company x sku x broken rules, the rows as JSON, so
-the pass runs in parallel workers; SQLite and MySQL/MariaDB: identical rows with how many).
+their reasons. SQLite and MySQL/MariaDB: identical failing rows are one group, with how many.
+PostgreSQL: per partner x company x sku x broken rules, with how many; the rules the keys alone
+break are asked once per group, the rest once per row, so the pass runs in parallel workers
+like a plain aggregate; the failing groups' rows are then fetched by their keys, in the same
+snapshot, and must be exactly the rows the pass counted.
 
 The groups come back in chunks of frames (PostgreSQL: ``COPY (pass) TO STDOUT`` spooled to a
 temporary file and parsed by pandas' C reader — a ``COPY`` keeps the parallel plan that a
@@ -17,9 +20,8 @@ validation record are replaced in one state-DB transaction; ``billable_counts`` 
 from __future__ import annotations
 
 import gc
-import json
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -29,7 +31,7 @@ import sqlalchemy as sa
 from pipeline.billing.counts import COUNT_COLUMNS
 from pipeline.billing.month import BillingMonth
 from pipeline.source.contract import ContractViolation, check_source_contract
-from pipeline.source.utilization import CONTRACT_COLUMNS, SourceQuery, month_parameters
+from pipeline.source.utilization import CONTRACT_COLUMNS, ID_COLUMNS, SourceQuery, month_parameters
 from pipeline.store.months import (
     MonthValidation,
     QuarantineWriter,
@@ -49,16 +51,20 @@ from pipeline.validation.rules import (
     ident,
     overlap_sql,
     prepare_connection,
+    split_reason_mask_sql,
     text_of,
 )
 
 QUARANTINE_SAMPLE_ROWS = 20
 GROUP_KEYS = ("partner_id", "company_id", "sku")
-PASS_COLUMNS = (*GROUP_KEYS, "reason_mask", "company_name", "billable_users", "rows_in_month",
-                "row_count", "quarantined_rows")
+# what the PostgreSQL pass returns per group (``_postgresql_month_pass_sql``)
+PASS_COLUMNS = (*GROUP_KEYS, "reason_mask", "company_name", "billable_users", "rows_in_month", "row_count")
 # Groups per frame read back from the COPY: what is held at once while tallying.
 COPY_CHUNK_ROWS = 10_000
 COLLECT_EVERY_CHUNKS = 4
+# Failing groups' keys, per key, that narrow the fetch of their rows; past this many values of
+# a key, that key is not used to narrow (the fetch then reads more of the month, still exactly).
+NARROWING_KEY_VALUES = 1_000
 # PostgreSQL's default JIT thresholds take the pass (a large estimated cost) for a query worth
 # LLVM inlining and optimization: 2.3 s of compiling across the leader and its two workers for a
 # 4.8 s pass at 1.6 M rows. Without them, compiled-but-unoptimized expressions still cost more
@@ -94,31 +100,61 @@ GROUP BY {', '.join(str(i) for i in range(1, grouped + 1))}
 
 
 def _postgresql_month_pass_sql(query: SourceQuery) -> str:
-    """PostgreSQL: the groups are partner x company x sku x ``reason_mask``, and the mask is
-    referenced only as a group key, so the planner computes it once per row below the sort and
-    the whole pass runs in parallel workers like a plain aggregate (a per-row ``CASE`` on the
-    mask would repeat the rules in every key; an ``OFFSET 0`` fence keeps them single but
-    sorts in the leader alone). A group breaking rules brings its rows back as JSON arrays of
-    text (what ``COPY`` writes as one field, and Python reads whole)."""
+    """PostgreSQL: the rules the group keys alone break are asked once per group, the others
+    once per row, as a group key (``split_reason_mask_sql``), so the planner computes the row
+    part once below the sort and the whole pass runs in parallel workers like a plain
+    aggregate (a per-row ``CASE`` on the mask would repeat the rules in every key; an
+    ``OFFSET 0`` fence keeps them single but sorts in the leader alone). The keys are grouped
+    in the "C" collation: the same groups (equality is byte equality either way), compared as
+    bytes with abbreviated keys rather than by ``strcoll``. The groups breaking a rule come
+    back as counts only; ``_postgresql_quarantined_rows_sql`` fetches their rows."""
     dialect = "postgresql"
-    overlap = overlap_sql(dialect)
-    shown = ", ".join(display(c, dialect) for c in CONTRACT_COLUMNS)
+    key_mask, row_mask = split_reason_mask_sql(dialect, GROUP_KEYS)
+    keys = ", ".join(f'{c} COLLATE "C" AS {c}' for c in GROUP_KEYS)
     return f"""
 SELECT
     {', '.join(GROUP_KEYS)},
-    {MASK},
+    row_mask | {key_mask} AS {MASK},
+    company_name,
+    CASE WHEN in_month THEN billable_users ELSE 0 END AS billable_users,
+    CASE WHEN in_month THEN row_count ELSE 0 END AS rows_in_month,
+    row_count
+FROM (
+SELECT
+    {keys},
+    row_mask,
+    in_month,
     MAX(company_name COLLATE "C") AS company_name,
-    COUNT(DISTINCT CASE WHEN in_month AND {billable_true(dialect)} THEN user_id END) AS billable_users,
-    CASE WHEN in_month THEN COUNT(*) ELSE 0 END AS rows_in_month,
-    COUNT(*) AS row_count,
-    json_agg(json_build_array({shown})) FILTER (WHERE {MASK} <> 0) AS quarantined_rows
+    COUNT(DISTINCT user_id) FILTER (WHERE {billable_true(dialect)}) AS billable_users,
+    COUNT(*) AS row_count
 FROM (
-SELECT flagged.*, {overlap} AS in_month
+SELECT utilization.*, {overlap_sql(dialect)} AS in_month, {row_mask} AS row_mask
 FROM (
-{flagged_sql(query.sql, dialect)}
-) AS flagged
+{query.sql}
+) AS utilization
 ) AS placed
-GROUP BY {', '.join(GROUP_KEYS)}, {MASK}, in_month
+GROUP BY 1, 2, 3, row_mask, in_month
+) AS grouped
+"""
+
+
+def _postgresql_quarantined_rows_sql(query: SourceQuery, narrowed: Collection[str]) -> str:
+    """PostgreSQL: the rows breaking a rule, each with its mask and its values as text, in a
+    stable order. ``narrowed``: the group keys restricted to ``:bad_<key>`` (the keys of the
+    groups the pass found breaking a rule; ``''`` stands for NULL too, as ``COPY`` CSV read
+    back), so the database can skip the rest before the rules run."""
+    shown = ", ".join(f"{display(c, 'postgresql')} AS {c}" for c in CONTRACT_COLUMNS)
+    where = [f"{MASK} <> 0"]
+    for key in narrowed:
+        where.append(f"({key} IN :bad_{key} OR ({key} IS NULL AND '' IN :bad_{key}))")
+    order = ", ".join(f'{c} COLLATE "C"' if c in ID_COLUMNS else c for c in CONTRACT_COLUMNS)
+    return f"""
+SELECT {shown}, {MASK}
+FROM (
+{flagged_sql(query.sql, 'postgresql')}
+) AS flagged
+WHERE {' AND '.join(where)}
+ORDER BY {order}
 """
 
 
@@ -136,15 +172,14 @@ class _Tally:
     quarantined: int = 0
     reason_counts: dict[str, int] = field(default_factory=dict)
     sample: list[dict] = field(default_factory=list)
+    # PostgreSQL: rows per failing (partner, company, sku, mask) group, their rows fetched after
+    failing_groups: dict[tuple[str, str, str, int], int] = field(default_factory=dict)
+    recorded: int = 0
 
 
 def _quarantined_values(group: tuple) -> list[dict[str, str | None]]:
-    """The contract values, as text, of each row of a group that breaks a rule."""
-    rows = getattr(group, "quarantined_rows", None)
-    if isinstance(rows, str) and rows:
-        rows = json.loads(rows)
-    if rows:
-        return [dict(zip(CONTRACT_COLUMNS, map(text_of, row))) for row in rows]
+    """The contract values, as text, of each row of a group that breaks a rule (SQLite and
+    MySQL/MariaDB: identical rows are one group)."""
     raw = {c: text_of(getattr(group, f"shown_{c}")) for c in CONTRACT_COLUMNS}
     return [raw] * int(group.row_count)
 
@@ -201,7 +236,7 @@ def _postgresql_copy_chunks(product: sa.Connection, statement: sa.TextClause, pa
 
 
 _COPY_DTYPES = {
-    **{c: str for c in (*GROUP_KEYS, "company_name", "quarantined_rows")},
+    **{c: str for c in (*GROUP_KEYS, "company_name")},
     **{c: "int64" for c in (MASK, "billable_users", "rows_in_month", "row_count")},
 }
 
@@ -224,7 +259,9 @@ def _pass_chunks(product: sa.Connection, statement: sa.TextClause, params: dict,
 
 
 def _tally_chunk(tally: _Tally, groups: pd.DataFrame, staged: StagedCountsWriter) -> list[dict]:
-    """Count a chunk of groups column-wise, stage its counts; return its quarantined rows."""
+    """Count a chunk of groups column-wise, stage its counts; return its quarantined rows
+    (PostgreSQL: none, the failing groups are noted in ``tally.failing_groups`` and their rows
+    fetched after the pass)."""
     masks = groups[MASK].astype("int64")
     rows = groups["row_count"].astype("int64")
     good = (masks == 0).to_numpy()
@@ -237,13 +274,80 @@ def _tally_chunk(tally: _Tally, groups: pd.DataFrame, staged: StagedCountsWriter
     quarantined: list[dict] = []
     if good.all():
         return quarantined
+    rows_apart = "shown_partner_id" not in groups.columns
     for group in groups.loc[~good].itertuples(index=False):
         n = int(group.row_count)
-        for code in codes_of(int(getattr(group, MASK))):
+        mask = int(getattr(group, MASK))
+        for code in codes_of(mask):
             tally.reason_counts[code] = tally.reason_counts.get(code, 0) + n
-        quarantined.extend(_quarantine_records(group, tally.quarantined + 1))
+        if rows_apart:
+            key = (*(_key_text(getattr(group, k)) for k in GROUP_KEYS), mask)
+            tally.failing_groups[key] = tally.failing_groups.get(key, 0) + n
+        else:
+            quarantined.extend(_quarantine_records(group, tally.quarantined + 1))
         tally.quarantined += n
     return quarantined
+
+
+def _key_text(value: object) -> str:
+    """A group key as ``COPY`` CSV reads back (NULL and '' alike)."""
+    return "" if value is None else str(value)
+
+
+class ValidationDriftError(RuntimeError):
+    """The rows fetched for the failing groups are not the rows the pass counted."""
+
+
+def _postgresql_quarantined_chunks(
+    product: sa.Connection, query: SourceQuery, params: dict, tally: _Tally, chunk_rows: int
+) -> Iterator[list[dict]]:
+    """The failing groups' rows as quarantine records, ``chunk_rows`` at a time, numbered in
+    the fetch's order; checked, at the end, to be exactly the rows the pass counted per
+    failing group (the two statements read one snapshot, see ``_pass_connection``)."""
+    narrowed, bind = [], dict(params)
+    for i, key in enumerate(GROUP_KEYS):
+        values = sorted({group[i] for group in tally.failing_groups})
+        if len(values) <= NARROWING_KEY_VALUES:
+            narrowed.append(key)
+            bind[f"bad_{key}"] = values
+    statement = sa.text(_postgresql_quarantined_rows_sql(query, narrowed)).bindparams(
+        sa.bindparam("known_skus", expanding=True), *(sa.bindparam(f"bad_{key}", expanding=True) for key in narrowed)
+    ).execution_options(yield_per=chunk_rows)
+    fetched: dict[tuple[str, str, str, int], int] = {}
+    result = product.execute(statement, bind)
+    try:
+        for rows in result.partitions(chunk_rows):
+            records = []
+            for row in rows:
+                raw = {c: text_of(row[i]) for i, c in enumerate(CONTRACT_COLUMNS)}
+                mask = int(row[-1])
+                key = (*(_key_text(raw[k]) for k in GROUP_KEYS), mask)
+                fetched[key] = fetched.get(key, 0) + 1
+                codes = codes_of(mask)
+                tally.recorded += 1
+                records.append({"row_number": tally.recorded, **raw, "reason_codes": ",".join(codes),
+                                "reasons": describe(codes, raw)})
+            yield records
+    finally:
+        result.close()
+    if fetched != tally.failing_groups:
+        raise ValidationDriftError(
+            f"the month pass counted {tally.quarantined} rows breaking a rule in {len(tally.failing_groups)} groups, "
+            f"but fetching them found {sum(fetched.values())} rows in {len(fetched)} groups; nothing was stored."
+        )
+
+
+@contextmanager
+def _pass_connection(product: sa.Connection) -> Iterator[sa.Connection]:
+    """PostgreSQL: a connection of the same engine in a read-only REPEATABLE READ transaction,
+    so the pass and the fetch of its failing rows read one snapshot. Others: ``product``."""
+    if family(product.dialect.name) != "postgresql":
+        yield product
+        return
+    with product.engine.connect() as conn:
+        conn.execution_options(isolation_level="REPEATABLE READ", postgresql_readonly=True)
+        with conn.begin():
+            yield conn
 
 
 @contextmanager
@@ -303,19 +407,25 @@ def validate_month(
     prepare_connection(product)
     params = {**month_parameters(month, dialect), "known_skus": skus}
     tally = _Tally()
-    with state.begin() as state_conn:
+
+    def quarantine(records: list[dict]) -> None:
+        if records:
+            writer.write(checked_quarantine(pd.DataFrame.from_records(records, columns=QUARANTINE_COLUMNS)))
+            tally.sample.extend(records[: QUARANTINE_SAMPLE_ROWS - len(tally.sample)])
+
+    with state.begin() as state_conn, _pass_connection(product) as pass_conn:
         writer = QuarantineWriter(state_conn, month.month, run_id)
         staged = StagedCountsWriter(state_conn, month.month, run_id)
         statement = bind_known_skus(month_pass_sql(query, dialect))
         with _chunk_garbage_collected() as after_chunk:
-            for groups in _pass_chunks(product, statement, params, chunk_rows):
-                quarantined = _tally_chunk(tally, groups, staged)
-                if quarantined:
-                    frame = checked_quarantine(pd.DataFrame.from_records(quarantined, columns=QUARANTINE_COLUMNS))
-                    writer.write(frame)
-                    tally.sample.extend(quarantined[: QUARANTINE_SAMPLE_ROWS - len(tally.sample)])
-                del groups, quarantined
+            for groups in _pass_chunks(pass_conn, statement, params, chunk_rows):
+                quarantine(_tally_chunk(tally, groups, staged))
+                del groups
                 after_chunk()
+            if tally.failing_groups:
+                for records in _postgresql_quarantined_chunks(pass_conn, query, params, tally, chunk_rows):
+                    quarantine(records)
+                    after_chunk()
         validation = record(tally, counts_staged=staged.rows)
         save_month_validation(state_conn, validation)
     sample = pd.DataFrame.from_records(tally.sample, columns=QUARANTINE_COLUMNS) if tally.sample else pd.DataFrame()

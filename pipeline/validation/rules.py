@@ -13,12 +13,12 @@ Dialects: ``sqlite`` (text timestamps judged by SQLite's own date functions), ``
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 
 import sqlalchemy as sa
 
-from pipeline.source.utilization import sqlite_timestamp_ok
+from pipeline.source.utilization import TIMESTAMP_COLUMNS, sqlite_timestamp_ok
 
 MYSQL_DIALECTS = frozenset({"mysql", "mariadb"})
 KEY_COLUMNS = ("partner_id", "company_id", "company_name", "sku", "user_id")
@@ -116,65 +116,87 @@ def _span_reversed(dialect: str) -> str:
     )
 
 
-def _padded(dialect: str) -> str:
+def _padded(dialect: str, columns: tuple[str, ...] = IDS) -> str:
     return "(" + " OR ".join(
-        f"(({_starts_with_space(c, dialect)} OR {_ends_with_space(c, dialect)}) AND {_present(c, dialect)})" for c in IDS
+        f"(({_starts_with_space(c, dialect)} OR {_ends_with_space(c, dialect)}) AND {_present(c, dialect)})" for c in columns
     ) + ")"
 
 
-def _control_characters(dialect: str) -> str:
+def _control_characters(dialect: str, columns: tuple[str, ...] = KEY_COLUMNS) -> str:
     kind = family(dialect)
     if kind == "sqlite":
         pattern = "'*[' || char(1) || '-' || char(31) || char(127) || ']*'"
-        tests = [f"(instr(CAST({c} AS BLOB), x'00') > 0 OR {c} GLOB {pattern})" for c in KEY_COLUMNS]
+        tests = [f"(instr(CAST({c} AS BLOB), x'00') > 0 OR {c} GLOB {pattern})" for c in columns]
     else:
         # one match per row over the row's text values joined (NULLs are skipped)
         if kind == "postgresql":
-            joined = " || ".join(f"COALESCE({c}, '')" for c in KEY_COLUMNS)
+            joined = " || ".join(f"COALESCE({c}, '')" for c in columns)
             tests = [f"({joined}) ~ '[\\x01-\\x1f\\x7f]'"]
         else:
-            tests = [f"CONCAT_WS('', {', '.join(KEY_COLUMNS)}) REGEXP '[[:cntrl:]]'"]
+            tests = [f"CONCAT_WS('', {', '.join(columns)}) REGEXP '[[:cntrl:]]'"]
     return "(" + " OR ".join(tests) + ")"
 
 
-def _too_long(dialect: str) -> str:
-    return "(" + " OR ".join(_longer_than(c, MAX_TEXT_LENGTH, dialect) for c in KEY_COLUMNS) + ")"
+def _too_long(dialect: str, columns: tuple[str, ...] = KEY_COLUMNS) -> str:
+    return "(" + " OR ".join(_longer_than(c, MAX_TEXT_LENGTH, dialect) for c in columns) + ")"
 
 
-def _unreadable(dialect: str) -> str:
+def _unreadable(dialect: str, columns: tuple[str, ...] = (*KEY_COLUMNS, *TIMESTAMP_COLUMNS)) -> str:
     """SQLite only: text that is not valid UTF-8, or an id/name that is not text at all
     (typed engines cannot hold such values; their drivers read every row). One UTF-8 check
     per row, over the row's text values joined."""
     if family(dialect) != "sqlite":
         return "(1 = 0)"
-    not_text = [f"typeof({c}) NOT IN ('text', 'null')" for c in KEY_COLUMNS]
-    joined = " || ".join(f"COALESCE({c}, '')" for c in (*KEY_COLUMNS, "active_from", "active_to"))
+    not_text = [f"typeof({c}) NOT IN ('text', 'null')" for c in columns if c in KEY_COLUMNS]
+    joined = " || ".join(f"COALESCE({c}, '')" for c in columns)
     return "(" + " OR ".join([*not_text, f"NOT {SQLITE_UTF8_FUNCTION}(CAST({joined} AS BLOB))"]) + ")"
 
 
 @dataclass(frozen=True)
 class Rule:
-    """A reason code and the SQL, per dialect, that is true when a row breaks the rule."""
+    """A reason code and the SQL, per dialect, that is true when a row breaks the rule.
+
+    ``columns``: the contract columns the rule reads. A rule ``per_column`` is broken when any
+    one of its columns breaks it, so it can be asked of part of them (``broken_by``): of the
+    group keys once per group, of the other columns once per row."""
 
     code: str
-    breaks: Callable[[str], str]
+    columns: tuple[str, ...]
+    sql: Callable[..., str]
+    per_column: bool = False
+
+    def breaks(self, dialect: str) -> str:
+        """True when the row breaks the rule."""
+        return self.sql(dialect)
+
+    def broken_by(self, dialect: str, columns: Collection[str]) -> str | None:
+        """True when the values of ``columns`` break the rule; None when the rule cannot be
+        asked of them alone (it reads none of them, or it is not per column and reads others)."""
+        if not self.per_column:
+            return self.sql(dialect) if set(self.columns) <= set(columns) else None
+        mine = tuple(c for c in self.columns if c in columns)
+        return self.sql(dialect, mine) if mine else None
+
+
+def _one(check: Callable[[str, str], str], column: str) -> Callable[..., str]:
+    return lambda d, columns=(column,): " OR ".join(check(c, d) for c in columns)
 
 
 RULES: tuple[Rule, ...] = (
-    Rule("partner_missing", lambda d: f"NOT {_present('partner_id', d)}"),
-    Rule("company_missing", lambda d: f"NOT {_present('company_id', d)}"),
-    Rule("company_name_missing", lambda d: f"NOT {_present('company_name', d)}"),
-    Rule("sku_missing", lambda d: f"NOT {_present('sku', d)}"),
-    Rule("sku_unknown", lambda d: f"({ident('sku', d)} NOT IN :known_skus AND {_present('sku', d)})"),
-    Rule("user_missing", lambda d: f"NOT {_present('user_id', d)}"),
-    Rule("billable_invalid", _billable_invalid),
-    Rule("active_from_invalid", lambda d: _timestamp_invalid("active_from", d, nullable=False)),
-    Rule("active_to_invalid", lambda d: _timestamp_invalid("active_to", d, nullable=True)),
-    Rule("span_reversed", _span_reversed),
-    Rule("id_padded", _padded),
-    Rule("control_characters", _control_characters),
-    Rule("value_too_long", _too_long),
-    Rule("value_unreadable", _unreadable),
+    Rule("partner_missing", ("partner_id",), _one(lambda c, d: f"NOT {_present(c, d)}", "partner_id"), True),
+    Rule("company_missing", ("company_id",), _one(lambda c, d: f"NOT {_present(c, d)}", "company_id"), True),
+    Rule("company_name_missing", ("company_name",), _one(lambda c, d: f"NOT {_present(c, d)}", "company_name"), True),
+    Rule("sku_missing", ("sku",), _one(lambda c, d: f"NOT {_present(c, d)}", "sku"), True),
+    Rule("sku_unknown", ("sku",), _one(lambda c, d: f"({ident(c, d)} NOT IN :known_skus AND {_present(c, d)})", "sku"), True),
+    Rule("user_missing", ("user_id",), _one(lambda c, d: f"NOT {_present(c, d)}", "user_id"), True),
+    Rule("billable_invalid", ("billable",), _billable_invalid),
+    Rule("active_from_invalid", ("active_from",), lambda d: _timestamp_invalid("active_from", d, nullable=False)),
+    Rule("active_to_invalid", ("active_to",), lambda d: _timestamp_invalid("active_to", d, nullable=True)),
+    Rule("span_reversed", TIMESTAMP_COLUMNS, _span_reversed),
+    Rule("id_padded", IDS, _padded, True),
+    Rule("control_characters", KEY_COLUMNS, _control_characters, True),
+    Rule("value_too_long", KEY_COLUMNS, _too_long, True),
+    Rule("value_unreadable", (*KEY_COLUMNS, *TIMESTAMP_COLUMNS), _unreadable, True),
 )
 RULE_CODES: tuple[str, ...] = tuple(rule.code for rule in RULES)
 MASK = "reason_mask"
@@ -185,11 +207,33 @@ def codes_of(mask: int) -> list[str]:
     return [rule.code for bit, rule in enumerate(RULES) if mask & (1 << bit)]
 
 
-def reason_mask_sql(dialect: str) -> str:
-    """The row's broken rules as a bit mask (0 = a row that can be billed)."""
-    return "\n    + ".join(
-        f"(CASE WHEN {rule.breaks(dialect)} THEN {1 << bit} ELSE 0 END)" for bit, rule in enumerate(RULES)
-    )
+def reason_mask_sql(dialect: str, columns: Collection[str] | None = None) -> str:
+    """The row's broken rules as a bit mask (0 = a row that can be billed); with ``columns``,
+    only the rules (or, per column, the parts of them) those columns break (see
+    ``split_reason_mask_sql``)."""
+    parts = []
+    for bit, rule in enumerate(RULES):
+        broken = rule.breaks(dialect) if columns is None else rule.broken_by(dialect, columns)
+        if broken is not None:
+            parts.append(f"(CASE WHEN {broken} THEN {1 << bit} ELSE 0 END)")
+    return "\n    + ".join(parts) if parts else "0"
+
+
+def split_reason_mask_sql(dialect: str, keys: Collection[str]) -> tuple[str, str]:
+    """The mask in two parts whose bitwise OR is ``reason_mask_sql``: what the ``keys`` alone
+    break (to ask once per group of rows sharing them) and what the row's other columns break
+    (with every rule that is not per column and reads any of them, whole)."""
+    on_keys: list[str] = []
+    on_rows: list[str] = []
+    for bit, rule in enumerate(RULES):
+        by_keys = rule.broken_by(dialect, keys)
+        if rule.per_column:
+            by_rows = rule.broken_by(dialect, [c for c in rule.columns if c not in keys])
+        else:
+            by_rows = None if by_keys is not None else rule.breaks(dialect)
+        on_keys += [f"(CASE WHEN {by_keys} THEN {1 << bit} ELSE 0 END)"] if by_keys is not None else []
+        on_rows += [f"(CASE WHEN {by_rows} THEN {1 << bit} ELSE 0 END)"] if by_rows is not None else []
+    return "\n    + ".join(on_keys) or "0", "\n    + ".join(on_rows) or "0"
 
 
 def valid_row_sql(dialect: str) -> str:
