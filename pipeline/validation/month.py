@@ -9,8 +9,8 @@ break are asked once per group, the rest once per row, so the pass runs in paral
 like a plain aggregate; the failing groups' rows are then fetched by their keys, in the same
 snapshot, and must be exactly the rows the pass counted.
 
-The groups come back in chunks of frames (PostgreSQL: ``COPY (pass) TO STDOUT`` spooled to a
-temporary file and parsed by pandas' C reader — a ``COPY`` keeps the parallel plan that a
+The groups come back in chunks of frames (PostgreSQL: ``COPY (pass) TO STDOUT``, parsed by
+pandas' C reader chunk by chunk as the rows arrive — a ``COPY`` keeps the parallel plan that a
 cursor loses; the others: a streamed cursor) and are tallied column-wise. Nothing here holds
 the month's rows or its counts in memory, only one chunk: the counts are staged in the state
 database chunk by chunk (``StagedCountsWriter``), and the staged counts, the quarantine and the
@@ -20,7 +20,7 @@ validation record are replaced in one state-DB transaction; ``billable_counts`` 
 from __future__ import annotations
 
 import gc
-import tempfile
+import io
 from collections.abc import Callable, Collection, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -195,44 +195,66 @@ def _quarantine_records(group: tuple, first_row_number: int) -> list[dict]:
     return records
 
 
-def _postgresql_copy_chunks(product: sa.Connection, statement: sa.TextClause, params: dict,
-                            chunk_rows: int) -> Iterator[pd.DataFrame] | None:
-    """The pass through ``COPY (…) TO STDOUT`` (psycopg2 only; ``None`` otherwise): spooled to a
-    temporary file, then read back ``COPY_CHUNK_ROWS`` groups at a time by pandas' C parser.
+class _CopiedGroups:
+    """The file psycopg2's ``copy_expert`` writes the pass into. PostgreSQL sends ``COPY TO``
+    one row per message (protocol: CopyData, "always one per row") and psycopg2 writes each as
+    it arrives, so every ``chunk_rows`` rows are parsed by pandas' C reader and consumed here,
+    in the caller's thread, while the database still aggregates the rest. (Spooling the whole
+    ``COPY`` first left the tally for after the query; reading it through a pipe on another
+    thread made the two threads contend for the GIL row by row.)
 
-    ``COPY`` takes no bind parameters: the statement is compiled for psycopg2 and its values
-    rendered as literals by the driver's own quoting (``mogrify``). (Reading the ``COPY``
-    through a pipe from a thread, to tally while the database still aggregates, was measured
-    slower inside a Dagster run: psycopg2 writes each row from Python, so the two threads
-    contend for the GIL row by row.)"""
+    An error while consuming stops the consuming, not the ``COPY``: the rest is read and
+    dropped so the connection stays usable, and the error is raised after (``raise_error``)."""
+
+    def __init__(self, consume: Callable[[pd.DataFrame], None], chunk_rows: int) -> None:
+        self.consume = consume
+        self.chunk_rows = chunk_rows
+        self.rows: list[bytes] = []
+        self.error: BaseException | None = None
+
+    def write(self, row: bytes) -> None:
+        if self.error is not None:
+            return
+        self.rows.append(row)
+        if len(self.rows) >= self.chunk_rows:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self.rows or self.error is not None:
+            return
+        data, self.rows = b"".join(self.rows), []
+        try:
+            self.consume(pd.read_csv(
+                io.BytesIO(data), header=None, names=list(PASS_COLUMNS), dtype=_COPY_DTYPES,
+                keep_default_na=False, na_filter=False, encoding="utf-8",
+            ))
+        except BaseException as error:  # noqa: BLE001 - raised again once the COPY is read
+            self.error = error
+
+    def raise_error(self) -> None:
+        if self.error is not None:
+            raise self.error
+
+
+def _postgresql_copy(product: sa.Connection, statement: sa.TextClause, params: dict, chunk_rows: int,
+                     consume: Callable[[pd.DataFrame], None]) -> bool:
+    """The pass through ``COPY (…) TO STDOUT``, consumed as it comes (``_CopiedGroups``);
+    False (nothing run) unless the driver is psycopg2. A ``COPY`` keeps the parallel plan that a
+    cursor loses. It takes no bind parameters: the statement is compiled for psycopg2 and its
+    values rendered as literals by the driver's own quoting (``mogrify``)."""
     if product.dialect.driver != "psycopg2":
-        return None
+        return False
     raw = product.connection.driver_connection
     compiled = statement.bindparams(**params).compile(
         dialect=product.dialect, compile_kwargs={"render_postcompile": True}
     )
-    spool = tempfile.TemporaryFile()
-    try:
-        with raw.cursor() as cursor:
-            query = cursor.mogrify(str(compiled), compiled.params)
-            cursor.copy_expert(b"COPY (" + query + b") TO STDOUT WITH (FORMAT csv)", spool)
-        spool.seek(0)
-        reader = pd.read_csv(
-            spool, header=None, names=list(PASS_COLUMNS), dtype=_COPY_DTYPES, keep_default_na=False,
-            na_filter=False, encoding="utf-8", chunksize=min(chunk_rows, COPY_CHUNK_ROWS),
-        )
-    except pd.errors.EmptyDataError:  # no groups at all
-        spool.close()
-        return iter(())
-    except BaseException:
-        spool.close()
-        raise
-
-    def chunks() -> Iterator[pd.DataFrame]:
-        with spool, reader:
-            yield from reader
-
-    return chunks()
+    groups = _CopiedGroups(consume, min(chunk_rows, COPY_CHUNK_ROWS))
+    with raw.cursor() as cursor:
+        query = cursor.mogrify(str(compiled), compiled.params)
+        cursor.copy_expert(b"COPY (" + query + b") TO STDOUT WITH (FORMAT csv)", groups)
+    groups.flush()
+    groups.raise_error()
+    return True
 
 
 _COPY_DTYPES = {
@@ -241,21 +263,21 @@ _COPY_DTYPES = {
 }
 
 
-def _pass_chunks(product: sa.Connection, statement: sa.TextClause, params: dict,
-                 chunk_rows: int) -> Iterator[pd.DataFrame]:
-    """The pass's groups, ``chunk_rows`` at a time, as frames."""
+def _run_pass(product: sa.Connection, statement: sa.TextClause, params: dict, chunk_rows: int,
+              consume: Callable[[pd.DataFrame], None]) -> None:
+    """Run the pass, handing its groups to ``consume`` ``chunk_rows`` at a time, as frames."""
     if family(product.dialect.name) == "postgresql":
         for name, value in POSTGRESQL_PASS_SETTINGS.items():
             product.exec_driver_sql(f"SET LOCAL {name} = {value}")
-        copied = _postgresql_copy_chunks(product, statement, params, chunk_rows)
-        if copied is not None:
-            return copied
+        if _postgresql_copy(product, statement, params, chunk_rows, consume):
+            return
         # another driver: fetched whole (a cursor, DECLARE CURSOR, never runs in parallel)
         result = product.execute(statement, params)
     else:
         result = product.execution_options(yield_per=chunk_rows).execute(statement, params)
     columns = list(result.keys())
-    return (pd.DataFrame.from_records(rows, columns=columns) for rows in result.partitions(chunk_rows))
+    for rows in result.partitions(chunk_rows):
+        consume(pd.DataFrame.from_records(rows, columns=columns))
 
 
 def _tally_chunk(tally: _Tally, groups: pd.DataFrame, staged: StagedCountsWriter) -> list[dict]:
@@ -418,10 +440,12 @@ def validate_month(
         staged = StagedCountsWriter(state_conn, month.month, run_id)
         statement = bind_known_skus(month_pass_sql(query, dialect))
         with _chunk_garbage_collected() as after_chunk:
-            for groups in _pass_chunks(pass_conn, statement, params, chunk_rows):
+
+            def consume(groups: pd.DataFrame) -> None:
                 quarantine(_tally_chunk(tally, groups, staged))
-                del groups
                 after_chunk()
+
+            _run_pass(pass_conn, statement, params, chunk_rows, consume)
             if tally.failing_groups:
                 for records in _postgresql_quarantined_chunks(pass_conn, query, params, tally, chunk_rows):
                     quarantine(records)
