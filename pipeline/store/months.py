@@ -5,8 +5,8 @@ delete-then-insert in one transaction, so re-running a month is idempotent.
 
 The counts of a month's validation pass are staged (``StagedCountsWriter``, in the
 validation's transaction, chunk by chunk) and promoted into ``billable_counts`` by the same
-run's count step (``promote_staged_counts``: INSERT ... SELECT, totals and fingerprint in SQL,
-read back in key order): a month's counts are never held in memory whole.
+run's count step (``promote_staged_counts``: INSERT ... SELECT, then the fingerprint and totals
+from one streamed read back in key order): a month's counts are never held in memory whole.
 """
 
 from __future__ import annotations
