@@ -44,6 +44,7 @@ def table(results: dict) -> str:
              f"{naive['rows']:,} rows read, {naive['groups']:,} groups"],
             ["pipeline: month-end run (Dagster)", _s(pipe["seconds"]), f"{ratio['pipeline']:.2f}",
              _mb(pipe["rss_mb"]["peak"]),
+             f"median of {len(pipe['seconds_all'])} ({', '.join(_s(v) for v in pipe['seconds_all'])} s); "
              f"success={pipe['success']}; Dagster RUN_START..end {_s(pipe['dagster_run_seconds'])} s"],
             ["pipeline: whole child process", _s(pipe["process_seconds"]), f"{ratio['pipeline_process']:.2f}", "-",
              "includes Python/Dagster import"],
@@ -54,11 +55,11 @@ def table(results: dict) -> str:
         lines += ["", *load_lines(results)]
     lines += ["", "growth (pipeline month-end run as Dagster runs it):"]
     lines += _grid(
-        ["multiple", "rows in month", "bare s", "pipeline s", "x bare", "peak RSS", "success"],
+        ["multiple", "rows in month", "bare s", "pipeline s", "x bare", "peak RSS", "success", "pipeline runs s"],
         [
             [f"{g['multiple']}x", f"{g['month_rows']:,}", _s(g["bare_aggregate_seconds"]), _s(g["seconds"]),
              f"{g['seconds'] / g['bare_aggregate_seconds']:.2f}" if g["bare_aggregate_seconds"] else "-",
-             _mb(g["rss_mb"]), str(g["success"])]
+             _mb(g["rss_mb"]), str(g["success"]), ", ".join(_s(v) for v in g.get("seconds_all", []))]
             for g in results["growth"]
         ],
     )
