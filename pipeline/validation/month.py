@@ -355,7 +355,9 @@ def _postgresql_quarantined_chunks(
     if fetched != tally.failing_groups:
         raise ValidationDriftError(
             f"the month pass counted {tally.quarantined} rows breaking a rule in {len(tally.failing_groups)} groups, "
-            f"but fetching them found {sum(fetched.values())} rows in {len(fetched)} groups; nothing was stored."
+            f"but fetching them found {sum(fetched.values())} rows in {len(fetched)} groups (both read one "
+            "snapshot, so the rules were asked differently); nothing was stored. Re-run the month; if it "
+            "happens again, report it with the month and UTILIZATION_SQL."
         )
 
 

@@ -178,17 +178,21 @@ class Rule:
         return self.sql(dialect, mine) if mine else None
 
 
-def _one(check: Callable[[str, str], str], column: str) -> Callable[..., str]:
-    return lambda d, columns=(column,): " OR ".join(check(c, d) for c in columns)
+def _missing(column: str) -> Callable[..., str]:
+    return lambda d, columns=(column,): " OR ".join(f"NOT {_present(c, d)}" for c in columns)
+
+
+def _unknown_sku(d: str, columns: tuple[str, ...] = ("sku",)) -> str:
+    return " OR ".join(f"({ident(c, d)} NOT IN :known_skus AND {_present(c, d)})" for c in columns)
 
 
 RULES: tuple[Rule, ...] = (
-    Rule("partner_missing", ("partner_id",), _one(lambda c, d: f"NOT {_present(c, d)}", "partner_id"), True),
-    Rule("company_missing", ("company_id",), _one(lambda c, d: f"NOT {_present(c, d)}", "company_id"), True),
-    Rule("company_name_missing", ("company_name",), _one(lambda c, d: f"NOT {_present(c, d)}", "company_name"), True),
-    Rule("sku_missing", ("sku",), _one(lambda c, d: f"NOT {_present(c, d)}", "sku"), True),
-    Rule("sku_unknown", ("sku",), _one(lambda c, d: f"({ident(c, d)} NOT IN :known_skus AND {_present(c, d)})", "sku"), True),
-    Rule("user_missing", ("user_id",), _one(lambda c, d: f"NOT {_present(c, d)}", "user_id"), True),
+    Rule("partner_missing", ("partner_id",), _missing("partner_id"), True),
+    Rule("company_missing", ("company_id",), _missing("company_id"), True),
+    Rule("company_name_missing", ("company_name",), _missing("company_name"), True),
+    Rule("sku_missing", ("sku",), _missing("sku"), True),
+    Rule("sku_unknown", ("sku",), _unknown_sku, True),
+    Rule("user_missing", ("user_id",), _missing("user_id"), True),
     Rule("billable_invalid", ("billable",), _billable_invalid),
     Rule("active_from_invalid", ("active_from",), lambda d: _timestamp_invalid("active_from", d, nullable=False)),
     Rule("active_to_invalid", ("active_to",), lambda d: _timestamp_invalid("active_to", d, nullable=True)),
@@ -207,33 +211,31 @@ def codes_of(mask: int) -> list[str]:
     return [rule.code for bit, rule in enumerate(RULES) if mask & (1 << bit)]
 
 
-def reason_mask_sql(dialect: str, columns: Collection[str] | None = None) -> str:
-    """The row's broken rules as a bit mask (0 = a row that can be billed); with ``columns``,
-    only the rules (or, per column, the parts of them) those columns break (see
-    ``split_reason_mask_sql``)."""
-    parts = []
-    for bit, rule in enumerate(RULES):
-        broken = rule.breaks(dialect) if columns is None else rule.broken_by(dialect, columns)
-        if broken is not None:
-            parts.append(f"(CASE WHEN {broken} THEN {1 << bit} ELSE 0 END)")
-    return "\n    + ".join(parts) if parts else "0"
+def _mask(parts: list[tuple[int, str | None]]) -> str:
+    """Bits summed from (bit, SQL true when broken) parts; parts without SQL are left out."""
+    return "\n    + ".join(f"(CASE WHEN {sql} THEN {1 << bit} ELSE 0 END)" for bit, sql in parts if sql is not None) or "0"
+
+
+def reason_mask_sql(dialect: str) -> str:
+    """The row's broken rules as a bit mask (0 = a row that can be billed)."""
+    return _mask([(bit, rule.breaks(dialect)) for bit, rule in enumerate(RULES)])
 
 
 def split_reason_mask_sql(dialect: str, keys: Collection[str]) -> tuple[str, str]:
     """The mask in two parts whose bitwise OR is ``reason_mask_sql``: what the ``keys`` alone
     break (to ask once per group of rows sharing them) and what the row's other columns break
     (with every rule that is not per column and reads any of them, whole)."""
-    on_keys: list[str] = []
-    on_rows: list[str] = []
+    on_keys: list[tuple[int, str | None]] = []
+    on_rows: list[tuple[int, str | None]] = []
     for bit, rule in enumerate(RULES):
         by_keys = rule.broken_by(dialect, keys)
         if rule.per_column:
             by_rows = rule.broken_by(dialect, [c for c in rule.columns if c not in keys])
         else:
             by_rows = None if by_keys is not None else rule.breaks(dialect)
-        on_keys += [f"(CASE WHEN {by_keys} THEN {1 << bit} ELSE 0 END)"] if by_keys is not None else []
-        on_rows += [f"(CASE WHEN {by_rows} THEN {1 << bit} ELSE 0 END)"] if by_rows is not None else []
-    return "\n    + ".join(on_keys) or "0", "\n    + ".join(on_rows) or "0"
+        on_keys.append((bit, by_keys))
+        on_rows.append((bit, by_rows))
+    return _mask(on_keys), _mask(on_rows)
 
 
 def valid_row_sql(dialect: str) -> str:
