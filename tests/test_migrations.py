@@ -19,7 +19,12 @@ from sqlalchemy.engine import make_url
 from pipeline.cli import main
 from pipeline.resources import StateDatabase
 from pipeline.store import migrations
-from pipeline.store.months import load_month_validation
+from pipeline.store.months import (
+    counts_fingerprint,
+    load_billable_counts,
+    load_month_validation,
+    promote_staged_counts,
+)
 from pipeline.store.schema import (
     billable_counts,
     ensure_state_schema,
@@ -207,6 +212,39 @@ def test_0004_keeps_the_validations_as_not_staged_and_adds_the_staging_table(eng
     inspector = sa.inspect(engine)
     assert "staged_billable_counts" not in inspector.get_table_names()
     assert "counts_staged" not in {c["name"] for c in inspector.get_columns("month_validations")}
+
+
+def test_0005_leaves_the_summary_of_earlier_validations_to_the_promotion(engine):
+    """A month staged before 0005 has no recorded fingerprint or totals: its promotion reads
+    the staged counts back to compute them, as before; 0005 downgrades cleanly."""
+    month = date(2026, 9, 1)
+    with engine.begin() as conn:
+        command.upgrade(migrations.alembic_config(conn, metadata), "0004")
+        conn.execute(sa.text(
+            "INSERT INTO month_validations (month, rows_in, rows_valid, rows_quarantined, "
+            "reason_counts, known_skus, query_sha256, run_id, validated_at, counts_staged) "
+            "VALUES (:month, 5, 5, 0, '{}', '[]', 'q', 'r0', :at, 2)"
+        ), {"month": month, "at": datetime.now(timezone.utc)})
+        for company, users in (("c2", 4), ("c1", 3)):
+            conn.execute(sa.text(
+                "INSERT INTO staged_billable_counts (month, partner_id, company_id, sku, company_name, "
+                "billable_users, run_id, staged_at) VALUES (:month, 'p1', :company, 'SAT', 'Acme', :users, 'r0', :at)"
+            ), {"month": month, "company": company, "users": users, "at": datetime.now(timezone.utc)})
+
+    ensure_state_schema(engine)
+
+    assert schema_diff(engine) == []
+    validation = load_month_validation(engine, month)
+    assert validation.counts_staged == 2 and validation.counts_fingerprint is None
+    stored = promote_staged_counts(engine, month, rows_in=5, rows_quarantined=0, query_sha256="q", run_id="r0")
+    assert stored is not None and stored.rows == 2
+    assert (stored.computation.partners, stored.computation.companies, stored.computation.billable_users) == (1, 2, 7)
+    assert stored.computation.counts_fingerprint == counts_fingerprint(load_billable_counts(engine, month))
+    with engine.begin() as conn:
+        command.downgrade(migrations.alembic_config(conn, metadata), "0004")
+    columns = {c["name"] for c in sa.inspect(engine).get_columns("month_validations")}
+    assert "counts_staged" in columns and not columns & {
+        "counts_fingerprint", "counts_partners", "counts_companies", "counts_billable_users"}
 
 
 def _insert_counts(engine: sa.Engine) -> None:

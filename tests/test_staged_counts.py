@@ -6,6 +6,7 @@ promotes what its run staged, counts afresh otherwise."""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from datetime import date, datetime, timezone
 
@@ -169,6 +170,109 @@ def test_the_totals_and_fingerprint_are_the_frames_whatever_the_batches(state, m
     assert computation.counts_fingerprint == counts_fingerprint(counts)
     with state.connect() as conn:
         assert stored_counts_fingerprint(conn, MARCH) == computation.counts_fingerprint
+
+
+def sorted_counts(counts: pd.DataFrame) -> pd.DataFrame:
+    """The counts in code-point key order, as the PostgreSQL and SQLite passes stage them."""
+    return counts.sort_values(["partner_id", "company_id", "sku"]).reset_index(drop=True)
+
+
+@pytest.mark.parametrize("chunk", [1, 13, 50_000])
+def test_counts_staged_in_key_order_are_promoted_with_the_summary_their_validation_recorded(
+    state, monkeypatch, chunk
+):
+    """Staged in code-point key order (partners and companies running across chunks), the
+    counts' fingerprint and totals are summed up as they are written and recorded with the
+    validation; the promotion takes them without reading the month back, and they are what
+    reading it back gives."""
+    counts = sorted_counts(tricky_counts())
+    stage(state, MARCH, "run-1", counts, chunk=chunk)
+    validation = load_month_validation(state, MARCH)
+    assert validation.counts_fingerprint == counts_fingerprint(counts)
+    assert validation.counts_partners == counts["partner_id"].nunique()
+    assert validation.counts_companies == len(counts[["partner_id", "company_id"]].drop_duplicates())
+    assert validation.counts_billable_users == counts["billable_users"].sum()
+
+    def no_read_back(*args, **kwargs):
+        raise AssertionError("read the month back though its validation recorded the summary")
+
+    monkeypatch.setattr(store_months, "_stored_counts_summary", no_read_back)
+    stored = promote(state, MARCH, "run-1")
+    monkeypatch.undo()
+
+    assert stored is not None and stored.rows == len(counts)
+    assert as_dict(load_billable_counts(state, MARCH)) == as_dict(counts)
+    with state.connect() as conn:
+        assert stored_counts_fingerprint(conn, MARCH) == stored.computation.counts_fingerprint
+    fresh = replace_billable_counts(state, MARCH, counts, rows_in=1000, rows_quarantined=4,
+                                    query_sha256="q" * 64, run_id="run-1")
+    assert record(fresh) == record(stored.computation)
+
+
+@pytest.mark.parametrize("disorder", ["shuffled", "a chunk starting before the last one ended"])
+def test_counts_staged_out_of_key_order_leave_the_summary_to_the_promotion(state, monkeypatch, disorder):
+    """Counts not staged strictly in key order (a dialect whose pass promises no order) are
+    not summed up: the validation records no summary and the promotion reads the month back."""
+    counts = sorted_counts(tricky_counts())
+    if disorder == "shuffled":
+        chunks = [counts.sample(frac=1, random_state=3)]
+    else:
+        chunks = [counts.iloc[10:20], counts.iloc[:10]]
+    with state.begin() as conn:
+        writer = StagedCountsWriter(conn, MARCH, "run-1")
+        for chunk in chunks:
+            writer.write(chunk)
+        assert writer.staged_summary() is None
+        save_month_validation(conn, validation_record(MARCH, "run-1", None))
+    validation = load_month_validation(state, MARCH)
+    assert validation.counts_staged == writer.rows
+    assert (validation.counts_fingerprint, validation.counts_partners, validation.counts_companies,
+            validation.counts_billable_users) == (None, None, None, None)
+
+    read_back = []
+    summary = store_months._stored_counts_summary
+    monkeypatch.setattr(store_months, "_stored_counts_summary", lambda *a: read_back.append(1) or summary(*a))
+    stored = promote(state, MARCH, "run-1")
+
+    assert read_back == [1]
+    expected = load_billable_counts(state, MARCH)
+    assert stored.computation.counts_fingerprint == counts_fingerprint(expected)
+    assert stored.computation.partners == expected["partner_id"].nunique()
+    assert stored.computation.billable_users == expected["billable_users"].sum()
+
+
+@pytest.mark.parametrize("batches, in_order", [
+    ([[("a", "c", "s", 1), ("b", "c", "s", 2)]], True),
+    ([[("a", "c", "s", 1)], [("a", "c", "t", 2)]], True),
+    ([[("a", "c", "s", 1), ("a", "c", "s", 2)]], False),  # a key twice
+    ([[("a", "c", "s", 1)], [("a", "c", "s", 2)]], False),  # a key twice, across batches
+    ([[("b", "c", "s", 1)], [("a", "c", "s", 2)]], False),  # a batch starting before the last
+    ([[("B", "c", "s", 1), ("a", "c", "s", 2), ("é", "c", "s", 3)]], True),  # code points, not a locale
+    ([[("a", "c", "s", 1), ("A", "c", "s", 2)]], False),
+])
+def test_the_key_ordered_summary_knows_when_its_rows_were_not_in_order(batches, in_order):
+    summary = store_months.KeyOrderedSummary()
+    for batch in batches:
+        summary.add(batch)
+    assert summary.in_order is in_order
+    rows = [row for batch in batches for row in batch]
+    assert summary.summary().rows == len(rows)
+    assert summary.summary().billable_users == sum(row[3] for row in rows)
+
+
+def test_a_validation_given_its_own_summary_keeps_it(state):
+    """A validation that gives its fingerprint keeps it (the writer's is not put over it)."""
+    counts = sorted_counts(tricky_counts())
+    with state.begin() as conn:
+        StagedCountsWriter(conn, MARCH, "run-1").write(counts)
+        given = dataclasses.replace(
+            validation_record(MARCH, "run-1", None),
+            counts_fingerprint="f" * 64, counts_partners=1, counts_companies=2, counts_billable_users=3,
+        )
+        save_month_validation(conn, given)
+    validation = load_month_validation(state, MARCH)
+    assert (validation.counts_fingerprint, validation.counts_partners, validation.counts_companies,
+            validation.counts_billable_users, validation.counts_staged) == ("f" * 64, 1, 2, 3, len(counts))
 
 
 def test_a_month_with_no_counted_group_is_promoted_as_empty(state):

@@ -911,3 +911,36 @@ def test_postgresql_fetched_rows_disagreeing_with_the_pass_raise_and_store_nothi
     assert load_month_validation(state, date(2026, 3, 1)) == before
     rows.engine.dispose()
     state.dispose()
+
+
+def test_the_pass_sums_up_the_counts_it_stages_in_key_order(product_engine, state_engine, monkeypatch):
+    """The PostgreSQL and SQLite passes return the counts in code-point key order, so the staging
+    sums up their fingerprint and totals as they are written, across chunks (ids that a locale
+    or a case-folding collation orders otherwise); the validation records them and the
+    promotion stores exactly what reading the counts back gives. MariaDB's pass returns its
+    groups in no promised order: recorded only if they came in order, read back otherwise."""
+    import pipeline.validation.month as month_pass
+    from pipeline.store.months import counts_fingerprint, load_month_computation, stored_counts_fingerprint
+
+    monkeypatch.setattr(month_pass, "COPY_CHUNK_ROWS", 2)
+    rows = ProductRows(product_engine).services()
+    ids = ["b", "B", "é", "e", "日本", "😀", "a b", "Z"]
+    for i, partner in enumerate(ids[:4]):
+        rows.partner(partner)
+        for company in ids[4:]:
+            rows.company(f"{company}-{partner}", partner, name=f"Firma {company}")
+            rows.users(f"u{i}-{company}")
+            rows.enroll(f"u{i}-{company}", f"{company}-{partner}", "SAT", at(2026, 1, 1), None)
+            rows.enroll(f"u{i}-{company}", f"{company}-{partner}", "PHISH", at(2026, 3, 3), None)
+    counts, validation = run_month(product_engine, state_engine, MARCH, chunk_rows=3)
+
+    assert len(counts) == 32 and validation.counts_staged == 32
+    if product_engine.dialect.name != "mariadb":
+        assert validation.counts_fingerprint is not None
+    if validation.counts_fingerprint is not None:
+        assert validation.counts_fingerprint == counts_fingerprint(counts)
+        assert (validation.counts_partners, validation.counts_companies, validation.counts_billable_users) == (4, 16, 32)
+    computation = load_month_computation(state_engine, date(2026, 3, 1))
+    with state_engine.connect() as conn:
+        assert computation.counts_fingerprint == stored_counts_fingerprint(conn, date(2026, 3, 1)) == counts_fingerprint(counts)
+    assert (computation.partners, computation.companies, computation.billable_users) == (4, 16, 32)

@@ -19,6 +19,7 @@ import weakref
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, timezone
+import operator
 from operator import itemgetter
 
 import pandas as pd
@@ -232,7 +233,7 @@ def _rows_in_key_order(conn: sa.Connection, month: date) -> Iterator[list[tuple]
 
 
 @dataclass(frozen=True)
-class _CountsSummary:
+class CountsSummary:
     rows: int
     partners: int
     companies: int
@@ -240,26 +241,47 @@ class _CountsSummary:
     fingerprint: str
 
 
-_NO_KEY = object()
+class KeyOrderedSummary:
+    """Fingerprint and totals of (partner, company, sku, users) rows fed batch by batch in
+    code-point key order. In that order a partner's (company's) rows are contiguous: its id
+    (pair of ids) counted once per batch, and once only when it runs on from the batch before.
+    Ids are told apart as Python compares them, as ``replace_billable_counts`` counts them.
+    ``in_order``: every row came strictly after the one before (by Python's comparison, i.e.
+    code point), so the totals and the fingerprint are the counts'."""
+
+    def __init__(self) -> None:
+        self.digest = hashlib.sha256()
+        self.rows = self.partners = self.companies = self.billable_users = 0
+        self.last_key: tuple | None = None
+        self.in_order = True
+
+    def add(self, batch: Sequence[tuple]) -> None:
+        if not batch:
+            return
+        keys = [row[:3] for row in batch]
+        if self.in_order and (
+            (self.last_key is not None and not self.last_key < keys[0])
+            or not all(map(operator.lt, keys, itertools.islice(keys, 1, None)))
+        ):
+            self.in_order = False
+        self.digest.update(_fingerprint_lines(batch).encode())
+        self.rows += len(batch)
+        self.billable_users += sum(map(itemgetter(3), batch))
+        last = self.last_key
+        self.partners += len(set(map(itemgetter(0), batch))) - (last is not None and batch[0][0] == last[0])
+        self.companies += len(set(map(itemgetter(0, 1), batch))) - (last is not None and batch[0][:2] == last[:2])
+        self.last_key = keys[-1]
+
+    def summary(self) -> CountsSummary:
+        return CountsSummary(self.rows, self.partners, self.companies, self.billable_users, self.digest.hexdigest())
 
 
-def _stored_counts_summary(conn: sa.Connection, month: date) -> _CountsSummary:
-    """Fingerprint and totals of a month's stored counts in one streamed pass. In key order a
-    partner's (company's) rows are contiguous: its id (pair of ids) counted once per batch, and
-    once only when it runs on from the batch before. Ids are told apart as Python compares
-    them, as ``replace_billable_counts`` counts them."""
-    digest = hashlib.sha256()
-    rows = partners = companies = billable_users = 0
-    last_partner: object = _NO_KEY
-    last_company: object = _NO_KEY
+def _stored_counts_summary(conn: sa.Connection, month: date) -> CountsSummary:
+    """Fingerprint and totals of a month's stored counts in one pass streamed in key order."""
+    summary = KeyOrderedSummary()
     for batch in _rows_in_key_order(conn, month):
-        digest.update(_fingerprint_lines(batch).encode())
-        rows += len(batch)
-        billable_users += sum(map(itemgetter(3), batch))
-        partners += len(set(map(itemgetter(0), batch))) - (batch[0][0] == last_partner)
-        companies += len(set(map(itemgetter(0, 1), batch))) - (batch[0][:2] == last_company)
-        last_partner, last_company = batch[-1][0], batch[-1][:2]
-    return _CountsSummary(rows, partners, companies, billable_users, digest.hexdigest())
+        summary.add(batch)
+    return summary.summary()
 
 
 def stored_counts_fingerprint(conn: sa.Connection, month: date) -> str:
@@ -338,7 +360,10 @@ class StagedCountsWriter:
     rows (any run's) are deleted first, so counts, quarantine and validation are replaced
     together. ``rows``: the groups staged so far. ``save_month_validation`` on the same
     connection records them as the validation's ``counts_staged`` (unless it is given), so that
-    ``promote_staged_counts`` knows the pass staged its counts — 0 groups included."""
+    ``promote_staged_counts`` knows the pass staged its counts — 0 groups included; and, when
+    the chunks came in code-point key order (the PostgreSQL and SQLite passes return them so),
+    their fingerprint and totals, summed up here as they are written, so that the promotion
+    does not read the month back to compute them."""
 
     def __init__(self, conn: sa.Connection, month: date, run_id: str) -> None:
         self.conn = conn
@@ -346,6 +371,7 @@ class StagedCountsWriter:
         self.run_id = run_id
         self.rows = 0
         self.staged_at = utcnow()
+        self.summary = KeyOrderedSummary()
         conn.execute(sa.delete(staged_billable_counts).where(staged_billable_counts.c.month == month))
         _STAGING.setdefault(conn, {})[month] = self
 
@@ -353,18 +379,25 @@ class StagedCountsWriter:
         """Append a chunk of counts (``pipeline.billing.counts.COUNT_COLUMNS``, checked)."""
         if counts.empty:
             return
+        partners, companies, skus = (counts[c].tolist() for c in ("partner_id", "company_id", "sku"))
+        users = [int(v) for v in counts["billable_users"]]
         columns: dict[str, object] = {
             "month": self.month,
-            "partner_id": counts["partner_id"].tolist(),
-            "company_id": counts["company_id"].tolist(),
-            "sku": counts["sku"].tolist(),
+            "partner_id": partners,
+            "company_id": companies,
+            "sku": skus,
             "company_name": counts["company_name"].tolist(),
-            "billable_users": [int(v) for v in counts["billable_users"]],
+            "billable_users": users,
             "run_id": self.run_id,
             "staged_at": self.staged_at,
         }
         insert_columns(self.conn, staged_billable_counts, columns, len(counts))
         self.rows += len(counts)
+        self.summary.add(list(zip(partners, companies, skus, users)))
+
+    def staged_summary(self) -> CountsSummary | None:
+        """The fingerprint and totals of what was staged; None unless it came in key order."""
+        return self.summary.summary() if self.summary.in_order else None
 
 
 @dataclass(frozen=True)
@@ -394,8 +427,9 @@ def promote_staged_counts(
 ) -> StoredCounts | None:
     """Replace the month's ``billable_counts`` with the counts run ``run_id``'s validation pass
     staged, in one transaction: INSERT ... SELECT, the fingerprint and the totals (groups,
-    partners, companies, billable users) in one pass streamed in key order, the computation
-    record written, the month's staged rows deleted.
+    partners, companies, billable users) as the validation recorded them from the staging, or
+    else in one pass streamed back in key order, the computation record written, the month's
+    staged rows deleted.
 
     None (and nothing changed) unless the month's validation record is ``run_id``'s and says
     its pass staged exactly the groups found staged for ``run_id`` (``counts_staged``; 0 is a
@@ -404,9 +438,11 @@ def promote_staged_counts(
     """
     staged, counts = staged_billable_counts, billable_counts
     with engine.begin() as conn:
+        v = month_validations.c
         validation = conn.execute(
-            sa.select(month_validations.c.run_id, month_validations.c.counts_staged)
-            .where(month_validations.c.month == month)
+            sa.select(v.run_id, v.counts_staged, v.counts_fingerprint, v.counts_partners, v.counts_companies,
+                      v.counts_billable_users)
+            .where(v.month == month)
         ).first()
         if validation is None or validation.run_id != run_id or validation.counts_staged is None:
             return None
@@ -422,7 +458,13 @@ def promote_staged_counts(
                 .where(staged.c.month == month, staged.c.run_id == run_id),
             )
         )
-        summary = _stored_counts_summary(conn, month)
+        if validation.counts_fingerprint is None:
+            summary = _stored_counts_summary(conn, month)
+        else:
+            summary = CountsSummary(
+                validation.counts_staged, validation.counts_partners, validation.counts_companies,
+                validation.counts_billable_users, validation.counts_fingerprint,
+            )
         computation = MonthComputation(
             month=month,
             rows_in=rows_in,
@@ -515,6 +557,12 @@ class MonthValidation:
     validated_at: datetime
     # groups this validation's pass staged (``StagedCountsWriter.rows``); None: not staged
     counts_staged: int | None = None
+    # the staged counts' fingerprint and totals, when the pass staged them in key order
+    # (``StagedCountsWriter.staged_summary``); None: the promotion reads them back
+    counts_fingerprint: str | None = None
+    counts_partners: int | None = None
+    counts_companies: int | None = None
+    counts_billable_users: int | None = None
 
     @property
     def quarantined_share(self) -> float:
@@ -524,11 +572,19 @@ class MonthValidation:
 def save_month_validation(conn: sa.Connection, validation: MonthValidation) -> None:
     """Replace the month's validation record. ``counts_staged`` unset: the groups a
     ``StagedCountsWriter`` of the same run staged for the month on this connection (None when
-    none did)."""
+    none did); with them, that writer's fingerprint and totals when it has them
+    (``staged_summary``) and the validation gives none."""
     record = dict(validation.__dict__)
     writer = _STAGING.get(conn, {}).get(validation.month)
-    if validation.counts_staged is None and writer is not None and writer.run_id == validation.run_id:
-        record["counts_staged"] = writer.rows
+    if writer is not None and writer.run_id == validation.run_id:
+        if validation.counts_staged is None:
+            record["counts_staged"] = writer.rows
+        summary = writer.staged_summary()
+        if summary is not None and record["counts_staged"] == writer.rows and validation.counts_fingerprint is None:
+            record.update(
+                counts_fingerprint=summary.fingerprint, counts_partners=summary.partners,
+                counts_companies=summary.companies, counts_billable_users=summary.billable_users,
+            )
     record["reason_counts"] = json.dumps(validation.reason_counts, sort_keys=True)
     record["known_skus"] = json.dumps(validation.known_skus)
     conn.execute(sa.delete(month_validations).where(month_validations.c.month == validation.month))

@@ -105,6 +105,12 @@ month_validations = sa.Table(
     # count groups this validation's pass staged in staged_billable_counts (0 is a month with
     # no counted group); NULL: its counts were not staged, billable_counts counts afresh
     sa.Column("counts_staged", sa.Integer, nullable=True),
+    # the staged counts' fingerprint and totals, summed up as they were staged in key order;
+    # NULL: the promotion computes them from the counts it stored
+    sa.Column("counts_fingerprint", sa.Text, nullable=True),
+    sa.Column("counts_partners", sa.Integer, nullable=True),
+    sa.Column("counts_companies", sa.Integer, nullable=True),
+    sa.Column("counts_billable_users", sa.Integer, nullable=True),
 )
 
 

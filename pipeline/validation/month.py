@@ -82,6 +82,9 @@ def month_pass_sql(query: SourceQuery, dialect: str) -> str:
     shown = [f"CASE WHEN {bad} THEN {display(c, dialect)} END AS shown_{c}" for c in CONTRACT_COLUMNS]
     overlap = overlap_sql(dialect)
     grouped = len(keys) + 1 + len(shown)
+    # SQLite's BINARY collation is code-point order: the counts come sorted by their keys for
+    # nothing (the groups are sorted by them already), and are summed up as they are staged
+    order = "ORDER BY 1, 2, 3" if dialect == "sqlite" else ""
     return f"""
 SELECT
     {', '.join(keys)},
@@ -96,6 +99,7 @@ FROM (
 {flagged_sql(query.sql, dialect)}
 ) AS flagged
 GROUP BY {', '.join(str(i) for i in range(1, grouped + 1))}
+{order}
 """
 
 
@@ -106,8 +110,10 @@ def _postgresql_month_pass_sql(query: SourceQuery) -> str:
     aggregate (a per-row ``CASE`` on the mask would repeat the rules in every key; an
     ``OFFSET 0`` fence keeps them single but sorts in the leader alone). The keys are grouped
     in the "C" collation: the same groups (equality is byte equality either way), compared as
-    bytes with abbreviated keys rather than by ``strcoll``. The groups breaking a rule come
-    back as counts only; ``_postgresql_quarantined_rows_sql`` fetches their rows."""
+    bytes with abbreviated keys rather than by ``strcoll``, and come back in that order (the
+    aggregate's own: no sort is added), so the staged counts' fingerprint and totals are
+    summed up as they arrive (``StagedCountsWriter``). The groups breaking a rule come back as
+    counts only; ``_postgresql_quarantined_rows_sql`` fetches their rows."""
     dialect = "postgresql"
     key_mask, row_mask = split_reason_mask_sql(dialect, GROUP_KEYS)
     keys = ", ".join(f'{c} COLLATE "C" AS {c}' for c in GROUP_KEYS)
@@ -135,6 +141,7 @@ FROM (
 ) AS placed
 GROUP BY 1, 2, 3, row_mask, in_month
 ) AS grouped
+ORDER BY 1, 2, 3
 """
 
 
@@ -416,13 +423,18 @@ def validate_month(
     dialect = product.dialect.name
     skus = sorted(set(known_skus))
 
-    def record(tally: _Tally, counts_staged: int | None = None) -> MonthValidation:
+    def record(tally: _Tally, staged: StagedCountsWriter | None = None) -> MonthValidation:
+        summary = staged.staged_summary() if staged is not None else None
         return MonthValidation(
             month=month.month, rows_in=tally.rows, rows_valid=tally.valid,
             rows_quarantined=tally.rows - tally.valid,
             reason_counts=dict(sorted(tally.reason_counts.items())), known_skus=skus,
             query_sha256=query.sha256, run_id=run_id, validated_at=utcnow(),
-            counts_staged=counts_staged,
+            counts_staged=staged.rows if staged is not None else None,
+            counts_fingerprint=summary.fingerprint if summary else None,
+            counts_partners=summary.partners if summary else None,
+            counts_companies=summary.companies if summary else None,
+            counts_billable_users=summary.billable_users if summary else None,
         )
 
     _, _, violations = check_source_contract(product, query, month)
@@ -452,7 +464,7 @@ def validate_month(
                 for records in _postgresql_quarantined_chunks(pass_conn, query, params, tally, chunk_rows):
                     quarantine(records)
                     after_chunk()
-        validation = record(tally, counts_staged=staged.rows)
+        validation = record(tally, staged)
         save_month_validation(state_conn, validation)
     sample = pd.DataFrame.from_records(tally.sample, columns=QUARANTINE_COLUMNS) if tally.sample else pd.DataFrame()
     return ValidationOutcome(validation=validation, sample=sample)
