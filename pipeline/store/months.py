@@ -4,9 +4,11 @@ SQLite file by default, PostgreSQL in production (``STATE_DB_URL``). Writes for 
 delete-then-insert in one transaction, so re-running a month is idempotent.
 
 The counts of a month's validation pass are staged (``StagedCountsWriter``, in the
-validation's transaction, chunk by chunk) and promoted into ``billable_counts`` by the same
-run's count step (``promote_staged_counts``: INSERT ... SELECT, then the fingerprint and totals
-from one streamed read back in key order): a month's counts are never held in memory whole.
+validation's transaction, chunk by chunk, their fingerprint and totals summed up as they come
+when they come in key order) and promoted into ``billable_counts`` by the same run's count
+step (``promote_staged_counts``: INSERT ... SELECT; the fingerprint and totals the validation
+recorded, or else one streamed read back in key order): a month's counts are never held in
+memory whole.
 """
 
 from __future__ import annotations
