@@ -4,7 +4,8 @@
 month 2026-10:
 
 * the bare aggregate — the reference utilization query wrapped in ``COUNT(DISTINCT user_id)
-  ... GROUP BY partner, company, sku``, run by the database (the baseline of every ratio);
+  ... GROUP BY partner, company, sku``, run by the database (the baseline of every ratio), each
+  measured run just before one of the pipeline's (``Bench.paired_runs``);
 * naive pandas — ``read_sql`` of the month + ``groupby().nunique()``, in a child process;
 * the pipeline as Dagster runs it — the month-end asset group of the ``monthly_billing`` job
   for the partition, real resources, in a child process (seconds, peak RSS, per-step times);
@@ -77,32 +78,48 @@ def bare_aggregate_sql(query_sql: str) -> str:
     )
 
 
-BARE_REPEATS = 3
 PIPELINE_REPEATS = 3
 
 
-def bare_aggregate(engine: sa.Engine, month: BillingMonth, repeats: int = BARE_REPEATS) -> dict:
-    """The database alone counting the month: one unmeasured run to warm the cache (right after
-    seeding, the first run reads from disk), then the median of ``repeats`` measured runs."""
-    query = utilization_query(None, engine.dialect.name)
-    params = month_parameters(month, engine.dialect.name)
-    timings, rows = [], []
-    with engine.connect() as conn:
-        conn.execute(sa.text(bare_aggregate_sql(query.sql)), params).all()
-        for _ in range(repeats):
-            started = time.perf_counter()
-            rows = conn.execute(sa.text(bare_aggregate_sql(query.sql)), params).all()
-            timings.append(time.perf_counter() - started)
-        month_rows = conn.execute(sa.text(f"SELECT COUNT(*) FROM (\n{query.sql}\n) AS u"), params).scalar_one()
-    return {
-        "seconds": round(statistics.median(timings), 3),
-        "seconds_min": round(min(timings), 3),
-        "seconds_max": round(max(timings), 3),
-        "repeats": repeats,
-        "month_rows": int(month_rows),
-        "groups": len(rows),
-        "billable_users": int(sum(r[3] for r in rows)),
-    }
+class BareAggregate:
+    """The database alone counting the month, on one connection: ``warm_up`` runs it unmeasured
+    (right after seeding, the first run reads from disk), ``measure`` runs it timed, and
+    ``figures`` gives the median of the timed runs with the month's size."""
+
+    def __init__(self, engine: sa.Engine, month: BillingMonth) -> None:
+        query = utilization_query(None, engine.dialect.name)
+        self.sql = sa.text(bare_aggregate_sql(query.sql))
+        self.count_sql = sa.text(f"SELECT COUNT(*) FROM (\n{query.sql}\n) AS u")
+        self.params = month_parameters(month, engine.dialect.name)
+        self.conn = engine.connect()
+        self.timings: list[float] = []
+        self.rows: list = []
+
+    def warm_up(self) -> None:
+        self.conn.execute(self.sql, self.params).all()
+        self.conn.rollback()  # no transaction left open while the pipeline runs
+
+    def measure(self) -> None:
+        started = time.perf_counter()
+        self.rows = self.conn.execute(self.sql, self.params).all()
+        self.timings.append(time.perf_counter() - started)
+        self.conn.rollback()
+
+    def figures(self) -> dict:
+        month_rows = self.conn.execute(self.count_sql, self.params).scalar_one()
+        return {
+            "seconds": round(statistics.median(self.timings), 3),
+            "seconds_all": [round(t, 3) for t in self.timings],
+            "seconds_min": round(min(self.timings), 3),
+            "seconds_max": round(max(self.timings), 3),
+            "repeats": len(self.timings),
+            "month_rows": int(month_rows),
+            "groups": len(self.rows),
+            "billable_users": int(sum(r[3] for r in self.rows)),
+        }
+
+    def close(self) -> None:
+        self.conn.close()
 
 
 class Bench:
@@ -161,13 +178,29 @@ class Bench:
             env, out_name,
         )
 
-    def month_end_runs(self, name: str, repeats: int = PIPELINE_REPEATS) -> dict:
-        """The month-end assets run ``repeats`` times, each with a fresh state DB: the run of
-        median seconds (its steps and state DB), with every run's seconds and the peak RSS of
-        all of them."""
+    def paired_runs(self, name: str, repeats: int = PIPELINE_REPEATS) -> tuple[dict, dict]:
+        """The bare aggregate and the month-end assets, measured in pairs: after one unmeasured
+        bare run, ``repeats`` times a timed bare run and right after it a month-end run — so a
+        slower or faster spell of a shared machine weighs on both sides of the ratio alike.
+        Returns (``BareAggregate.figures``, ``month_end_runs``)."""
+        bare = BareAggregate(self.product, self.month)
+        try:
+            bare.warm_up()
+            pipeline = self.month_end_runs(name, repeats, before_each=bare.measure)
+            return bare.figures(), pipeline
+        finally:
+            bare.close()
+
+    def month_end_runs(self, name: str, repeats: int = PIPELINE_REPEATS,
+                       before_each: Callable[[], None] | None = None) -> dict:
+        """The month-end assets run ``repeats`` times, each with a fresh state DB (``before_each``
+        called before each run): the run of median seconds (its steps and state DB), with every
+        run's seconds and the peak RSS of all of them."""
         runs = []
         for i in range(repeats):
             state_db = self.state_url(f"{name}.db" if i == 0 else f"{name}-{i + 1}.db")
+            if before_each is not None:
+                before_each()
             run = self.dagster_run("monthly_billing", "month_end", self.child_env(state_db), f"{name}-{i + 1}.json")
             runs.append({**run, "state_db": state_db})
         ordered = sorted(runs, key=lambda r: r["seconds"])
@@ -274,19 +307,17 @@ def run_bench(
     results["seed"] = bench.seed(0, reset=True)
     echo(f"  seeded in {results['seed']['seconds']} s: {results['seed']['enrollments']:,} enrollments")
 
-    results["bare_aggregate"] = bare_aggregate(bench.product, bench.month)
+    results["bare_aggregate"], results["pipeline"] = bench.paired_runs("state")
+    state_db = results["pipeline"]["state_db"]
     echo(f"  bare aggregate: {results['bare_aggregate']['seconds']} s, "
          f"{results['bare_aggregate']['month_rows']:,} rows in the month")
+    echo(f"  pipeline (Dagster): {results['pipeline']['seconds']} s, success={results['pipeline']['success']}")
 
     results["naive_pandas"] = bench.child(
         "bench.naive_pandas", ["--url", product_url, "--month", bench.month.label],
         bench.child_env(bench.state_url("unused.db")), "naive.json",
     )
     echo(f"  naive pandas: {results['naive_pandas']['seconds']} s")
-
-    results["pipeline"] = bench.month_end_runs("state")
-    state_db = results["pipeline"]["state_db"]
-    echo(f"  pipeline (Dagster): {results['pipeline']['seconds']} s, success={results['pipeline']['success']}")
 
     if results["pipeline"]["success"]:
         shutil.copy(state_db[len("sqlite:///"):], workdir / "state-before-load.db")
@@ -326,6 +357,7 @@ def growth(bench: Bench, results: dict) -> list[dict]:
         "success": pipeline["success"],
         "state_db": pipeline["state_db"],
         "seconds_all": pipeline["seconds_all"],
+        "bare_aggregate_seconds_all": results["bare_aggregate"]["seconds_all"],
     }]
     slices = 1
     for multiple in bench.scale.growth:
@@ -334,8 +366,7 @@ def growth(bench: Bench, results: dict) -> list[dict]:
         while slices < multiple:
             bench.seed(slices, reset=False)
             slices += 1
-        base = bare_aggregate(bench.product, bench.month)
-        run = bench.month_end_runs(f"state-{multiple}x")
+        base, run = bench.paired_runs(f"state-{multiple}x")
         rows.append({
             "multiple": multiple,
             "month_rows": base["month_rows"],
@@ -346,6 +377,7 @@ def growth(bench: Bench, results: dict) -> list[dict]:
             "state_db": run["state_db"],
             "steps": run["steps"],
             "seconds_all": run["seconds_all"],
+            "bare_aggregate_seconds_all": base["seconds_all"],
         })
         bench.echo(f"  growth {multiple}x: {base['month_rows']:,} rows, {run['seconds']} s")
     return rows
