@@ -21,8 +21,7 @@ import weakref
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, timezone
-import operator
-from operator import itemgetter
+from operator import itemgetter, lt
 
 import pandas as pd
 import sqlalchemy as sa
@@ -263,7 +262,7 @@ class KeyOrderedSummary:
         keys = [row[:3] for row in batch]
         if self.in_order and (
             (self.last_key is not None and not self.last_key < keys[0])
-            or not all(map(operator.lt, keys, itertools.islice(keys, 1, None)))
+            or not all(map(lt, keys, itertools.islice(keys, 1, None)))
         ):
             self.in_order = False
         self.digest.update(_fingerprint_lines(batch).encode())

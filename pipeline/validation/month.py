@@ -82,8 +82,8 @@ def month_pass_sql(query: SourceQuery, dialect: str) -> str:
     shown = [f"CASE WHEN {bad} THEN {display(c, dialect)} END AS shown_{c}" for c in CONTRACT_COLUMNS]
     overlap = overlap_sql(dialect)
     grouped = len(keys) + 1 + len(shown)
-    # SQLite's BINARY collation is code-point order: the counts come sorted by their keys for
-    # nothing (the groups are sorted by them already), and are summed up as they are staged
+    # SQLite: its GROUP BY sorts by these keys already, in the BINARY collation (code-point
+    # order), so asking for that order costs no sort and the staging can sum the counts up
     order = "ORDER BY 1, 2, 3" if dialect == "sqlite" else ""
     return f"""
 SELECT
