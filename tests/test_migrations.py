@@ -189,16 +189,22 @@ def test_cli_db_upgrade_then_current(postgres_url, monkeypatch):
         engine.dispose()
 
 
+def _insert_validation_of_run_r0(conn: sa.Connection, month: date, **columns: object) -> None:
+    """A validation record of run r0 (5 rows, all valid) as an older revision's schema holds it:
+    only the given ``columns`` beyond the first release's."""
+    names = ", ".join(["month", "rows_in", "rows_valid", "rows_quarantined", "reason_counts", "known_skus",
+                       "query_sha256", "run_id", "validated_at", *columns])
+    values = ", ".join([":month", "5", "5", "0", "'{}'", "'[]'", "'q'", "'r0'", ":at", *(f":{c}" for c in columns)])
+    conn.execute(sa.text(f"INSERT INTO month_validations ({names}) VALUES ({values})"),
+                 {"month": month, "at": datetime.now(timezone.utc), **columns})
+
+
 def test_0004_keeps_the_validations_as_not_staged_and_adds_the_staging_table(engine):
     """A month validated before 0004 did not stage its counts: counts_staged is NULL, so its
     billable_counts counts afresh; the staging table starts empty."""
     with engine.begin() as conn:
         command.upgrade(migrations.alembic_config(conn, metadata), "0003")
-        conn.execute(sa.text(
-            "INSERT INTO month_validations (month, rows_in, rows_valid, rows_quarantined, "
-            "reason_counts, known_skus, query_sha256, run_id, validated_at) "
-            "VALUES (:month, 5, 5, 0, '{}', '[]', 'q', 'r0', :at)"
-        ), {"month": date(2026, 9, 1), "at": datetime.now(timezone.utc)})
+        _insert_validation_of_run_r0(conn, date(2026, 9, 1))
 
     ensure_state_schema(engine)
 
@@ -220,11 +226,7 @@ def test_0005_leaves_the_summary_of_earlier_validations_to_the_promotion(engine)
     month = date(2026, 9, 1)
     with engine.begin() as conn:
         command.upgrade(migrations.alembic_config(conn, metadata), "0004")
-        conn.execute(sa.text(
-            "INSERT INTO month_validations (month, rows_in, rows_valid, rows_quarantined, "
-            "reason_counts, known_skus, query_sha256, run_id, validated_at, counts_staged) "
-            "VALUES (:month, 5, 5, 0, '{}', '[]', 'q', 'r0', :at, 2)"
-        ), {"month": month, "at": datetime.now(timezone.utc)})
+        _insert_validation_of_run_r0(conn, month, counts_staged=2)
         for company, users in (("c2", 4), ("c1", 3)):
             conn.execute(sa.text(
                 "INSERT INTO staged_billable_counts (month, partner_id, company_id, sku, company_name, "
