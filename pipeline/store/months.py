@@ -570,26 +570,27 @@ class MonthValidation:
         return self.rows_quarantined / self.rows_in if self.rows_in else 0.0
 
 
-def save_month_validation(conn: sa.Connection, validation: MonthValidation) -> None:
-    """Replace the month's validation record. ``counts_staged`` unset: the groups a
-    ``StagedCountsWriter`` of the same run staged for the month on this connection (None when
-    none did); with them, that writer's fingerprint and totals when it has them
+def save_month_validation(conn: sa.Connection, validation: MonthValidation) -> MonthValidation:
+    """Replace the month's validation record; returns it as stored. ``counts_staged`` unset:
+    the groups a ``StagedCountsWriter`` of the same run staged for the month on this connection
+    (None when none did); with them, that writer's fingerprint and totals when it has them
     (``staged_summary``) and the validation gives none."""
-    record = dict(validation.__dict__)
+    fields = dict(validation.__dict__)
     writer = _STAGING.get(conn, {}).get(validation.month)
     if writer is not None and writer.run_id == validation.run_id:
         if validation.counts_staged is None:
-            record["counts_staged"] = writer.rows
+            fields["counts_staged"] = writer.rows
         summary = writer.staged_summary()
-        if summary is not None and record["counts_staged"] == writer.rows and validation.counts_fingerprint is None:
-            record.update(
+        if summary is not None and fields["counts_staged"] == writer.rows and validation.counts_fingerprint is None:
+            fields.update(
                 counts_fingerprint=summary.fingerprint, counts_partners=summary.partners,
                 counts_companies=summary.companies, counts_billable_users=summary.billable_users,
             )
-    record["reason_counts"] = json.dumps(validation.reason_counts, sort_keys=True)
-    record["known_skus"] = json.dumps(validation.known_skus)
+    record = {**fields, "reason_counts": json.dumps(validation.reason_counts, sort_keys=True),
+              "known_skus": json.dumps(validation.known_skus)}
     conn.execute(sa.delete(month_validations).where(month_validations.c.month == validation.month))
     conn.execute(month_validations.insert(), [record])
+    return MonthValidation(**fields)
 
 
 def load_month_validation(engine: sa.Engine, month: date) -> MonthValidation | None:

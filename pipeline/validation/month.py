@@ -423,18 +423,12 @@ def validate_month(
     dialect = product.dialect.name
     skus = sorted(set(known_skus))
 
-    def record(tally: _Tally, staged: StagedCountsWriter | None = None) -> MonthValidation:
-        summary = staged.staged_summary() if staged is not None else None
+    def record(tally: _Tally) -> MonthValidation:
         return MonthValidation(
             month=month.month, rows_in=tally.rows, rows_valid=tally.valid,
             rows_quarantined=tally.rows - tally.valid,
             reason_counts=dict(sorted(tally.reason_counts.items())), known_skus=skus,
             query_sha256=query.sha256, run_id=run_id, validated_at=utcnow(),
-            counts_staged=staged.rows if staged is not None else None,
-            counts_fingerprint=summary.fingerprint if summary else None,
-            counts_partners=summary.partners if summary else None,
-            counts_companies=summary.companies if summary else None,
-            counts_billable_users=summary.billable_users if summary else None,
         )
 
     _, _, violations = check_source_contract(product, query, month)
@@ -464,7 +458,7 @@ def validate_month(
                 for records in _postgresql_quarantined_chunks(pass_conn, query, params, tally, chunk_rows):
                     quarantine(records)
                     after_chunk()
-        validation = record(tally, staged)
-        save_month_validation(state_conn, validation)
+        # the staged groups, and their fingerprint and totals, are the staging writer's
+        validation = save_month_validation(state_conn, record(tally))
     sample = pd.DataFrame.from_records(tally.sample, columns=QUARANTINE_COLUMNS) if tally.sample else pd.DataFrame()
     return ValidationOutcome(validation=validation, sample=sample)
