@@ -304,8 +304,9 @@ def gradient_accounts(
             "accounts_created": sum(r.accounts_created for r in reports),
             "accounts_renamed": sum(r.accounts_renamed for r in reports),
             "partners_with_gradient_changes": sum(1 for r in reports if r.gradient_changes),
+            # bounded: the first partners' changes; every one is in the log and the state DB
             "gradient_changes": dg.MetadataValue.json(
-                {r.partner_id: r.gradient_changes for r in reports if r.gradient_changes}
+                dict(list({r.partner_id: r.gradient_changes for r in reports if r.gradient_changes}.items())[:50])
             ),
             "per_partner": table_value(table),
         }

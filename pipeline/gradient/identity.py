@@ -2,8 +2,9 @@
 
 The ledger says what Gradient acknowledged; it stays true only while the partner's token
 reaches the same Gradient organization and integration, and that integration keeps its
-accounts. Every push asks ``GET /organization`` (one request per partner) and compares what
-Gradient reports with what the delivered state was recorded against: another organization,
+accounts. A push asks ``GET /organization`` when the key changed or believed accounts are
+missing (``pipeline.gradient.load``) and compares what Gradient reports with what the
+delivered state was recorded against: another organization,
 another integration, or an integration that is neither ``active`` nor ``pending`` (Gradient
 drops the accounts and counts of an inactive integration) voids the partner's delivered state,
 so the push treats the partner as newly connected and sends every pair again.
@@ -67,13 +68,19 @@ def void_reason(recorded: RecordedSide | None, side: GradientSide) -> str | None
     predates identities) is treated as another organization: re-sending is harmless, a stale
     bill is not.
     """
+    if recorded is not None:
+        changed = _identity_change(recorded, side)
+        if changed is not None:
+            return changed
     if side.status is not None and side.status not in HOLDING_STATUSES:
         return (
             f"Gradient reports the integration as {side.status[:32]!r}, under which it drops the "
             "partner's accounts and counts"
         )
-    if recorded is None:
-        return None
+    return None
+
+
+def _identity_change(recorded: RecordedSide, side: GradientSide) -> str | None:
     if recorded.organization_id is not None and side.organization_id is not None:
         if recorded.organization_id != side.organization_id:
             return (

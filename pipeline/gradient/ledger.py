@@ -26,6 +26,7 @@ from pipeline.store.schema import (
     gradient_services,
     gradient_side_changes,
     ledger_entries,
+    month_computations,
     partner_sync_state,
     unanswered_count_calls,
     utcnow,
@@ -321,32 +322,39 @@ def delivered_timezones(engine: sa.Engine, month: date) -> set[str]:
     return set(rows)
 
 
+def month_timezone(engine: sa.Engine, month: date) -> str | None:
+    """The billing time zone the month's stored counts were made in, or (counted before it was
+    recorded) the one its delivered values were; None when unknown or never delivered."""
+    with engine.connect() as conn:
+        delivered = conn.execute(
+            sa.select(ledger_entries.c.entry_id)
+            .where(ledger_entries.c.month == month, ledger_entries.c.outcome == DELIVERED)
+            .limit(1)
+        ).first()
+        if delivered is None:
+            return None
+        counted = conn.execute(
+            sa.select(month_computations.c.billing_timezone).where(month_computations.c.month == month)
+        ).scalar_one_or_none()
+    if counted is not None:
+        return counted
+    zones = delivered_timezones(engine, month)
+    return zones.pop() if len(zones) == 1 else None
+
+
 def timezone_change(engine: sa.Engine, month: date, billing_timezone: str) -> str | None:
     """Why counting or pushing ``month`` in ``billing_timezone`` would bill users twice or not
-    at all, or None: the month was delivered counted in another zone."""
-    others = sorted(delivered_timezones(engine, month) - {billing_timezone})
-    if not others:
+    at all, or None: the month was delivered, counted in another zone."""
+    zone = month_timezone(engine, month)
+    if zone is None or zone == billing_timezone:
         return None
     return (
-        f"{month:%Y-%m} was delivered to Gradient counted in BILLING_TIMEZONE {', '.join(others)}; "
-        f"it is now {billing_timezone}. Counting it again would move users between months (a user "
-        "billed in two months, or in none). Set BILLING_TIMEZONE back, or force the change "
-        "(CLI: --allow-timezone-change; run tag gbs/allow_timezone_change=true): the month is "
-        "then counted in the new zone and re-sent"
+        f"{month:%Y-%m} was delivered to Gradient counted in BILLING_TIMEZONE {zone}; it is now "
+        f"{billing_timezone}. Counting it again would move users between months (a user billed "
+        "in two months, or in none). Set BILLING_TIMEZONE back, or force the change (CLI: "
+        "--allow-timezone-change; run tag gbs/allow_timezone_change=true): the month is then "
+        "counted in the new zone and what changed is re-sent"
     )
-
-
-def newest_delivered_month(engine: sa.Engine, partner_id: str) -> date | None:
-    state = partner_state(engine, partner_id)
-    since = state.delivered_since if state else EPOCH
-    with engine.connect() as conn:
-        return conn.execute(
-            sa.select(sa.func.max(ledger_entries.c.month)).where(
-                ledger_entries.c.partner_id == partner_id,
-                ledger_entries.c.outcome == DELIVERED,
-                ledger_entries.c.recorded_at >= since,
-            )
-        ).scalar_one_or_none()
 
 
 def month_outcomes(engine: sa.Engine, month: date, run_id: str | None = None) -> dict[str, dict[str, int]]:

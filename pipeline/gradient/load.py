@@ -190,10 +190,17 @@ class AccountSync:
     found: frozenset[str] = frozenset()
 
 
-async def sync_accounts(session: PartnerSession, companies: Sequence[tuple[str, str]]) -> AccountSync:
-    """Read the partner's accounts, bulk-create the missing in one call, rename the renamed."""
+async def sync_accounts(
+    session: PartnerSession,
+    companies: Sequence[tuple[str, str]],
+    accounts: Sequence[dict] | None = None,
+) -> AccountSync:
+    """Read the partner's accounts (unless ``accounts`` were just read), bulk-create the
+    missing in one call, rename the renamed."""
     wanted = dict(companies)
-    existing = {str(a["id"]): a for a in await session.get_accounts()}
+    if accounts is None:
+        accounts = await session.get_accounts()
+    existing = {str(a["id"]): a for a in accounts}
     found = frozenset(existing)
     missing = [{"id": cid, "name": name} for cid, name in wanted.items() if cid not in existing]
     created = 0
@@ -561,23 +568,43 @@ def _held_accounts(state_db: sa.Engine, partner_id: str) -> set[str]:
     return held | {account for account, _ in ledger.unanswered_pairs(state_db, partner_id)}
 
 
-async def _verify_gradient_side(
-    session: PartnerSession, target: PartnerTarget, state_db: sa.Engine, run_id: str, report: PartnerLoad, log: Log
-) -> None:
-    """Onboard a new or reconnected partner; otherwise check that the delivered state still
-    describes the Gradient the key reaches (``identity.void_reason``) and onboard again when not."""
+async def _check_gradient_side(
+    session: PartnerSession,
+    target: PartnerTarget,
+    state_db: sa.Engine,
+    run_id: str,
+    report: PartnerLoad,
+    log: Log,
+    *,
+    accounts_missing: bool = False,
+) -> bool:
+    """Onboard a new or reconnected partner. Otherwise, when the key is not the one the
+    delivered state was recorded with (or ``accounts_missing``: Gradient lacks accounts the
+    ledger believes hold counts), ask Gradient which organization and integration the key
+    reaches and in which status, and onboard again when the delivered state no longer
+    describes it (``identity.void_reason``). Returns whether the delivered state was voided.
+
+    An unchanged key with every believed account present costs no request here: Gradient
+    drops an integration's accounts when it goes inactive, so the accounts read (one request,
+    made anyway) is what reveals it.
+    """
     state = ledger.partner_state(state_db, target.partner_id)
+    fingerprint = key_fingerprint(target.api_key.get_secret_value())
+    onboarding = needs_onboarding(target, state)
+    if not onboarding and not accounts_missing and state is not None and state.key_fingerprint == fingerprint:
+        return False
     side = await gradient_side(session, target)
-    reason = void_reason(state, side) if state is not None and state.status != INACTIVE else None
+    reason = None if onboarding or state is None else void_reason(state, side)
     if reason is not None:
         report.gradient_changes.append(f"{reason}; every pair is sent again")
         log(f"{target.partner_id}: {reason}; its delivered state is void and every pair is sent again")
-    if reason is not None or needs_onboarding(target, state):
+    if onboarding or reason is not None:
         await onboard_partner(session, target, state_db, run_id, side)
         report.status = PENDING
         log(f"{target.partner_id}: key verified, integration set to pending")
-    else:
-        ledger.record_gradient_side(state_db, target.partner_id, side)
+        return reason is not None
+    ledger.record_gradient_side(state_db, target.partner_id, side)
+    return False
 
 
 NULL_COMPANY_FIX = (
@@ -634,10 +661,14 @@ async def sync_partner_accounts(
             state_db, locks.partner_lock_name(target.partner_id), run_id, wait_seconds=lock_wait_seconds
         ) as held:
             report.waited_seconds = held.waited_seconds
-            await _verify_gradient_side(session, target, state_db, run_id, report, log)
+            await _check_gradient_side(session, target, state_db, run_id, report, log)
             believed = _held_accounts(state_db, target.partner_id)
-            synced = await sync_accounts(session, valid)
-            gone = sorted(believed - synced.found)
+            accounts = await session.get_accounts()
+            gone = sorted(believed - {str(a["id"]) for a in accounts})
+            if gone and await _check_gradient_side(
+                session, target, state_db, run_id, report, log, accounts_missing=True
+            ):
+                gone = []  # the whole delivered state is void: everything is sent again
             if gone:
                 detail = (
                     "Gradient no longer has this account (deleted in Gradient): its value is no "
@@ -647,6 +678,7 @@ async def sync_partner_accounts(
                 change = f"{len(gone)} account(s) with delivered counts missing in Gradient ({pairs} pair(s)); re-created and re-sent"
                 report.gradient_changes.append(change)
                 log(f"{target.partner_id}: {change}: {', '.join(repr(a[:64]) for a in gone[:10])}")
+            synced = await sync_accounts(session, valid, accounts)
     except locks.LockTimeout as exc:
         return _lock_timeout(report, exc, "accounts not synced;", log)
     except GradientError as exc:
