@@ -322,6 +322,19 @@ def delivered_timezones(engine: sa.Engine, month: date) -> set[str]:
     return set(rows)
 
 
+def newest_delivered_month(engine: sa.Engine, partner_id: str) -> date | None:
+    state = partner_state(engine, partner_id)
+    since = state.delivered_since if state else EPOCH
+    with engine.connect() as conn:
+        return conn.execute(
+            sa.select(sa.func.max(ledger_entries.c.month)).where(
+                ledger_entries.c.partner_id == partner_id,
+                ledger_entries.c.outcome == DELIVERED,
+                ledger_entries.c.recorded_at >= since,
+            )
+        ).scalar_one_or_none()
+
+
 def month_timezone(engine: sa.Engine, month: date) -> str | None:
     """The billing time zone the month's stored counts were made in, or (counted before it was
     recorded) the one its delivered values were; None when unknown or never delivered."""
