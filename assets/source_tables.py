@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 import dagster as dg
 from sqlalchemy.engine import make_url
 
+from assets import specs
 from pipeline.settings import Settings, load_settings, reference_sql
 from pipeline.source.lineage_sql import column_lineage, sqlglot_dialect, tables_read
 from pipeline.source.utilization import CONTRACT_COLUMNS, SourceQuery
@@ -80,6 +81,10 @@ class SourceLineage:
                 table_key(table),
                 group_name=GROUP,
                 kinds={kind},
+                owners=specs.OWNERS,
+                tags=specs.stage_tags("source"),
+                # never materialized: a constant, like every asset's, so the UI shows no code change
+                code_version="1",
                 description=(
                     f"Table {table} of the vendor's product database, read (never written) by "
                     f"{', '.join(sorted(by_setting))}. Drawn from the configured queries; "
