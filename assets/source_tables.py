@@ -68,19 +68,19 @@ class SourceLineage:
     """What the configured queries read: one spec per table, the tables each asset reads and
     the source columns of each contract column."""
 
-    dialect: str
+    dialect: str  # sqlglot's
+    kind: str  # the database the UI names: postgres, mysql, mariadb, sqlite
     tables: dict[str, dict[str, set[str]]] = field(default_factory=dict)  # table -> setting -> columns
     deps: dict[str, set[str]] = field(default_factory=lambda: defaultdict(set))  # asset -> tables
     contract_sources: dict[str, list[tuple[str, str]]] = field(default_factory=dict)
-    unreadable: dict[str, str] = field(default_factory=dict)  # setting -> why
+    unreadable: dict[str, list[str]] = field(default_factory=lambda: defaultdict(list))  # asset -> why
 
     def specs(self) -> list[dg.AssetSpec]:
-        kind = {"postgres": "postgres", "mysql": "mysql", "sqlite": "sqlite"}[self.dialect]
         return [
             dg.AssetSpec(
                 table_key(table),
                 group_name=GROUP,
-                kinds={kind},
+                kinds={self.kind},
                 owners=specs.OWNERS,
                 tags=specs.stage_tags("source"),
                 # never materialized: a constant, like every asset's, so the UI shows no code change
@@ -135,7 +135,8 @@ def source_lineage(config: Settings) -> SourceLineage:
     """Parse each configured contract query (the reference one when unset) for its tables and
     columns; a query that cannot be read or parsed is left out with a warning."""
     backend = make_url(config.product_db).get_backend_name()
-    found = SourceLineage(dialect=sqlglot_dialect(backend))
+    kind = "postgres" if backend.startswith("postgres") else backend
+    found = SourceLineage(dialect=sqlglot_dialect(backend), kind=kind)
     for query in CONTRACT_QUERIES:
         path = _configured_path(config, query) or reference_sql(backend, query.reference_file)
         try:
@@ -143,10 +144,12 @@ def source_lineage(config: Settings) -> SourceLineage:
             tables = tables_read(sql, found.dialect)
             columns = column_lineage(sql, found.dialect)
         except Exception as exc:  # noqa: BLE001 - any failure to read a query must not stop the code location
-            found.unreadable[query.setting] = str(exc)
+            for asset in query.read_by:
+                found.unreadable[asset].append(f"{query.setting}: {exc}")
             log.warning(
-                "%s (%s): %s. Its tables are not drawn upstream of %s; the pipeline still runs the "
-                "query. Make it one SELECT statement the %s parser reads to see them in the graph.",
+                "%s (%s): %s. Its tables are not drawn upstream of %s; the pipeline runs the query "
+                "all the same. To see them in the graph, write it as one SELECT statement that "
+                "sqlglot's %s dialect reads.",
                 query.setting, path, exc, ", ".join(query.read_by), found.dialect,
             )
             continue
@@ -170,6 +173,8 @@ def _with_lineage(spec: dg.AssetSpec, found: SourceLineage) -> dg.AssetSpec:
         metadata["dagster/column_lineage"] = found.extract_column_lineage()
     if name == "billable_counts":
         metadata["dagster/column_lineage"] = found.counts_column_lineage()
+    if found.unreadable.get(name):
+        metadata["source_tables_not_drawn"] = "; ".join(found.unreadable[name])
     if not tables and not metadata:
         return spec
     return spec.merge_attributes(deps=[table_key(t) for t in tables], metadata=metadata)
@@ -185,7 +190,7 @@ def with_source_tables(defs: dg.Definitions, config: Settings | None = None) -> 
 
 
 def tables_upstream(defs: dg.Definitions, asset: str) -> Sequence[str]:
-    """The product-database tables drawn upstream of ``asset`` (for tests and the CLI)."""
+    """The product-database tables drawn upstream of ``asset`` (the tests ask)."""
     node = defs.resolve_asset_graph().get(dg.AssetKey(asset))
     return sorted(".".join(k.path[1:]) for k in node.parent_keys if k.path[0] == KEY_PREFIX)
 

@@ -88,7 +88,9 @@ def test_an_unreadable_query_draws_no_tables_and_the_code_location_still_loads(c
     with caplog.at_level(logging.WARNING, logger="assets.source_tables"):
         defs = build()
     assert tables_upstream(defs, "utilization_extract") == []
-    assert "dagster/column_lineage" not in defs.resolve_asset_graph().get(dg.AssetKey("utilization_extract")).metadata
+    extract = defs.resolve_asset_graph().get(dg.AssetKey("utilization_extract")).metadata
+    assert "dagster/column_lineage" not in extract
+    assert extract["source_tables_not_drawn"].startswith("UTILIZATION_SQL: the sqlite SQL parser cannot read")
     assert tables_upstream(defs, "gradient_unit_counts") == ["companies", "gradient_connections", "partners"]
     assert defs.resolve_job_def("monthly_billing") is not None
     warning = "\n".join(r.getMessage() for r in caplog.records)
