@@ -32,6 +32,7 @@ from pipeline.resources import BillingRules, ProductDatabase, StateDatabase, ste
 SHOWN_ROWS = 500
 MAX_PAGE_SIZE = 500
 MAX_SHOWN_CHARS = 200
+MAX_CELL_CHARS = 500
 ENTRY_COLUMNS = ["entry_id", "recorded_at", "partner_id", "account_id", "sku", "service_id", "value",
                  "outcome", "http_status", "detail", "run_id"]
 
@@ -63,18 +64,27 @@ def csv_safe(value: object) -> object:
 def parse_month(value: str, timezone: str) -> BillingMonth:
     """The billing month of ``YYYY-MM`` (or its partition key ``YYYY-MM-01``)."""
     match = re.fullmatch(r"(\d{4})-(\d{2})(?:-01)?", value.strip())
-    try:
-        return BillingMonth(date(int(match[1]), int(match[2]), 1), timezone) if match else None
-    except ValueError:
-        pass
+    if match and 1 <= int(match[2]) <= 12:
+        return BillingMonth(date(int(match[1]), int(match[2]), 1), timezone)
     raise dg.Failure(f"month {value!r} is not a month; give YYYY-MM, e.g. 2026-11.", allow_retries=False)
+
+
+def bounded(frame: pd.DataFrame) -> pd.DataFrame:
+    """The frame for a metadata table: missing values as None, text cut to a bounded length."""
+    def cell(value: object) -> object:
+        if isinstance(value, str) and len(value) > MAX_CELL_CHARS:
+            return value[:MAX_CELL_CHARS] + "…"
+        return value
+
+    frame = frame.astype(object).where(frame.notna(), None)
+    return frame.apply(lambda column: column.map(cell)) if len(frame) else frame
 
 
 def _entries_frame(entries: list[dict]) -> pd.DataFrame:
     frame = pd.DataFrame([{c: e.get(c) for c in ENTRY_COLUMNS} for e in entries], columns=ENTRY_COLUMNS)
     frame["recorded_at"] = [str(t) for t in frame.recorded_at]
     frame["http_status"] = [int(s) if pd.notna(s) else None for s in frame.http_status]
-    return frame.astype(object).where(frame.notna(), None)
+    return bounded(frame)
 
 
 def received(explanation: Explanation) -> int | None:
@@ -109,7 +119,7 @@ def trace_metadata(explanation: Explanation) -> dict[str, object]:
         ),
         "source_billable_users": dg.MetadataValue.int(explanation.source_users),
         "ledger_entries": table_value(_entries_frame(explanation.ledger), max_rows=SHOWN_ROWS),
-        "source_rows": table_value(rows.astype(object).where(rows.notna(), None), max_rows=SHOWN_ROWS),
+        "source_rows": table_value(bounded(rows), max_rows=SHOWN_ROWS),
         "source_spans": dg.MetadataValue.int(len(rows)),
     }
     if explanation.counted_by_run:
@@ -168,7 +178,7 @@ def ledger_page_metadata(
         "page": dg.MetadataValue.int(page),
         "pages": dg.MetadataValue.int(pages),
         "totals": table_value(ledger.ledger_totals(newest)),
-        "ledger_page": table_value(shown, max_rows=page_size),
+        "ledger_page": table_value(bounded(shown), max_rows=page_size),
         "all_entries_csv": dg.MetadataValue.path(str(path)),
     }
 

@@ -7,10 +7,11 @@ import csv
 import datetime as dt
 
 import dagster as dg
+import pandas as pd
 import pytest
 from cryptography.fernet import Fernet
 
-from assets.explain_count import csv_safe, markdown_text
+from assets.explain_count import bounded, csv_safe, markdown_text
 from gradient_emulator import EmulatorAdmin, EmulatorServer
 from pipeline.demo.data import DemoSpec, load_demo_data
 from pipeline.demo.run import register_demo_partners
@@ -141,6 +142,7 @@ def test_a_partners_month_ledger_is_paged_with_every_entry_in_a_csv(delivered_mo
     "config, problem",
     [
         ({"month": "2026-13", "partner": "p-001"}, "is not a month; give YYYY-MM"),
+        ({"month": "last month", "partner": "p-001"}, "is not a month; give YYYY-MM"),
         ({"month": "2026-10", "partner": "p-001", "company": "c-001-0001"}, "give both company and service"),
         ({"month": "2026-10", "partner": "../p-404"}, "no ledger entry of partner '../p-404'"),
         ({"month": "2026-10", "partner": "p-001", "company": "=cmd", "service": "SAT"}, "nothing in 2026-10"),
@@ -160,3 +162,5 @@ def test_hostile_values_are_escaped_in_markdown_and_csv():
     assert "[x](" not in shown and "<!channel>" not in shown and "\\[x\\]\\(http" in shown
     assert csv_safe("=cmd") == "'=cmd" and csv_safe("@SUM(A1)") == "'@SUM(A1)" and csv_safe("p-001") == "p-001"
     assert csv_safe(5) == 5
+    cells = bounded(pd.DataFrame({"user_id": ["u" * 10_000, None], "n": [1, 2]}))
+    assert len(cells.user_id[0]) <= 501 and cells.user_id[1] is None and list(cells.n) == [1, 2]
