@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from pipeline.cli.tables import echo_table
+from pipeline.cli.tables import cell, echo_table
 
 if TYPE_CHECKING:
     from pipeline.resources import PreflightCheck
@@ -148,14 +148,14 @@ def partner_keys_check(config, key_material: str) -> PreflightCheck:
     if failed:
         problems = {}  # problem -> partners, so the fix is said once
         for k in failed:
-            problems.setdefault(k.problem, []).append(k.partner_id)
+            problems.setdefault(k.problem, []).append(cell(k.partner_id))  # ids are product data
         return PreflightCheck("GRADIENT_KEY_ENCRYPTION_KEYS", what, False, "\n".join(
             f"{len(ids)} partner{'s' if len(ids) > 1 else ''} ({', '.join(ids)}): {problem}"
             for problem, ids in problems.items()))
     older = [k for k in keys if not k.under_newest]
     detail = f"{len(keys)} of {len(keys)}" if keys else "no partner is connected yet"
     if older:
-        detail += (f"; {len(older)} only with an older key ({', '.join(k.partner_id for k in older[:10])}"
+        detail += (f"; {len(older)} only with an older key ({', '.join(cell(k.partner_id) for k in older[:10])}"
                    f"{', ...' if len(older) > 10 else ''}): `gradient-billing-sync rotate` re-encrypts them "
                    "under the newest, then the old key can be removed")
     return PreflightCheck("GRADIENT_KEY_ENCRYPTION_KEYS", what, True, detail)

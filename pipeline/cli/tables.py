@@ -5,9 +5,6 @@ characters from product data (CR, LF, ESC) are shown escaped."""
 
 from __future__ import annotations
 
-import io
-import shutil
-import sys
 from collections.abc import Iterable, Sequence
 
 import click
@@ -25,6 +22,10 @@ def cell(value: object) -> str:
 def render_table(columns: Sequence[str], rows: Iterable[Sequence[object]], *, header: bool = True,
                  indent: int = 0, terminal: bool | None = None,
                  min_widths: dict[int, int] | None = None) -> str:
+    import io
+    import shutil
+    import sys
+
     from rich import box
     from rich.console import Console
     from rich.padding import Padding
