@@ -351,3 +351,67 @@ def test_verbose_gives_the_trace_behind_a_deliberate_message_too(env, monkeypatc
     assert verbose.exit_code == 1
     assert "Traceback" in verbose.output and "ConfigurationError" in verbose.output
     assert "not-a-fernet-key-3f9a" not in verbose.output
+
+
+def _apply_script(url: str, script: str) -> None:
+    """Run a SQL file as a DBA would, statements and all, on its own database."""
+    if url.startswith("sqlite"):
+        import sqlite3
+
+        with sqlite3.connect(url.removeprefix("sqlite:///")) as db:
+            db.executescript(script)
+        return
+    connect_args = {}
+    if url.startswith("mysql"):
+        from pymysql.constants import CLIENT
+
+        connect_args = {"client_flag": CLIENT.MULTI_STATEMENTS}
+    engine = sa.create_engine(url, connect_args=connect_args)
+    try:
+        raw = engine.raw_connection()
+        try:
+            cursor = raw.cursor()
+            cursor.execute(script)
+            while url.startswith("mysql") and cursor.nextset():
+                pass
+            raw.commit()
+        finally:
+            raw.close()
+    finally:
+        engine.dispose()
+
+
+def test_rotate_writes_updates_each_product_database_applies_with_hostile_ids(env, monkeypatch, tmp_path, product_url):
+    """The SQL rotate writes is the product dialect's own (quotes, backslashes, CR LF in an id
+    quoted by SQLAlchemy), on SQLite, PostgreSQL and MariaDB."""
+    from pipeline.gradient.partner_keys import encrypt_partner_key
+    from pipeline.source import product_schema as ps
+
+    monkeypatch.setenv("PRODUCT_DB_URL", product_url)
+    engine_for.cache_clear()
+    old, new = env["GRADIENT_KEY_ENCRYPTION_KEYS"], generate_encryption_key()
+    hostile = "x'; DROP TABLE partners; --\\\r\n<!channel>"
+    product = sa.create_engine(product_url)
+    try:
+        ps.metadata.create_all(product)
+        with product.begin() as conn:
+            for pid in (hostile, "p-1"):
+                conn.execute(sa.insert(ps.partners).values(partner_id=pid, name=pid, created_at=sa.func.now()))
+                conn.execute(sa.insert(ps.gradient_connections).values(
+                    partner_id=pid, encrypted_api_key=encrypt_partner_key(f"key-of-{pid}", old),
+                    state="connected", updated_at=sa.func.now()))
+        monkeypatch.setenv("GRADIENT_KEY_ENCRYPTION_KEYS", f"{new},{old}")
+        out = tmp_path / "rotate.sql"
+        result = invoke("rotate", "--out", str(out))
+        assert result.exit_code == 0, result.output
+        with open(out, encoding="utf-8", newline="") as sql:
+            _apply_script(product_url, sql.read())
+        with product.connect() as conn:
+            stored = dict(conn.execute(sa.select(ps.gradient_connections.c.partner_id,
+                                                 ps.gradient_connections.c.encrypted_api_key)).all())
+            assert conn.execute(sa.select(sa.func.count()).select_from(ps.partners)).scalar() == 2
+    finally:
+        product.dispose()
+    assert set(stored) == {hostile, "p-1"}
+    for pid, token in stored.items():
+        assert decrypt_partner_key(token, new, pid) == f"key-of-{pid}"  # the newest key alone opens it

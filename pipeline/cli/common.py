@@ -77,7 +77,8 @@ def billing_months(months: tuple[str, ...], last_closed: int | None) -> list[Bil
 
     if months:
         return check_partition_months([parse_month(m) for m in months])
-    return last_closed_months(datetime.now(timezone.utc), settings.billing_timezone(), last_closed or 1)
+    newest = last_closed_months(datetime.now(timezone.utc), settings.billing_timezone(), last_closed or 1)
+    return check_partition_months([m.month for m in newest], "--last-closed")
 
 
 def month_range(first: str, last: str) -> list[BillingMonth]:
