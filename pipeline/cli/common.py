@@ -1,5 +1,4 @@
-"""What the CLI's commands share: the instance they run on, how months are read and checked,
-and how an error is shown.
+"""What the CLI's commands share: the instance they run on and how months are read and checked.
 
 Imports only click at module level (``--help`` and ``--version`` load no more; see main.py).
 """
@@ -13,17 +12,6 @@ import click
 
 if TYPE_CHECKING:
     from pipeline.billing.month import BillingMonth
-
-# Dagster's wrappers around the error an op raised: the CLI shows what they wrap.
-DAGSTER_WRAPPERS = frozenset({
-    "DagsterExecutionStepExecutionError",
-    "DagsterUserCodeExecutionError",
-    "DagsterExecutionInterruptedError",
-    "DagsterResourceFunctionError",
-    "DagsterExecutionHandleOutputError",
-    "DagsterExecutionLoadInputError",
-})
-
 
 def cli_dagster_instance():
     """DAGSTER_HOME's instance when set, else the embedded one under var/dagster (created
@@ -93,32 +81,3 @@ def month_range(first: str, last: str) -> list[BillingMonth]:
         months.append(start)
         start = add_months(start, 1)
     return check_partition_months(months, "--from/--to")
-
-
-def underlying_error(exc: BaseException) -> BaseException:
-    """The error an op or resource raised, out of Dagster's wrappers around it."""
-    seen = set()
-    while type(exc).__name__ in DAGSTER_WRAPPERS and id(exc) not in seen:
-        seen.add(id(exc))
-        inner = getattr(exc, "user_exception", None) or exc.__cause__
-        if inner is None:
-            break
-        exc = inner
-    return exc
-
-
-def underlying_error_text(error) -> str:
-    """The same for a run's serialized error (``SerializableErrorInfo``): the wrapped error's
-    message ("OSError: [Errno 30] ..."), not "Error occurred while executing op"."""
-    while error is not None and error.cls_name in DAGSTER_WRAPPERS and error.cause is not None:
-        error = error.cause
-    return error.message if error is not None else ""
-
-
-def echo_trace(exc: BaseException | None) -> None:
-    """The full trace of ``exc`` on stderr (``--verbose``)."""
-    if exc is None:
-        return
-    import traceback
-
-    click.echo("".join(traceback.format_exception(exc)).rstrip(), err=True)

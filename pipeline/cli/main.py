@@ -46,7 +46,7 @@ class _TruthfulGroup(_ConfiguredGroup):
             return super().invoke(ctx)
         except click.exceptions.ClickException as exc:
             if ctx.meta.get("gbs.verbose"):
-                from pipeline.cli.common import echo_trace
+                from pipeline.cli.errors import echo_trace
 
                 echo_trace(exc.__cause__ or exc.__context__)  # what a deliberate message replaced
             raise
@@ -55,7 +55,7 @@ class _TruthfulGroup(_ConfiguredGroup):
         except Exception as exc:
             if ctx.meta.get("gbs.verbose"):
                 raise
-            from pipeline.cli.common import underlying_error
+            from pipeline.cli.errors import underlying_error
             from pipeline.cli.runs import one_line_error
 
             raise click.ClickException(one_line_error(underlying_error(exc)) + " (--verbose for the trace)") from None
