@@ -248,7 +248,8 @@ def _launch_backfill(url: str, months: list[BillingMonth], force: bool, wait: bo
 def explain(month, partner_id, company_id, sku) -> None:
     """Trace one number Gradient received back to the users and spans that made it, with
     what was stored and every ledger entry of the push."""
-    billing_month = _partition_month(month)
+    billing_month = _partition_month(month)  # checked before anything is read
+
     from pipeline.billing.lineage import explain as trace
     from pipeline.resources import default_resources
 
@@ -296,7 +297,8 @@ def emulator(host, port, rate_limit, demo_partners) -> None:
 
 @main.command("generate-encryption-key")
 def generate_encryption_key() -> None:
-    """Print a new Fernet key for GRADIENT_KEY_ENCRYPTION_KEYS (put it first to rotate)."""
+    """Print a new Fernet key for GRADIENT_KEY_ENCRYPTION_KEYS (to rotate: put it first, keep
+    the old key after it, then `rotate`)."""
     from pipeline.gradient.partner_keys import generate_encryption_key as make
 
     click.echo(make())
