@@ -13,16 +13,16 @@ import tempfile
 from collections.abc import Callable
 
 import click
-import sqlalchemy as sa
-
-from pipeline import settings
-from pipeline.settings import ConfigurationError
 
 RUN_ID = "check-source"
 
 
 def _check(name: str, setting: str, load: Callable[[], object]) -> str | None:
     """Run one contract query; print its verdict; the problem, if any."""
+    import sqlalchemy as sa
+
+    from pipeline.settings import ConfigurationError
+
     try:
         found = load()
     except ConfigurationError as exc:
@@ -42,15 +42,18 @@ def _check(name: str, setting: str, load: Callable[[], object]) -> str | None:
 def check_source(month: str, sample: int) -> None:
     """Run the configured product queries against their contracts and show the quarantine a
     run of the month would make. Reads the product database; writes nothing anywhere."""
-    from pipeline.billing.month import BillingMonth
-    from pipeline.cli.common import parse_month as _parse_month
+    import sqlalchemy as sa
+
+    from pipeline import settings
+    from pipeline.cli.common import partition_month
+    from pipeline.settings import ConfigurationError
     from pipeline.cli.runs import product_database
     from pipeline.source.partners import load_companies, load_connections, load_services
     from pipeline.store.months import load_quarantine
     from pipeline.store.schema import ensure_state_schema
     from pipeline.validation.month import validate_month
 
-    billing_month = BillingMonth(_parse_month(month), settings.billing_timezone())
+    billing_month = partition_month(month)
     product = product_database()
     threshold = settings.quarantine_threshold()
     click.echo(f"product database {settings.redact_url(settings.product_db_url())}, month {billing_month.label}")

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import TYPE_CHECKING
 
 import click
-import sqlalchemy as sa
 
-from pipeline import settings
-from pipeline.store import migrations
-from pipeline.store.schema import metadata
+if TYPE_CHECKING:
+    import sqlalchemy as sa
 
 
 @click.group("db")
@@ -21,6 +20,11 @@ def db() -> None:
 @contextmanager
 def _state_engine() -> Iterator[tuple[sa.Engine, str]]:
     """The state database's engine and its URL with the password hidden."""
+    import sqlalchemy as sa
+
+    from pipeline import settings
+    from pipeline.store import migrations
+
     url = settings.state_db_url()
     shown = settings.redact_url(url)
     engine = sa.create_engine(url)
@@ -42,6 +46,9 @@ def _state_engine() -> Iterator[tuple[sa.Engine, str]]:
 def upgrade() -> None:
     """Upgrade the state database to the newest revision (creates an empty one; adopts a
     database made before migrations). Safe to run while other processes start."""
+    from pipeline.store import migrations
+    from pipeline.store.schema import metadata
+
     with _state_engine() as (engine, shown):
         before = migrations.current_revision(engine)
         head = migrations.upgrade_to_head(engine, metadata)
@@ -54,6 +61,8 @@ def upgrade() -> None:
 @db.command("current")
 def current() -> None:
     """Show the state database's revision and whether it is the newest."""
+    from pipeline.store import migrations
+
     with _state_engine() as (engine, shown):
         revision = migrations.current_revision(engine)
     head = migrations.head_revision()
@@ -73,5 +82,8 @@ def current() -> None:
 def revision(message: str) -> None:
     """(Developers) Autogenerate the next revision from pipeline/store/schema.py's difference
     to the current head, into pipeline/store/migrations/versions/. Review it before committing."""
+    from pipeline.store import migrations
+    from pipeline.store.schema import metadata
+
     path = migrations.new_revision(message, metadata)
     click.echo(f"wrote {path}")

@@ -1,19 +1,26 @@
-"""The ``gradient-billing-sync`` command line."""
+"""The ``gradient-billing-sync`` command line.
+
+Only click is imported here at module level, and every command module under ``pipeline.cli``
+keeps its heavy imports (Dagster, the pipeline, SQLAlchemy, pandas) inside the command body:
+``--help`` and ``--version`` then answer without loading any of them (tests/test_cli.py checks
+it). A new command is a plain ``@main.command(...)`` whose body imports what it needs.
+"""
 
 from __future__ import annotations
 
 import sys
-from datetime import date
+from typing import TYPE_CHECKING
 
 import click
 
-from pipeline import settings
-from pipeline.billing.month import BillingMonth
-
-
 from pipeline.cli.common import billing_months as _months
 from pipeline.cli.common import cli_dagster_instance as _instance
+from pipeline.cli.common import month_range as _month_range
 from pipeline.cli.common import parse_month as _parse_month
+from pipeline.cli.common import partition_month as _partition_month
+
+if TYPE_CHECKING:
+    from pipeline.billing.month import BillingMonth
 
 QUIET_RUN_CONFIG = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
 
@@ -37,14 +44,21 @@ class _TruthfulGroup(_ConfiguredGroup):
     def invoke(self, ctx: click.Context) -> object:
         try:
             return super().invoke(ctx)
-        except (click.exceptions.ClickException, click.exceptions.Exit, click.exceptions.Abort, SystemExit):
+        except click.exceptions.ClickException as exc:
+            if ctx.meta.get("gbs.verbose"):
+                from pipeline.cli.errors import echo_trace
+
+                echo_trace(exc.__cause__ or exc.__context__)  # what a deliberate message replaced
+            raise
+        except (click.exceptions.Exit, click.exceptions.Abort, SystemExit):
             raise
         except Exception as exc:
             if ctx.meta.get("gbs.verbose"):
                 raise
+            from pipeline.cli.errors import underlying_error
             from pipeline.cli.runs import one_line_error
 
-            raise click.ClickException(one_line_error(exc) + " (--verbose for the trace)") from None
+            raise click.ClickException(one_line_error(underlying_error(exc)) + " (--verbose for the trace)") from None
 
 
 @click.group(cls=_TruthfulGroup)
@@ -62,6 +76,8 @@ def main(ctx: click.Context, verbose: bool) -> None:
         warnings.filterwarnings("ignore", message=r".* is currently in (beta|preview)")
     if ctx.invoked_subcommand in CONFIGURATION_FREE_COMMANDS or ctx.meta.get("gbs.help_only"):
         return
+    from pipeline import settings
+
     try:
         settings.load_settings()
     except settings.ConfigurationError as exc:
@@ -79,6 +95,8 @@ def main(ctx: click.Context, verbose: bool) -> None:
 def seed_demo(seed, partners, companies, users, end_month, history_months, no_bad_rows) -> None:
     """(Re)create the reference schema in PRODUCT_DB_URL and fill it with demo data; the first
     three partners are connected to Gradient with their demo keys."""
+    from pipeline import settings
+
     summary = _seed(seed, partners, companies, users, end_month, history_months, not no_bad_rows)
     click.echo(
         f"demo data in {settings.redact_url(settings.product_db_url())}: {summary.partners} partners, "
@@ -93,6 +111,8 @@ def _range(value: str) -> tuple[int, int]:
 
 
 def _seed(seed, partners, companies, users, end_month, history_months, bad_rows):
+    from datetime import date
+
     from pipeline.demo.run import seed as seed_demo_data
     from pipeline.demo.data import DemoSpec
 
@@ -129,6 +149,7 @@ def _materialize(
     failure stops none. Each month's report is printed as soon as that month finishes."""
     import uuid
 
+    from pipeline import settings
     from pipeline.cli.runs import month_report, month_run, progress
     from pipeline.definitions import build_defs
     from pipeline.automation.jobs import load_run_config, run_tags
@@ -220,16 +241,7 @@ def backfill(first, last, force_superseded, webserver, wait, allow_timezone_chan
     """Run a range of months in order, on the configured instance, and say per month what
     happened: counted, delivered, superseded (older than what Gradient holds) or failed.
     Safe to repeat: the ledger sends only what is not already delivered."""
-    from pipeline.billing.month import add_months
-
-    tz = settings.billing_timezone()
-    start, end = _parse_month(first), _parse_month(last)
-    if end < start:
-        raise click.BadParameter("--to is before --from")
-    months = []
-    while start <= end:
-        months.append(BillingMonth(start, tz))
-        start = add_months(start, 1)
+    months = _month_range(first, last)  # every month checked before any runs or is sent
     if webserver:
         _launch_backfill(webserver, months, force_superseded, wait)
         return
@@ -280,12 +292,13 @@ def _launch_backfill(url: str, months: list[BillingMonth], force: bool, wait: bo
 def explain(month, partner_id, company_id, sku) -> None:
     """Trace one number Gradient received back to the users and spans that made it, with
     what was stored and every ledger entry of the push."""
+    billing_month = _partition_month(month)  # checked before anything is read
+
     from pipeline.billing.lineage import explain as trace
     from pipeline.resources import default_resources
 
     resources = default_resources(env_vars=False)  # outside Dagster: resolved values, never EnvVar
     product, state = resources["product_db"], resources["state_db"]
-    billing_month = BillingMonth(_parse_month(month), settings.billing_timezone())
     with product.connect() as conn:
         try:
             explanation = trace(conn, state.engine(), product.utilization_query(), billing_month,
@@ -328,7 +341,8 @@ def emulator(host, port, rate_limit, demo_partners) -> None:
 
 @main.command("generate-encryption-key")
 def generate_encryption_key() -> None:
-    """Print a new Fernet key for GRADIENT_KEY_ENCRYPTION_KEYS (put it first to rotate)."""
+    """Print a new Fernet key for GRADIENT_KEY_ENCRYPTION_KEYS (to rotate: put it first, keep
+    the old key after it, then `rotate`)."""
     from pipeline.gradient.partner_keys import generate_encryption_key as make
 
     click.echo(make())
@@ -339,6 +353,7 @@ def generate_encryption_key() -> None:
               help="The key the partner pasted; prompted (hidden) when not given. Reads stdin when piped.")
 def encrypt_partner_key(partner_key) -> None:
     """Encrypt a partner's Gradient key for the product to store in gradient_connections."""
+    from pipeline import settings
     from pipeline.gradient.partner_keys import PartnerKeyError, encrypt_partner_key as encrypt
 
     keys = settings.encryption_keys()
@@ -363,6 +378,8 @@ from pipeline.cli.check_source import check_source  # noqa: E402
 main.add_command(check_source)
 from pipeline.cli.statement import statement  # noqa: E402
 main.add_command(statement)
+from pipeline.cli.rotate import rotate  # noqa: E402
+main.add_command(rotate)
 
 
 if __name__ == "__main__":

@@ -3,44 +3,23 @@
 from __future__ import annotations
 
 import sys
-from datetime import date
-
 import click
 
 MONTH_END_ASSETS = ("utilization_extract", "validated_utilization", "billable_counts")
 QUIET_RUN_CONFIG = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
 
 
-def billing_month(value: str):
-    """The ``--month`` value (YYYY-MM) as a billing month, or a usage error."""
-    from pipeline import settings
-    from pipeline.billing.month import BillingMonth
-
-    try:
-        return BillingMonth(date.fromisoformat(value[:7] + "-01"), settings.billing_timezone())
-    except ValueError:
-        raise click.BadParameter(f"{value!r} is not a month; use YYYY-MM, e.g. 2026-10") from None
-
-
-def cli_instance():
-    """The instance the other commands run on: DAGSTER_HOME's, else the repository's."""
-    from pipeline import settings
-    from pipeline.cli.instance import cli_instance as instance_in
-    from pipeline.cli.runs import instance_home
-
-    return instance_in() if settings.load_settings().dagster_home else instance_in(instance_home())
-
-
-def compute_month(month_key: str) -> tuple[bool, str]:
-    """Materialize the month-end assets of a month (no Gradient call); (success, run id)."""
+def compute_month(month_key: str):
+    """Materialize the month-end assets of a month (no Gradient call); the run's result."""
     import dagster as dg
 
     from pipeline.automation.jobs import run_tags
+    from pipeline.cli.common import cli_dagster_instance
     from pipeline.cli.instance import process_tags
     from pipeline.definitions import build_defs
 
     job = build_defs().resolve_job_def("monthly_billing")
-    with cli_instance() as instance:
+    with cli_dagster_instance() as instance:
         result = job.execute_in_process(
             partition_key=month_key,
             instance=instance,
@@ -49,7 +28,7 @@ def compute_month(month_key: str) -> tuple[bool, str]:
             tags={**run_tags("preview", reason=f"preview of {month_key[:7]}"), **process_tags()},
             asset_selection=[dg.AssetKey(name) for name in MONTH_END_ASSETS],
         )
-    return result.success, result.run_id
+    return result
 
 
 @click.command("preview")
@@ -68,11 +47,18 @@ def preview(month, partner_ids, force_superseded, max_counts) -> None:
     from pipeline.source.partners import load_companies, load_connections
     from pipeline.store.months import load_billable_counts
 
-    month = billing_month(month)
-    ok, run_id = compute_month(month.key)
-    if not ok:
+    from pipeline.cli.common import partition_month
+
+    month = partition_month(month)  # checked before anything runs
+    from pipeline.cli.runs import month_run, where_runs_are
+
+    ran = month_run(month.month, compute_month(month.key))
+    if not ran.success:
+        if click.get_current_context().meta.get("gbs.verbose") and ran.trace:
+            click.echo(ran.trace)
+        causes = "; ".join(ran.causes)
         raise click.ClickException(
-            f"{month.label} could not be computed (run {run_id}); see its logs in `dagster dev`"
+            f"{month.label} could not be computed (run {ran.run_id}): {causes}. Its logs: {where_runs_are()}"
         )
     resources = default_resources(env_vars=False)
     product, sources, state = resources["product_db"], resources["partner_sources"], resources["state_db"]

@@ -65,7 +65,9 @@ def month_run(month: date, result) -> MonthRun:
         if data.user_failure_data is not None and data.user_failure_data.description:
             text = str(data.user_failure_data.description)
         elif data.error is not None:
-            text = data.error.message
+            from pipeline.cli.errors import underlying_error_text
+
+            text = underlying_error_text(data.error)  # the op's own error, not Dagster's wrapper
         causes.append(f"{event.step_key}: {first_paragraph(text, SHOWN_CAUSE_CHARS) or 'failed'}")
         if data.error is not None:
             traces.append(f"--- {event.step_key}\n{data.error.to_string()}")

@@ -13,15 +13,18 @@ def statement(month: str) -> None:
     """Materialize partner_statements for the month on the configured instance: a CSV and an
     HTML page per partner from the stored counts and the ledger (e-mailed when configured).
     Needs the month counted; works when its push failed or was superseded."""
+    from pipeline.cli.common import partition_month
+
+    first = partition_month(month).month  # checked before anything runs
+
     import dagster as dg
 
     from pipeline.billing.statements import StatementSettings
     from pipeline.automation.jobs import run_tags
-    from pipeline.cli.common import cli_dagster_instance as _instance, parse_month as _parse_month
+    from pipeline.cli.common import cli_dagster_instance as _instance
     from pipeline.cli.runs import month_run, where_runs_are
     from pipeline.definitions import build_defs
 
-    first = _parse_month(month)
     job = build_defs().resolve_implicit_global_asset_job_def()
     with _instance() as instance:
         result = job.execute_in_process(
@@ -37,7 +40,9 @@ def statement(month: str) -> None:
         click.echo(f"{ran.label}: statements FAILED (run {ran.run_id})")
         for cause in ran.causes:
             click.echo(f"  cause: {cause}")
-        click.echo(f"  its logs: {where_runs_are()}")
+        click.echo(f"  its logs: {where_runs_are()}; --verbose prints the full error")
+        if click.get_current_context().meta.get("gbs.verbose") and ran.trace:
+            click.echo(ran.trace)
         sys.exit(1)
     (materialization,) = result.asset_materializations_for_node("partner_statements")
     meta = materialization.metadata
