@@ -208,8 +208,14 @@ def default_resources(config: Settings | None = None, *, env_vars: bool = True) 
             connections_sql=config.connections_sql,
             companies_sql=config.companies_sql,
             sync_requests_sql=config.sync_requests_sql,
-            # unset: None, so the generated local key is read when needed and never shown
-            encryption_keys=source("GRADIENT_KEY_ENCRYPTION_KEYS", None),
+            # unset: None, so the generated local key is read when needed and never shown;
+            # outside Dagster (env_vars=False) the configured keys themselves
+            encryption_keys=source(
+                "GRADIENT_KEY_ENCRYPTION_KEYS",
+                config.gradient_key_encryption_keys.get_secret_value()
+                if config.gradient_key_encryption_keys is not None
+                else None,
+            ),
         ),
         "product_db": ProductDatabase(
             url=source("PRODUCT_DB_URL", config.product_db),
