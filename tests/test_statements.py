@@ -155,23 +155,36 @@ def test_statement_totals_equal_the_ledger_and_what_gradient_shows(world):
         frame = world.csv(partner_id, OCT)
         mine = counts[counts.partner_id == partner_id]
         assert frame["billable_users"].sum() == mine["billable_users"].sum()
-        delivered = frame[frame.gradient_outcome == "delivered"]["sent_value"].sum()
+        delivered = frame[frame.gradient_outcome == "delivered"]["units"].sum()
         assert delivered == units[(partner_id, "delivered")] == shown[partner_id]
-        unmapped = frame[frame.gradient_outcome == "unmapped"]["sent_value"].sum()
+        # a delivered line is what Gradient holds now, for this month
+        held = frame[frame.gradient_outcome == "delivered"]
+        assert (held["gradient_holds_units"] == held["units"]).all()
+        assert set(held["gradient_holds_month"]) == {"2026-10"}
+        unmapped = frame[frame.gradient_outcome == "unmapped"]["units"].sum()
         assert unmapped == units.get((partner_id, "unmapped"), 0)
         # every line of a connected partner was sent: nothing is reported as not sent
         assert set(frame.gradient_outcome) <= {"delivered", "unmapped"}
         assert {"company_name", "service", "previous_month_users", "change"} <= set(frame.columns)
+        # the CSV says whose and which month on every row, the partner by its name
+        assert set(frame["partner_id"]) == {partner_id} and set(frame["month"]) == {"2026-10"}
+        assert frame["partner_name"].str.len().gt(0).all() and (frame["partner_name"] != partner_id).all()
     assert (world.csv("p-003", OCT).gradient_outcome == "unmapped").any()
     # September was never counted: no previous value, no change (not "+N against nothing")
     assert world.csv("p-001", OCT)[["previous_month_users", "change"]].isna().all().all()
     metadata = statement_metadata(result)
-    assert isinstance(metadata["p-001_html"], dg.PathMetadataValue)
-    assert metadata["p-001_html"].path.endswith("p-001-2026-10.html")
-    assert "| p-001 |" in metadata["preview"].md_str
+    assert isinstance(metadata["directory"], dg.PathMetadataValue)
+    assert metadata["directory"].path.endswith("2026-10")
+    assert metadata["partners"].value == 3 and metadata["partners_with_problems"].value == 0
+    assert "| p\\-001 |" in metadata["preview"].md_str
     assert metadata["emailed"].value == 0
     page = world.html("p-001", OCT)
     assert "<!DOCTYPE html>" in page and "<link" not in page and "<script" not in page
+    name = world.csv("p-001", OCT)["partner_name"].iloc[0]
+    assert f"<title>Usage statement 2026-10 — {name}</title>" in page
+    # users and units are two tables, the totals have a not-sent column
+    assert "<h2>Billable users in 2026-10</h2>" in page and "<h2>Units in Gradient</h2>" in page
+    assert "<th>Units not sent</th>" in page
 
 
 def test_a_superseded_month_still_gets_its_statement(world):
@@ -185,9 +198,16 @@ def test_a_superseded_month_still_gets_its_statement(world):
         frame = world.csv(partner_id, SEP)
         assert set(frame.gradient_outcome) == {"superseded"}
         assert frame["billable_users"].sum() == counts[counts.partner_id == partner_id]["billable_users"].sum()
-        assert frame["sent_value"].sum() == ledger_units(world.state, SEP)[(partner_id, "superseded")]
-        assert "was not pushed to Gradient" in world.html(partner_id, SEP)
-        assert "2026-10" in world.html(partner_id, SEP)
+        assert frame["units"].sum() == ledger_units(world.state, SEP)[(partner_id, "superseded")]
+        # each line shows what Gradient holds instead: October's delivered value
+        october = world.csv(partner_id, OCT).set_index(["company_id", "sku"])
+        for row in frame.itertuples(index=False):
+            key = (row.company_id, row.sku)
+            if key in october.index and october.loc[key, "gradient_outcome"] == "delivered":
+                assert (row.gradient_holds_units, row.gradient_holds_month) == (october.loc[key, "units"], "2026-10")
+        page = world.html(partner_id, SEP)
+        assert "was not pushed to Gradient" in page and "2026-10" in page
+        assert "Sent to Gradient" not in page and "(for 2026-10)" in page
     assert "p-001" in statement_metadata(result)["superseded_partners"].text
 
     # with September counted, October's statement shows the change against it
@@ -212,7 +232,8 @@ def test_statement_is_made_for_a_month_whose_push_failed(world):
     assert alone.success
     frame = world.csv("p-001", OCT)
     assert set(frame.gradient_outcome) == {"failed"}
-    assert frame["sent_value"].sum() == ledger_units(world.state, OCT)[("p-001", "failed")]
+    assert frame["units"].sum() == ledger_units(world.state, OCT)[("p-001", "failed")]
+    assert frame["gradient_holds_units"].isna().all()  # Gradient holds nothing of it
     assert world.emulator_units().get("p-001", 0) == 0
 
 
@@ -220,14 +241,15 @@ def test_html_escapes_a_hostile_company_name(tmp_path):
     hostile = '<script>alert("x")</script> & "Sons" <img src=x onerror=alert(1)>'
     rows = pd.DataFrame([{
         "company_id": "c-<1>", "company_name": hostile, "sku": "SAT", "service": "Training <b>",
-        "billable_users": 3, "previous_month_users": pd.NA, "change": 3, "sent_value": 3,
+        "billable_users": 3, "previous_month_users": pd.NA, "change": 3, "units": 3,
         "gradient_outcome": "delivered", "http_status": 201, "recorded_at": datetime(2026, 11, 1, tzinfo=timezone.utc),
-    }], columns=st.COLUMNS)
-    statement = st.Statement("p-<x>", OCT, rows, None)
+        "gradient_holds_units": 3, "gradient_holds_month": "2026-10",
+    }], columns=st.LINE_COLUMNS)
+    statement = st.Statement("p-<x>", OCT, rows, None, partner_name="<b>Evil</b> MSP")
     page = st.write_html(statement, tmp_path).read_text()
     assert "<script" not in page and "<img" not in page and "<b>" not in page
-    assert "&lt;script&gt;alert(&quot;x&quot;)&lt;/script&gt; &amp; &quot;Sons&quot;" in page
-    assert "c-&lt;1&gt;" in page and "p-&lt;x&gt;" in page
+    assert "&lt;script&gt;alert(&#34;x&#34;)&lt;/script&gt; &amp; &#34;Sons&#34;" in page
+    assert "c-&lt;1&gt;" in page and "p-&lt;x&gt;" in page and "&lt;b&gt;Evil&lt;/b&gt; MSP" in page
 
 
 class Inbox:
@@ -280,10 +302,10 @@ def test_statements_are_emailed_with_attachments_when_configured(world, smtp_ser
     assert sorted(by_recipient) == ["billing@p-001.example", "billing@p-002.example"]
     message = by_recipient["billing@p-001.example"]
     assert message["From"] == "billing@vendor.example"
-    assert "2026-10" in message["Subject"]
+    assert "2026-10" in message["Subject"] and world.csv("p-001", OCT)["partner_name"].iloc[0] in message["Subject"]
     attachments = {part.get_filename(): part.get_content() for part in message.iter_attachments()}
     assert set(attachments) == {"p-001-2026-10.csv", "p-001-2026-10.html"}
-    assert attachments["p-001-2026-10.csv"] == (world.tmp_path / "statements/2026-10/p-001-2026-10.csv").read_text()
+    assert attachments["p-001-2026-10.csv"] == (world.tmp_path / "statements/2026-10/p-001-2026-10.csv").read_bytes().decode()
     assert "Usage statement" in attachments["p-001-2026-10.html"]
     metadata = statement_metadata(result)
     assert metadata["emailed"].value == 2
@@ -336,7 +358,7 @@ def test_a_failed_push_asks_for_a_statements_run_of_its_month(world, emulator, t
         assert made.success
     delivered = world.csv("p-001", OCT)
     assert set(delivered.gradient_outcome) == {"delivered"}
-    assert delivered["sent_value"].sum() == world.emulator_units()["p-001"]
+    assert delivered["units"].sum() == world.emulator_units()["p-001"]
     assert (world.tmp_path / "statements" / "2026-10" / "p-002-2026-10.html").exists()
 
 
