@@ -4,15 +4,19 @@ real local SMTP server (aiosmtpd)."""
 
 from __future__ import annotations
 
+import csv
 import email
+import re
 import socket
 from collections import defaultdict
 from datetime import date, datetime, timezone
 from email import policy
+from pathlib import Path
 
 import dagster as dg
 import pandas as pd
 import pytest
+import sqlalchemy as sa
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult
 from cryptography.fernet import Fernet
@@ -21,6 +25,7 @@ from assets import gradient_load as gl
 from assets import month_end as me
 from assets.statements import partner_statements
 from gradient_emulator import EmulatorAdmin, EmulatorServer
+from pipeline import outputs
 from pipeline.billing import statements as st
 from pipeline.demo.data import DemoSpec, load_demo_data
 from pipeline.gradient import ledger
@@ -33,6 +38,8 @@ from pipeline.resources import (
     engine_for,
 )
 from pipeline.store.months import load_billable_counts
+from tests import hostile
+from tests.product_rows import ProductRows, at
 
 pytestmark = pytest.mark.slow
 
@@ -378,3 +385,162 @@ def test_a_preview_run_writes_and_sends_no_statement(world, smtp_server, monkeyp
     assert statement_metadata(result)["preview"].value is True
     assert not (world.tmp_path / "statements").exists()
     assert inbox.messages == [] and world.admin.counts() == []
+
+
+# =========================================================================== hostile product data
+
+
+def hostile_product(url: str) -> dict[str, tuple[str, int]]:
+    """One partner per storable hostile id (named with a hostile name: 10 KB, CRLF, Slack, RTL),
+    each with one company whose id and name are hostile too, and 1-3 billable users on SAT in
+    October; no partner is connected. Returns partner id -> (name, billable users)."""
+    rows = ProductRows(sa.create_engine(url)).services("SAT")
+    expected = {}
+    for i, partner_id in enumerate(hostile.STORABLE_IDS):
+        name = hostile.NAMES[(i * 7) % len(hostile.NAMES)]
+        if i == 0:
+            name = hostile.LONG  # "../x": a 10 KB name
+        elif i == 1:
+            name = hostile.CRLF
+        rows.partner(partner_id, name)
+        company_id = f"{hostile.STORABLE_IDS[-1 - i]}{i}"
+        rows.company(company_id, partner_id, hostile.STORABLE_IDS[(i + 5) % len(hostile.STORABLE_IDS)])
+        users = [f"u{i}-{n}" for n in range(1 + i % 3)]
+        rows.users(*users)
+        for user in users:
+            rows.enroll(user, company_id, "SAT", at(2026, 9, 20))
+        expected[partner_id] = (name, len(users))
+    return expected
+
+
+def add_contacts(url: str, addresses: dict[str, str]) -> None:
+    """A contacts table in the product database (the reference schema has none)."""
+    metadata = sa.MetaData()
+    table = sa.Table("partner_contacts", metadata, sa.Column("partner_id", sa.Text), sa.Column("email", sa.Text))
+    engine = sa.create_engine(url)
+    metadata.create_all(engine)
+    with engine.begin() as conn:
+        conn.execute(table.insert(), [{"partner_id": p, "email": e} for p, e in addresses.items()])
+    engine.dispose()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def hostile_world(request, tmp_path, monkeypatch):
+    """Product and state database on one backend, with the hostile partners in October."""
+    for name in ("STATEMENTS_SMTP_URL", "PARTNER_CONTACTS_SQL", "STATEMENTS_EMAIL_FROM", "PARTNERS_SQL"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("STATEMENTS_DIR", str(tmp_path / "out" / "statements"))
+    if request.param == "sqlite":
+        product_url, state_url = f"sqlite:///{tmp_path / 'product.db'}", f"sqlite:///{tmp_path / 'state.db'}"
+    else:
+        product_url = state_url = request.getfixturevalue("postgres_url")  # no table names in common
+    expected = hostile_product(product_url)
+    resources = {
+        "product_db": ProductDatabase(url=product_url),
+        "state_db": StateDatabase(url=state_url),
+        "billing_rules": BillingRules(quarantine_threshold=0.5),
+    }
+    yield product_url, resources, expected, tmp_path / "out"
+    engine_for.cache_clear()
+
+
+def materialize(resources, month: date, assets, instance=None) -> dg.ExecuteInProcessResult:
+    return dg.materialize(assets, partition_key=month.isoformat(), resources=resources, raise_on_error=False,
+                          instance=instance)
+
+
+def read_statement(directory, partner_id: str, month: date) -> tuple[list[dict], str]:
+    stem = f"{outputs.statement_file_stem(partner_id)}-{month:%Y-%m}"
+    with (directory / f"{stem}.csv").open(newline="", encoding="utf-8") as handle:
+        lines = list(csv.DictReader(handle))
+    return lines, (directory / f"{stem}.html").read_text(encoding="utf-8")
+
+
+COUNT_ASSETS = [me.utilization_extract, me.validated_utilization, me.billable_counts]
+
+
+def test_hostile_ids_and_names_get_safe_statements_every_partner_its_own(hostile_world, smtp_server, monkeypatch):
+    product_url, resources, expected, out = hostile_world
+    inbox, port = smtp_server
+    # every partner has a contact; "/abs" has a header-injection address and "a/b" a smuggled second one
+    addresses = {pid: f"billing{i}@partner.example" for i, pid in enumerate(expected)}
+    addresses["/abs"], addresses["a/b"] = hostile.BAD_ADDRESSES
+    add_contacts(product_url, addresses)
+    contacts = out.parent / "contacts.sql"
+    contacts.write_text("SELECT partner_id, email FROM partner_contacts\n")
+    monkeypatch.setenv("PARTNER_CONTACTS_SQL", str(contacts))
+    monkeypatch.setenv("STATEMENTS_SMTP_URL", f"smtp://billing-bot:{SMTP_PASSWORD}@127.0.0.1:{port}")
+
+    assert materialize(resources, OCT, COUNT_ASSETS).success
+    result = materialize(resources, OCT, [partner_statements])
+    # the two refused addresses fail the step, at the end: every other partner got its statement
+    assert [e.step_key for e in result.get_step_failure_events()] == ["partner_statements"]
+    failure = result.get_step_failure_events()[0].step_failure_data.user_failure_data
+    assert "'/abs'" in failure.description and "'a/b'" in failure.description
+    assert "e-mail address refused" in failure.description and "PARTNER_CONTACTS_SQL" in failure.description
+    assert "\n" not in failure.description.split(": ", 1)[1]
+    assert failure.metadata["partners_with_problems"].value == 2
+    assert failure.metadata["emailed"].value == len(expected) - 2
+    assert result.asset_materializations_for_node("partner_statements") == []
+    for key in ("preview", "problems"):  # Dagster markdown: no markup from the data, every row intact
+        markdown = failure.metadata[key].md_str
+        assert "<" not in markdown
+        for row in (r for r in markdown.splitlines() if r.startswith("|")):
+            assert re.sub(r"\\[|]", "", row).count("|") in (3, 9), row
+
+    directory = out / "statements" / "2026-10"
+    # every file in its month's folder (none beside or above it, none at /abs), one per partner and kind
+    written = sorted(p for p in out.parent.rglob("*") if p.is_file() and p.suffix in (".csv", ".html"))
+    assert written == sorted(directory / f"{outputs.statement_file_stem(pid)}-2026-10.{ext}"
+                             for pid in expected for ext in ("csv", "html"))
+    assert not list(Path("/").glob("abs*2026-10*"))
+
+    for partner_id, (name, users) in expected.items():
+        lines, page = read_statement(directory, partner_id, OCT)
+        (line,) = lines
+        # the raw values come back from the CSV, neutralised where a spreadsheet would run them
+        for column, raw in (("partner_id", partner_id), ("partner_name", name)):
+            assert line[column] == (f"'{raw}" if raw.startswith(outputs.FORMULA_PREFIXES) else raw)
+        for cell in line.values():
+            assert not cell.startswith(("=", "+", "-", "@", "\t", "\r")), (partner_id, cell)
+        assert line["month"] == "2026-10" and line["billable_users"] == str(users)
+        # not connected: nothing sent, and the totals say how much was not
+        assert (line["gradient_outcome"], line["units"], line["gradient_holds_units"]) == ("not sent", str(users), "")
+        totals = re.search(r"<tbody><tr>(.*?)</tr></tbody>", page, re.S).group(1)
+        assert re.findall(r'<td class="n">(\d+)</td>', totals) == [str(users), "0", "0", "0", "0", str(users)]
+        # the HTML carries no markup from the data, and is titled with the (shortened) name
+        for raw in ("<script", "<img", "<!channel>", "<https://evil", "<@U123>"):
+            assert raw not in page
+        title = re.search(r"<title>(.*?)</title>", page, re.S).group(1)
+        assert title.startswith("Usage statement 2026-10 — ") and len(title) < 1500
+
+    # e-mail: each good address got one message with its own partner's files; no Bcc, no smuggled recipient
+    recipients = sorted(r for m in inbox.messages for r in m["X-Envelope-To"].split(","))
+    assert recipients == sorted(a for pid, a in addresses.items() if pid not in ("/abs", "a/b"))
+    for message in inbox.messages:
+        assert "Bcc" not in message and "\n" not in message["Subject"]
+        names = {part.get_filename() for part in message.iter_attachments()}
+        assert len(names) == 2 and all(re.fullmatch(r"[A-Za-z0-9._-]+", n) for n in names)
+    assert not any("attacker" in m["X-Envelope-To"] for m in inbox.messages)
+
+
+def test_a_month_never_counted_is_a_clear_error_and_no_materialization(hostile_world):
+    _, resources, _, out = hostile_world
+    with dg.instance_for_test() as instance:
+        result = materialize(resources, date(2026, 3, 1), [partner_statements], instance)
+        assert not result.success
+        (failure,) = result.get_step_failure_events()
+        description = failure.step_failure_data.user_failure_data.description
+        assert "2026-03 has never been counted" in description
+        assert "gradient-billing-sync run --month 2026-03" in description
+        assert "preview --month 2026-03" in description
+        assert result.asset_materializations_for_node("partner_statements") == []
+        assert instance.get_latest_materialization_event(dg.AssetKey("partner_statements")) is None
+    assert not (out / "statements").exists()
+
+    # once counted, the month's statements are made
+    assert materialize(resources, date(2026, 3, 1), COUNT_ASSETS).success
+    counted = materialize(resources, date(2026, 3, 1), [partner_statements])
+    assert counted.success
+    (materialization,) = counted.asset_materializations_for_node("partner_statements")
+    assert materialization.metadata["partners"].value == 0  # nobody had users in March: no statement
