@@ -67,12 +67,18 @@ def partner_statements(
     summaries: list[tuple[str, str, dict[str, int]]] = []
     superseded: list[str] = []
     problems: dict[str, str] = {}
+    stems: dict[str, str] = {}  # file stem -> the partner written under it
     emailed = 0
     for statement in st.iter_partner_statements(state, month.month, names):
         pid = statement.partner_id
         summaries.append((pid, statement.title, statement.totals()))
         if statement.newer_month_in_gradient:
             superseded.append(pid)
+        if statement.file_stem in stems:  # only if two ids' SHA-256 share 48 bits: never overwrite
+            problems[pid] = f"statement not written: its file name is taken by partner {stems[statement.file_stem]!r}"
+            context.log.error(f"partner {outputs.one_line(pid, 80)!r}: {problems[pid]}")
+            continue
+        stems[statement.file_stem] = outputs.one_line(pid, 80)
         try:
             files = [st.write_csv(statement, directory), st.write_html(statement, directory)]
         except (OSError, outputs.UnsafePathError) as exc:

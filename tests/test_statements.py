@@ -557,3 +557,23 @@ def test_a_month_never_counted_is_a_clear_error_and_no_materialization(hostile_w
     assert counted.success
     (materialization,) = counted.asset_materializations_for_node("partner_statements")
     assert materialization.metadata["partners"].value == 0  # nobody had users in March: no statement
+
+
+def test_a_statement_that_cannot_be_written_stops_no_other_partner(hostile_world):
+    """One partner's file cannot be written (a folder stands where it goes): the others are
+    written, then the step fails naming that partner, and the month is not materialized."""
+    _, resources, expected, out = hostile_world
+    assert materialize(resources, OCT, COUNT_ASSETS).success
+    directory = out / "statements" / "2026-10"
+    blocked = "=cmd"
+    (directory / f"{outputs.statement_file_stem(blocked)}-2026-10.csv").mkdir(parents=True)
+    result = materialize(resources, OCT, [partner_statements])
+    (failure,) = result.get_step_failure_events()
+    data = failure.step_failure_data.user_failure_data
+    assert "1 partner(s) not: '=cmd': statement not written" in data.description
+    assert data.metadata["partners"].value == len(expected) and data.metadata["partners_with_problems"].value == 1
+    for partner_id in expected:
+        if partner_id != blocked:
+            lines, _ = read_statement(directory, partner_id, OCT)
+            assert lines[0]["month"] == "2026-10"
+    assert result.asset_materializations_for_node("partner_statements") == []
