@@ -577,3 +577,17 @@ def test_a_statement_that_cannot_be_written_stops_no_other_partner(hostile_world
             lines, _ = read_statement(directory, partner_id, OCT)
             assert lines[0]["month"] == "2026-10"
     assert result.asset_materializations_for_node("partner_statements") == []
+
+
+def test_csv_neutralises_text_cells_and_keeps_numbers_numbers(tmp_path):
+    rows = pd.DataFrame([{
+        "company_id": "-5", "company_name": '=HYPERLINK("http://x","y")', "sku": "SAT", "service": "@svc",
+        "billable_users": 1, "previous_month_users": 4, "change": -3, "units": 1, "gradient_outcome": "not sent",
+        "http_status": pd.NA, "recorded_at": None, "gradient_holds_units": pd.NA, "gradient_holds_month": None,
+    }], columns=st.LINE_COLUMNS).astype({"previous_month_users": "Int64", "change": "Int64"})
+    path = st.write_csv(st.Statement("-1+1", OCT, rows, None, partner_name="+Evil"), tmp_path)
+    (line,) = csv.DictReader(path.open(newline=""))
+    assert (line["partner_id"], line["partner_name"], line["company_id"], line["service"]) == ("'-1+1", "'+Evil", "'-5", "'@svc")
+    assert line["company_name"] == '\'=HYPERLINK("http://x","y")'
+    assert (line["change"], line["previous_month_users"], line["units"]) == ("-3", "4", "1")
+    assert path.parent == tmp_path and path.name.endswith("-2026-10.csv") and not path.name.startswith("-")

@@ -271,7 +271,7 @@ def write_csv(statement: Statement, directory: Path) -> Path:
         for line in statement.rows.to_dict("records"):
             line["recorded_at"] = _timestamp_text(line["recorded_at"])
             row = {**fixed, **line}
-            writer.writerow([outputs.csv_cell(outputs.text(row[c])) for c in CSV_COLUMNS])
+            writer.writerow([outputs.text(outputs.csv_cell(row[c])) for c in CSV_COLUMNS])
     return path
 
 
