@@ -15,6 +15,7 @@ from email.message import EmailMessage
 from pathlib import Path
 from urllib.parse import parse_qs, unquote, urlsplit
 
+from pipeline.outputs import address_problem, one_line
 from pipeline.settings import ConfigurationError
 
 DEFAULT_SENDER = "gradient-billing-sync@localhost"
@@ -70,10 +71,16 @@ def build_message(
     body: str,
     attachments: Sequence[Path] = (),
 ) -> EmailMessage:
+    """A message to ``recipients``; an address that is not exactly one ``name@domain`` (a line
+    break, a second address smuggled in) is refused with a MailError, nothing is sent."""
+    for address in (sender, *recipients):
+        problem = address_problem(address)
+        if problem:
+            raise MailError(f"the e-mail address {one_line(address, 80)!r} is refused: {problem}")
     message = EmailMessage()
     message["From"] = sender
     message["To"] = ", ".join(recipients)
-    message["Subject"] = subject
+    message["Subject"] = one_line(subject, 200)
     message.set_content(body)
     for path in attachments:
         maintype, subtype = ATTACHMENT_TYPES.get(path.suffix.lower(), ("application", "octet-stream"))

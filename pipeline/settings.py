@@ -160,6 +160,10 @@ class Settings(BaseSettings):
         None, "SQL file returning every company that should be a Gradient account.",
         "/etc/gradient-billing-sync/companies.sql",
     )
+    partners_sql: str | None = _setting(
+        None, "SQL file returning partner_id, partner_name: the names that title partner statements.",
+        "/etc/gradient-billing-sync/partners.sql",
+    )
     sync_requests_sql: str | None = _setting(
         None, "SQL file returning 'Update Counts' / 'Sync Company Accounts' requests after :after_id.",
         "/etc/gradient-billing-sync/sync_requests.sql",
@@ -282,7 +286,7 @@ class Settings(BaseSettings):
         return share
 
     @field_validator("utilization_sql", "services_sql", "connections_sql", "companies_sql",
-                     "sync_requests_sql", mode="before")
+                     "partners_sql", "sync_requests_sql", mode="before")
     @classmethod
     def _check_sql_file(cls, value: Any, info: ValidationInfo) -> Any:
         return _sql_file(str(info.field_name).upper(), value)

@@ -29,6 +29,7 @@ from pipeline.automation import alerts
 from pipeline.automation.jobs import load_run_config
 from pipeline.demo.data import DemoSpec, load_demo_data
 from pipeline.resources import StateDatabase, engine_for
+from tests import hostile
 
 pytestmark = pytest.mark.slow
 
@@ -339,3 +340,76 @@ def test_outcome_is_derived_from_the_ledger_when_the_run_has_no_tag():
     assert alerts.derive_outcome({"p-1": {"delivered": 4}, "p-2": {"superseded": 1}}) == "partial"
     assert alerts.derive_outcome({"p-1": {"delivered": 4, "failed": 1}}) == "partial"
     assert alerts.derive_outcome({"p-1": {"failed": 1}}) == "failed"
+
+
+# =========================================================================== hostile product data
+
+
+def test_webhook_and_email_warnings_carry_no_slack_control_sequence_from_the_data(world, smtps, hook, monkeypatch):
+    """Partners whose ids are Slack control sequences (and CRLF, RTL, 10 KB) end a real month
+    superseded: the month-outcome sensor's webhook text shows them as inert text, one line each."""
+    from pipeline.gradient import ledger
+
+    inbox, port = smtps
+    monkeypatch.setenv("ALERT_SMTP_URL", f"smtps://alert-bot:{SMTP_PASSWORD}@127.0.0.1:{port}")
+    monkeypatch.setenv("ALERT_EMAIL_TO", "ops@vendor.example")
+    monkeypatch.setenv("ALERT_WEBHOOK_URL", hook.url)
+    assert world.run(OCT_KEY, partner_ids=["p-001"]).success
+    september = world.run(SEP_KEY)
+    assert september.success
+    state = StateDatabase(url=world.env["STATE_DB_URL"]).engine()
+    hostile_ids = [*hostile.SLACK, hostile.CRLF, hostile.LONG, *hostile.RTL_EMOJI]
+    ledger.record(state, [
+        ledger.LedgerEntry(partner_id=pid, month=dt.date(2026, 9, 1), account_id=f"acct-{i}", sku="SAT",
+                           service_id=None, value=1, outcome=ledger.SUPERSEDED, http_status=None, detail=None,
+                           run_id=september.run_id)
+        for i, pid in enumerate(hostile_ids)
+    ])
+    world.evaluate("month_outcome_alert_sensor", september)
+    ((_, payload),) = hook.posts
+    text = payload["text"]
+    assert "2026-09 ended PARTIAL" in text and "&lt;!channel&gt;: superseded 1" in text
+    assert "&lt;https://evil.example/pay|Click&gt;" in text and "&lt;@U123&gt; &amp; &lt;#C1|general&gt;" in text
+    assert "<" not in text and ">" not in text
+    assert "\r" not in text and "\n" not in text and "\u202e" not in text
+    assert len(text) < 4000  # the 10 KB id is shortened
+    ((_, mail),) = inbox.messages
+    body = mail.get_content()
+    assert "Bcc:" not in str(mail).split("\n\n", 1)[0]  # the CRLF id forged no header
+    assert "<!channel>: superseded 1" in body  # plain text e-mail: shown as it is, harmless there
+
+
+def test_a_failure_webhook_escapes_what_it_posts(hook):
+    alerts.post_webhook(hook.url, "run failed for <!channel> at <https://evil.example/pay|Click> & co")
+    ((_, payload),) = hook.posts
+    assert payload == {"text": "run failed for &lt;!channel&gt; at &lt;https://evil.example/pay|Click&gt; &amp; co"}
+
+
+def test_no_gradient_alert_on_an_account_id_that_gradient_refuses(world):
+    """A failed account with a 159-character id (refused by the id limits when the counts were
+    pushed) gets no Gradient alert either; the partner's valid accounts do, and the skip is logged."""
+    import asyncio
+
+    from pipeline.automation.failures import AffectedPartner
+    from pipeline.demo.data import demo_partner_key
+    from pipeline.gradient.client import Secret
+    from pipeline.gradient.load import PartnerTarget, raise_failure_alerts
+    from pipeline.resources import GradientResource
+    from pipeline.source.partners import PartnerConnection
+
+    too_long = "c" * 159
+    affected = [AffectedPartner("p-001", "2026-10", [too_long, "c-001-0001", "..", "c-001-0002"])]
+    target = PartnerTarget(PartnerConnection("p-001", "connected", None, None, None), Secret(demo_partner_key("p-001")))
+    logged: list[str] = []
+    gradient = GradientResource(base_url=world.env["GRADIENT_BASE_URL"], vendor_api_key=VENDOR_KEY)
+
+    async def raise_them() -> int:
+        async with gradient.client() as client:
+            return await raise_failure_alerts(client, {"p-001": target}, affected, "run-0123456789", 5, log=logged.append)
+
+    assert asyncio.run(raise_them()) == 2
+    alerted = sorted(a["accountId"] for a in world.admin.state()["partners"]["org-p-001"]["alerts"])
+    assert alerted == ["c-001-0001", "c-001-0002"]
+    assert [line for line in logged if "159 characters" in line and "no alert" in line]
+    assert [line for line in logged if "dot segment" in line]
+    assert all(len(line) < 400 for line in logged)  # the id is shortened in the log

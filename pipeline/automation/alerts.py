@@ -8,7 +8,6 @@ SMTP password nor the webhook URL (its path is a secret token) is ever logged.
 
 from __future__ import annotations
 
-import html
 from dataclasses import dataclass, field
 from datetime import date
 from urllib.parse import urlsplit
@@ -21,7 +20,7 @@ from pipeline.automation.sensors import default_sensor_status
 from pipeline.gradient import ledger
 from pipeline.mail import DEFAULT_SENDER, MailError, SmtpTarget, build_message, parse_smtp_url, send
 from pipeline.resources import StateDatabase
-from pipeline import settings
+from pipeline import outputs, settings
 from pipeline.settings import ConfigurationError
 
 OUTCOME_TAG = TAG_OUTCOME  # set by the Gradient load with the month's outcome
@@ -80,9 +79,11 @@ class WebhookError(RuntimeError):
 
 
 def post_webhook(url: str, text: str, timeout: float = 10.0) -> None:
-    """POST ``{"text": ...}`` (what Slack, Mattermost, Teams' Slack-compatible hooks take)."""
+    """POST ``{"text": ...}`` (what Slack, Mattermost, Teams' Slack-compatible hooks take).
+    ``text`` is plain text: it is escaped here for Slack's mrkdwn, so nothing in it (ids, names,
+    causes from the product's data) can ping a channel or make a link."""
     try:
-        response = httpx.post(url, json={"text": text}, timeout=timeout)
+        response = httpx.post(url, json={"text": outputs.slack_text(text)}, timeout=timeout)
     except httpx.HTTPError as exc:
         raise WebhookError(f"the alert webhook at {webhook_host(url)} is unreachable ({type(exc).__name__})") from None
     if response.status_code >= 300:
@@ -112,8 +113,9 @@ def failure_cause(context: dg.RunFailureSensorContext) -> str:
         elif data is not None and data.error is not None:
             text = data.error.message
         reasons.append(f"{event.step_key}: {first_paragraph(text or event.message or '') or 'failed'}")
+    # one line: a cause quoting product data cannot forge further lines of the alert
     cause = "; ".join(reasons) or (context.failure_event.message or "run failed")
-    return cause[:MAX_CAUSE_CHARS]
+    return outputs.one_line(cause, MAX_CAUSE_CHARS)
 
 
 def failure_text(context: dg.RunFailureSensorContext) -> str:
@@ -169,7 +171,7 @@ def warning_text(run: dg.DagsterRun, outcome: str, per_partner: dict[str, dict[s
         if partner_outcome(outcomes) != DELIVERED
     }
     detail = "; ".join(
-        f"{partner_id}: " + ", ".join(f"{o} {n}" for o, n in sorted(outcomes.items()))
+        f"{outputs.one_line(partner_id, 80)}: " + ", ".join(f"{o} {n}" for o, n in sorted(outcomes.items()))
         for partner_id, outcomes in not_delivered.items()
     )
     advice = []
@@ -200,12 +202,11 @@ def alert_sensors(settings: AlertSettings | None = None) -> list[dg.SensorDefini
                 email_from=settings.email_from,
                 email_password=smtp.password or "",
                 email_to=settings.email_to,
-                email_subject_fn=lambda context: f"gradient-billing-sync: {context.dagster_run.job_name} failed",
-                # Dagster sends the message as raw ASCII (smtplib.sendmail): HTML character
-                # references carry anything else (em dashes, accented company names)
-                email_body_fn=lambda context: html.escape(failure_text(context))
-                .encode("ascii", "xmlcharrefreplace")
-                .decode("ascii"),
+                # Dagster pastes the subject into the raw message: one line, no header injection
+                email_subject_fn=lambda context: outputs.one_line(
+                    f"gradient-billing-sync: {context.dagster_run.job_name} failed", 150
+                ),
+                email_body_fn=lambda context: outputs.html_email_body(failure_text(context)),
                 smtp_host=smtp.host,
                 smtp_port=smtp.port,
                 smtp_type=smtp.dagster_smtp_type,

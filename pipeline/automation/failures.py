@@ -7,7 +7,9 @@ from datetime import datetime
 
 import sqlalchemy as sa
 
+from pipeline.gradient.ids import account_id_problem
 from pipeline.gradient.ledger import FAILED
+from pipeline.outputs import one_line
 from pipeline.store.schema import ledger_entries, partner_sync_state, run_failures, utcnow
 
 
@@ -79,11 +81,33 @@ def recorded_failures(engine: sa.Engine, since: datetime | None = None) -> list[
         return [dict(r) for r in conn.execute(query).mappings()]
 
 
+ALERT_TITLE_CHARS = 100
+ALERT_DESCRIPTION_CHARS = 1000
+
+
 def alert_text(partner: AffectedPartner, run_id: str) -> tuple[str, str]:
+    """A Gradient alert's title and description: plain text, one line each, bounded."""
     month = f"the {partner.month} " if partner.month else "the latest "
     return (
-        "Usage sync to Gradient failed",
-        f"The vendor could not deliver {month}usage counts for this account to Gradient "
-        f"(run {run_id[:8]}). The vendor's pipeline retries; the counts shown may be out of "
-        "date until it succeeds.",
+        one_line("Usage sync to Gradient failed", ALERT_TITLE_CHARS),
+        one_line(
+            f"The vendor could not deliver {month}usage counts for this account to Gradient "
+            f"(run {run_id[:8]}). The vendor's pipeline retries; the counts shown may be out of "
+            "date until it succeeds.",
+            ALERT_DESCRIPTION_CHARS,
+        ),
     )
+
+
+def alert_accounts(partner: AffectedPartner, limit: int) -> tuple[list[str], dict[str, str]]:
+    """The first ``limit`` of the partner's failed accounts a Gradient alert may go to, and
+    the skipped ones with the reason (an id Gradient's id limits refuse gets no alert either)."""
+    allowed: list[str] = []
+    skipped: dict[str, str] = {}
+    for account_id in partner.accounts:
+        problem = account_id_problem(account_id)
+        if problem:
+            skipped[account_id] = problem
+        elif len(allowed) < limit:
+            allowed.append(account_id)
+    return allowed, skipped

@@ -1,44 +1,61 @@
-"""Partner statements: per partner and month, what each company used and what Gradient took.
+"""Partner statements: per partner and month, what each company used and what Gradient holds.
 
-One row per (company, service): billable users this month, last month and the change, then the
-value the ledger says was sent for the month and what Gradient answered (delivered, unmapped,
-failed, superseded, or not sent). Written as a CSV and a self-contained HTML page the partner
-checks its invoice against; optionally e-mailed to the partner's contacts.
+Two views of the month a partner's admin reads separately: billable users per company and
+service (with last month and the change), and the units in Gradient — this month's unit count
+of each line, what Gradient answered to it (delivered, unmapped, failed, superseded, or not
+sent) and what Gradient holds now (value and month, from the ledger). Written per partner as a
+CSV and a self-contained HTML page (jinja2 with autoescape), optionally e-mailed to the
+partner's contacts. Every value from the product leaves through ``pipeline.outputs``.
 """
 
 from __future__ import annotations
 
-import html
-from collections.abc import Iterable, Sequence
+import csv
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, timezone
+from functools import cache
 from pathlib import Path
 
+import jinja2
 import pandas as pd
 import sqlalchemy as sa
 
-from pipeline import settings
+from pipeline import outputs, settings
 from pipeline.billing.month import add_months
 from pipeline.gradient import ledger
 from pipeline.mail import DEFAULT_SENDER, SmtpTarget, build_message, parse_smtp_url, send
 from pipeline.settings import ConfigurationError
+from pipeline.source.partners import load_partner_names
 from pipeline.source.utilization import SourceQuery
 from pipeline.store.months import load_billable_counts, load_month_computation
 from pipeline.store.schema import ledger_entries
 
 NOT_SENT = "not sent"
-COLUMNS = [
-    "company_id", "company_name", "sku", "service", "billable_users", "previous_month_users",
-    "change", "sent_value", "gradient_outcome", "http_status", "recorded_at",
+# the statement's lines, one per (company, service)
+LINE_COLUMNS = [
+    "company_id", "company_name", "sku", "service", "billable_users", "previous_month_users", "change",
+    "units", "gradient_outcome", "http_status", "recorded_at", "gradient_holds_units", "gradient_holds_month",
 ]
+# the CSV: the lines with the partner and the month on each row
+CSV_COLUMNS = ["partner_id", "partner_name", "month", *LINE_COLUMNS]
 OUTCOME_TEXT = {
-    ledger.DELIVERED: "delivered: Gradient holds this value",
-    ledger.UNMAPPED: "unmapped: map this account and service in Gradient",
-    ledger.FAILED: "failed: will be sent again on the next run",
-    ledger.SUPERSEDED: "superseded: Gradient already holds a newer month",
-    NOT_SENT: "not sent: no active Gradient connection, or the push stopped before this line (a re-run sends it)",
+    ledger.DELIVERED: "Gradient acknowledged this month's value and holds it",
+    ledger.UNMAPPED: "Gradient received the value but the account or service is not mapped to your PSA: "
+    "map it in Gradient",
+    ledger.FAILED: "Gradient did not take the value; the vendor sends it again on the next run",
+    ledger.SUPERSEDED: "not pushed: Gradient already holds a newer month (see \"Gradient holds now\")",
+    ledger.DROPPED: "Gradient deleted the account this value was delivered to; the vendor creates the "
+    "account again and re-sends the value on the next run",
+    NOT_SENT: "not sent: no active Gradient connection, or the push stopped before this line "
+    "(a re-run sends it)",
 }
 CONTACT_COLUMNS = ("partner_id", "email")
+TITLE_CHARS = 200  # a partner or company name longer than this is shortened in titles and subjects
+
+
+class MonthNotCountedError(LookupError):
+    """The month's statements were asked for, but the month was never counted."""
 
 
 @dataclass(frozen=True)
@@ -49,6 +66,7 @@ class StatementSettings:
     smtp: SmtpTarget | None
     contacts_sql: str | None
     sender: str
+    partners_sql: str | None = None
 
     @classmethod
     def from_env(cls) -> "StatementSettings":
@@ -59,6 +77,7 @@ class StatementSettings:
             smtp=parse_smtp_url(smtp_url.get_secret_value(), "STATEMENTS_SMTP_URL") if smtp_url else None,
             contacts_sql=config.partner_contacts_sql,
             sender=config.statements_email_from or DEFAULT_SENDER,
+            partners_sql=config.partners_sql,
         )
 
     def month_dir(self, month: date) -> Path:
@@ -75,22 +94,46 @@ class StatementSettings:
 class Statement:
     partner_id: str
     month: date
-    rows: pd.DataFrame
+    rows: pd.DataFrame  # LINE_COLUMNS
     newer_month_in_gradient: date | None
+    partner_name: str | None = None
 
     @property
     def label(self) -> str:
         return self.month.strftime("%Y-%m")
 
+    @property
+    def title(self) -> str:
+        """The partner's name, else its id (what titles, subjects and metadata show)."""
+        return self.partner_name or self.partner_id
+
+    @property
+    def file_stem(self) -> str:
+        return f"{outputs.statement_file_stem(self.partner_id)}-{self.label}"
+
     def totals(self) -> dict[str, int]:
-        """Billable users, and the units the ledger recorded per outcome."""
+        """Billable users, and this month's units and lines per Gradient outcome (``not_sent``
+        included: the units a push would have sent)."""
         rows = self.rows
         out = {"billable_users": int(rows["billable_users"].sum()) if len(rows) else 0}
-        for outcome in (*ledger.OUTCOMES, NOT_SENT):
+        for outcome in (*ledger.OUTCOMES, ledger.DROPPED, NOT_SENT):
             chosen = rows[rows["gradient_outcome"] == outcome]
-            out[f"{outcome.replace(' ', '_')}_units"] = int(chosen["sent_value"].fillna(0).sum())
-            out[f"{outcome.replace(' ', '_')}_pairs"] = len(chosen)
+            key = outcome.replace(" ", "_")
+            out[f"{key}_units"] = int(chosen["units"].sum()) if len(chosen) else 0
+            out[f"{key}_pairs"] = len(chosen)
         return out
+
+
+def require_counted(state: sa.Engine, month: date) -> None:
+    """Refuse a month that was never counted: it has no statement, only a wrong "0"."""
+    if load_month_computation(state, month) is None:
+        label = month.strftime("%Y-%m")
+        raise MonthNotCountedError(
+            f"{label} has never been counted: no billable counts are stored for it, so there is no "
+            f"statement to make. Count it first — `gradient-billing-sync run --month {label}` (counts and "
+            f"pushes to Gradient), `gradient-billing-sync preview --month {label}` (counts only), or "
+            f"materialize billable_counts for {label} in the Dagster UI — then make its statements."
+        )
 
 
 def latest_entries(state: sa.Engine, month: date) -> pd.DataFrame:
@@ -124,8 +167,29 @@ def service_names(state: sa.Engine) -> dict[str, str]:
         return {r.sku: r.name for r in conn.execute(sa.select(gradient_services.c.sku, gradient_services.c.name))}
 
 
-def partner_statements(state: sa.Engine, month: date) -> list[Statement]:
-    """One statement per partner with counts or ledger entries in the month or the one before."""
+def partner_names(conn: sa.Connection, sql_path: str | None) -> tuple[dict[str, str], str | None]:
+    """partner_id -> name for the titles, and a warning when names are unavailable. With
+    PARTNERS_SQL unset, a product schema without the reference ``partners`` table gives
+    statements titled by id (and the warning); a configured PARTNERS_SQL that fails is an error."""
+    try:
+        return load_partner_names(conn, sql_path), None
+    except sa.exc.SQLAlchemyError as exc:
+        if sql_path is not None:
+            raise ConfigurationError(
+                f"PARTNERS_SQL ({sql_path}) failed: {outputs.one_line(exc, 300)}; fix the query "
+                "(it must return partner_id, partner_name) or unset PARTNERS_SQL."
+            ) from None
+        conn.rollback()
+        return {}, (
+            "partner names unavailable (the reference partners query failed: "
+            f"{outputs.one_line(type(exc).__name__)}); statements are titled with partner ids. "
+            "Set PARTNERS_SQL to a query returning partner_id, partner_name."
+        )
+
+
+def month_lines(state: sa.Engine, month: date) -> pd.DataFrame:
+    """Every partner's lines of the month: ``partner_id`` + LINE_COLUMNS (without what
+    Gradient holds, which is per partner)."""
     keys = ["partner_id", "company_id", "sku"]
     current = load_billable_counts(state, month)
     previous = load_billable_counts(state, add_months(month, -1))
@@ -147,7 +211,7 @@ def partner_statements(state: sa.Engine, month: date) -> list[Statement]:
     # A pair only in last month is part of this one only if it was billed (sent as 0) or
     # is still billable; a pair nobody used either month is not a line.
     frame = frame[frame["billable_users"].notna() | frame["gradient_outcome"].notna()
-                  | (frame["previous_month_users"].fillna(0) > 0)]
+                  | (frame["previous_month_users"].fillna(0) > 0)].copy()
     frame["billable_users"] = frame["billable_users"].fillna(0).astype(int)
     if load_month_computation(state, add_months(month, -1)) is not None:
         # last month was counted: a pair it did not have had 0 users then
@@ -155,39 +219,67 @@ def partner_statements(state: sa.Engine, month: date) -> list[Statement]:
     # else last month was never counted: no previous value and no change to show
     frame["previous_month_users"] = frame["previous_month_users"].astype("Int64")
     frame["change"] = frame["billable_users"].astype("Int64") - frame["previous_month_users"]
+    # this month's unit count of the line: what the ledger recorded for it, else what a push sends
+    frame["units"] = frame["sent_value"].fillna(frame["billable_users"]).astype(int)
     frame["gradient_outcome"] = frame["gradient_outcome"].fillna(NOT_SENT)
-    frame["sent_value"] = frame["sent_value"].astype("Int64")
     frame["http_status"] = frame["http_status"].astype("Int64")
     frame["company_name"] = frame["company_name"].fillna(frame["company_id"])
     skus = service_names(state)
     frame["service"] = frame["sku"].map(lambda s: skus.get(s, s))
-    statements = []
+    return frame
+
+
+def iter_partner_statements(
+    state: sa.Engine, month: date, names: dict[str, str] | None = None
+) -> Iterator[Statement]:
+    """One statement per partner with counts or ledger entries in the month or the one before,
+    made one at a time (the caller writes each before the next is built)."""
+    require_counted(state, month)
+    names = names or {}
+    frame = month_lines(state, month)
     for partner_id, rows in frame.groupby("partner_id", sort=True):
-        rows = rows.sort_values(["company_name", "company_id", "sku"])[COLUMNS].reset_index(drop=True)
-        newest = ledger.newest_delivered_month(state, str(partner_id))
-        statements.append(
-            Statement(
-                partner_id=str(partner_id),
-                month=month,
-                rows=rows,
-                newer_month_in_gradient=newest if newest is not None and newest > month else None,
-            )
+        partner_id = str(partner_id)
+        holds = ledger.delivered_pairs(state, partner_id)
+        held = [holds.get((c, s)) for c, s in zip(rows["company_id"], rows["sku"])]
+        rows = rows.assign(
+            gradient_holds_units=pd.array([h.value if h else None for h in held], dtype="Int64"),
+            gradient_holds_month=[h.month.strftime("%Y-%m") if h else None for h in held],
         )
-    return statements
+        rows = rows.sort_values(["company_name", "company_id", "sku"])[LINE_COLUMNS].reset_index(drop=True)
+        newest = max((h.month for h in holds.values()), default=None)
+        yield Statement(
+            partner_id=partner_id,
+            month=month,
+            rows=rows,
+            newer_month_in_gradient=newest if newest is not None and newest > month else None,
+            partner_name=names.get(partner_id),
+        )
+
+
+def partner_statements(state: sa.Engine, month: date, names: dict[str, str] | None = None) -> list[Statement]:
+    """All partners' statements of the month (tests and small callers; the asset iterates)."""
+    return list(iter_partner_statements(state, month, names))
 
 
 def write_csv(statement: Statement, directory: Path) -> Path:
+    """The statement as CSV: one row per line with partner and month, every text cell
+    neutralised against spreadsheet formulas."""
     directory.mkdir(parents=True, exist_ok=True)
-    path = directory / f"{statement.partner_id}-{statement.label}.csv"
-    out = statement.rows.copy()
-    out["recorded_at"] = out["recorded_at"].map(_timestamp_text)
-    out.to_csv(path, index=False)
+    path = outputs.contained_path(directory, f"{statement.file_stem}.csv")
+    fixed = {"partner_id": statement.partner_id, "partner_name": statement.title, "month": statement.label}
+    with path.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(CSV_COLUMNS)
+        for line in statement.rows.to_dict("records"):
+            line["recorded_at"] = _timestamp_text(line["recorded_at"])
+            row = {**fixed, **line}
+            writer.writerow([outputs.text(outputs.csv_cell(row[c])) for c in CSV_COLUMNS])
     return path
 
 
 def write_html(statement: Statement, directory: Path, generated_at: datetime | None = None) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
-    path = directory / f"{statement.partner_id}-{statement.label}.html"
+    path = outputs.contained_path(directory, f"{statement.file_stem}.html")
     path.write_text(render_html(statement, generated_at or datetime.now(timezone.utc)), encoding="utf-8")
     return path
 
@@ -200,92 +292,83 @@ def _timestamp_text(value: object) -> str:
     return stamp.strftime("%Y-%m-%d %H:%M UTC")
 
 
-def _cell(value: object) -> str:
-    if value is None or (not isinstance(value, str) and pd.isna(value)):
-        return ""
-    return html.escape(str(value))
-
-
 def _signed(value: object) -> str:
     if value is None or pd.isna(value):
         return ""
     return f"+{int(value)}" if int(value) > 0 else str(int(value))
 
 
-STYLE = """
-body { font-family: -apple-system, Segoe UI, Helvetica, Arial, sans-serif; margin: 2em; color: #222; }
-h1 { font-size: 1.4em; } h2 { font-size: 1.1em; margin-top: 1.6em; }
-table { border-collapse: collapse; margin-top: .5em; }
-th, td { border: 1px solid #ccc; padding: .3em .7em; text-align: left; }
-td.n { text-align: right; font-variant-numeric: tabular-nums; }
-tfoot td { font-weight: bold; }
-.note { background: #fff6d6; border: 1px solid #e6c200; padding: .6em 1em; }
-.delivered { color: #176b2c; } .unmapped, .superseded { color: #8a5a00; } .failed { color: #b00020; }
-"""
+@cache
+def _templates() -> jinja2.Environment:
+    return jinja2.Environment(
+        loader=jinja2.PackageLoader("pipeline.billing", "templates"),
+        autoescape=True,
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
 
 
 def render_html(statement: Statement, generated_at: datetime) -> str:
-    """A page that needs nothing else: inline style, every value from the data escaped."""
-    totals = statement.totals()
-    partner = html.escape(statement.partner_id)
-    parts = [
-        "<!DOCTYPE html>",
-        '<html lang="en"><head><meta charset="utf-8">',
-        f"<title>Usage statement {partner} {statement.label}</title>",
-        f"<style>{STYLE}</style></head><body>",
-        f"<h1>Usage statement — partner {partner}, {statement.label}</h1>",
-        f"<p>Billable users per company and service for {statement.label}, the change against the "
-        "month before, and what Gradient acknowledged for each line. Generated "
-        f"{generated_at.astimezone(timezone.utc):%Y-%m-%d %H:%M} UTC.</p>",
-    ]
-    if statement.newer_month_in_gradient is not None:
-        parts.append(
-            '<p class="note">This month was computed after a newer month '
-            f"({statement.newer_month_in_gradient:%Y-%m}) had been delivered, so it was not pushed to "
-            "Gradient (Gradient keeps only the latest value). These are the month's numbers for your "
-            "records and invoice.</p>"
-        )
-    parts.append(
-        "<table><thead><tr><th>Total billable users</th><th>Delivered units</th><th>Unmapped units</th>"
-        "<th>Failed units</th><th>Superseded units</th></tr></thead><tbody><tr>"
-        f'<td class="n">{totals["billable_users"]}</td><td class="n">{totals["delivered_units"]}</td>'
-        f'<td class="n">{totals["unmapped_units"]}</td><td class="n">{totals["failed_units"]}</td>'
-        f'<td class="n">{totals["superseded_units"]}</td></tr></tbody></table>'
+    """A page that needs nothing else (inline style); every value is escaped by the template."""
+    lines = []
+    for row in statement.rows.itertuples(index=False):
+        holds = "" if pd.isna(row.gradient_holds_units) else f"{row.gradient_holds_units} (for {row.gradient_holds_month})"
+        lines.append({
+            "company_id": row.company_id,
+            "company_name": outputs.text(row.company_name),
+            "service": outputs.text(row.service),
+            "billable_users": row.billable_users,
+            "previous_month_users": outputs.text(row.previous_month_users),
+            "change": _signed(row.change),
+            "units": row.units,
+            "outcome": row.gradient_outcome,
+            "outcome_class": str(row.gradient_outcome).replace(" ", "-"),
+            "gradient_holds": holds,
+            "recorded_at": _timestamp_text(row.recorded_at),
+        })
+    newer = statement.newer_month_in_gradient
+    return _templates().get_template("statement.html.j2").render(
+        month=statement.label,
+        title=outputs.shorten(statement.title, TITLE_CHARS),
+        partner_id=statement.partner_id,
+        generated_at=f"{generated_at.astimezone(timezone.utc):%Y-%m-%d %H:%M}",
+        newer_month=newer.strftime("%Y-%m") if newer else None,
+        totals=statement.totals(),
+        lines=lines,
+        outcome_text=OUTCOME_TEXT,
     )
-    for (company_id, company_name), rows in statement.rows.groupby(["company_id", "company_name"], sort=False):
-        parts.append(f"<h2>{_cell(company_name)} <small>({_cell(company_id)})</small></h2>")
-        parts.append(
-            "<table><thead><tr><th>Service</th><th>Billable users</th><th>Previous month</th>"
-            "<th>Change</th><th>Sent to Gradient</th><th>Gradient</th><th>When</th></tr></thead><tbody>"
-        )
-        for row in rows.itertuples(index=False):
-            outcome = str(row.gradient_outcome)
-            parts.append(
-                f"<tr><td>{_cell(row.service)}</td><td class=\"n\">{row.billable_users}</td>"
-                f"<td class=\"n\">{_cell(row.previous_month_users)}</td>"
-                f"<td class=\"n\">{_signed(row.change)}</td><td class=\"n\">{_cell(row.sent_value)}</td>"
-                f"<td class=\"{html.escape(outcome.replace(' ', '-'))}\">{html.escape(outcome)}</td>"
-                f"<td>{html.escape(_timestamp_text(row.recorded_at))}</td></tr>"
-            )
-        parts.append("</tbody></table>")
-    parts.append("<h2>What the Gradient column means</h2><ul>")
-    parts.extend(f"<li>{html.escape(text)}</li>" for text in OUTCOME_TEXT.values())
-    parts.append("</ul></body></html>")
-    return "\n".join(parts)
 
 
-def preview_markdown(statements: Sequence[Statement]) -> str:
-    """One line per partner: totals, for the asset's metadata."""
+MARKDOWN_PARTNERS = 50  # partners listed in the asset's metadata table; the rest are counted
+
+
+def preview_markdown(summaries: Sequence[tuple[str, str, dict[str, int]]]) -> str:
+    """(partner id, title, totals) as a markdown table for the asset's metadata: the first
+    MARKDOWN_PARTNERS partners, every value escaped."""
     lines = [
-        "| partner | billable users | delivered | unmapped | failed | superseded | not sent |",
-        "| --- | --- | --- | --- | --- | --- | --- |",
+        "| partner | name | billable users | delivered | unmapped | failed | superseded | not sent |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
-    for s in statements:
-        t = s.totals()
+    for partner_id, title, t in summaries[:MARKDOWN_PARTNERS]:
         lines.append(
-            f"| {s.partner_id} | {t['billable_users']} | {t['delivered_units']} | {t['unmapped_units']} "
+            f"| {outputs.markdown_cell(partner_id, 60)} | {outputs.markdown_cell(title, 60)} "
+            f"| {t['billable_users']} | {t['delivered_units']} | {t['unmapped_units']} "
             f"| {t['failed_units']} | {t['superseded_units']} | {t['not_sent_units']} |"
         )
+    if len(summaries) > MARKDOWN_PARTNERS:
+        lines.append(f"\n… and {len(summaries) - MARKDOWN_PARTNERS} more partners (see the files).")
+    return "\n".join(lines)
+
+
+def problems_markdown(problems: dict[str, str]) -> str:
+    lines = ["| partner | problem |", "| --- | --- |"]
+    lines.extend(
+        f"| {outputs.markdown_cell(pid, 60)} | {outputs.markdown_cell(problem, 300)} |"
+        for pid, problem in list(problems.items())[:MARKDOWN_PARTNERS]
+    )
+    if len(problems) > MARKDOWN_PARTNERS:
+        lines.append(f"\n… and {len(problems) - MARKDOWN_PARTNERS} more (see the run's log).")
     return "\n".join(lines)
 
 
@@ -307,18 +390,35 @@ def load_contacts(conn: sa.Connection, sql_path: str) -> dict[str, list[str]]:
     return contacts
 
 
+def split_recipients(addresses: Iterable[str]) -> tuple[list[str], dict[str, str]]:
+    """The addresses mail can go to, and the refused ones with the reason."""
+    valid: list[str] = []
+    refused: dict[str, str] = {}
+    for address in addresses:
+        problem = outputs.address_problem(address)
+        if problem:
+            refused[address] = problem
+        else:
+            valid.append(address.strip())
+    return valid, refused
+
+
 def email_statement(
     target: SmtpTarget, sender: str, recipients: Sequence[str], statement: Statement, files: Iterable[Path]
 ) -> None:
     totals = statement.totals()
+    title = outputs.one_line(statement.title, TITLE_CHARS)
     body = (
-        f"Your usage statement for {statement.label} is attached (CSV and HTML).\n\n"
+        f"The usage statement of {title} for {statement.label} is attached (CSV and HTML).\n\n"
         f"Billable users: {totals['billable_users']}\n"
-        f"Delivered to Gradient: {totals['delivered_units']} units\n"
+        f"Units delivered to Gradient: {totals['delivered_units']}\n"
     )
+    if totals["not_sent_units"] or totals["failed_units"]:
+        body += f"Units not (yet) in Gradient: {totals['not_sent_units'] + totals['failed_units']}\n"
     if statement.newer_month_in_gradient is not None:
         body += (
             f"\nThis month was not pushed to Gradient: Gradient already holds "
             f"{statement.newer_month_in_gradient:%Y-%m}.\n"
         )
-    send(target, build_message(sender, recipients, f"Usage statement {statement.label}", body, list(files)))
+    subject = outputs.one_line(f"Usage statement {statement.label} — {title}", 150)
+    send(target, build_message(sender, recipients, subject, body, list(files)))

@@ -887,23 +887,28 @@ async def raise_failure_alerts(
     max_per_partner: int,
     log: Log = _quiet,
 ) -> int:
-    """Raise a Gradient alert on (a few of) each affected partner's failed accounts."""
-    from pipeline.automation.failures import alert_text
+    """Raise a Gradient alert on (a few of) each affected partner's failed accounts; an account
+    id that Gradient's id limits refuse (``ids.account_id_problem``) gets none, and is logged."""
+    from pipeline.automation.failures import alert_accounts, alert_text
+    from pipeline.outputs import one_line
 
     raised = 0
     for partner in affected:
         target = targets.get(partner.partner_id)
         if target is None or not partner.accounts:
             continue
+        accounts, skipped = alert_accounts(partner, max_per_partner)
+        for account_id, problem in skipped.items():
+            log(f"{one_line(partner.partner_id, 80)}: no alert for account {one_line(account_id, 60)!r}: {problem}")
         session = client.partner(partner.partner_id, target.api_key)
         title, description = alert_text(partner, run_id)
-        for account_id in partner.accounts[:max_per_partner]:
+        for account_id in accounts:
             try:
                 await session.create_alert(
                     account_id, title, description, alert_id=f"gbs-{run_id[:8]}-{account_id}", priority=3
                 )
                 raised += 1
             except GradientError as exc:
-                log(f"{partner.partner_id}: alert for {account_id} not raised: {exc}")
+                log(f"{one_line(partner.partner_id, 80)}: alert for {one_line(account_id, 60)!r} not raised: {exc}")
                 break
     return raised

@@ -124,3 +124,19 @@ def load_services(conn: sa.Connection, sql_path: str | None = None) -> list[Serv
         )
         for r in result.mappings()
     ]
+
+
+PARTNER_NAME_COLUMNS = ("partner_id", "partner_name")
+
+
+def load_partner_names(conn: sa.Connection, sql_path: str | None = None) -> dict[str, str]:
+    """partner_id -> display name, from PARTNERS_SQL (reference: the ``partners`` table).
+    Partners without a non-blank name are left out: their statements are titled with the id."""
+    query = SourceQuery.load(sql_path or reference_sql(conn.dialect.name, "partners.sql"))
+    result = _run_contract_query(conn, query, PARTNER_NAME_COLUMNS, "PARTNERS_SQL")
+    names = {}
+    for row in result.mappings():
+        name = _text_or_none(row["partner_name"])
+        if row["partner_id"] is not None and name and name.strip():
+            names[str(row["partner_id"])] = name
+    return names
