@@ -10,7 +10,6 @@ import sqlalchemy as sa
 from pipeline.gradient.ledger import FAILED
 from pipeline.store.schema import ledger_entries, partner_sync_state, run_failures, utcnow
 
-
 MAX_ALERTS_PER_PARTNER = 5
 
 

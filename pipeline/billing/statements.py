@@ -11,7 +11,7 @@ from __future__ import annotations
 import html
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import date, datetime, timezone
+from datetime import UTC, date, datetime
 from pathlib import Path
 
 import pandas as pd
@@ -51,7 +51,7 @@ class StatementSettings:
     sender: str
 
     @classmethod
-    def from_env(cls) -> "StatementSettings":
+    def from_env(cls) -> StatementSettings:
         config = settings.load_settings()
         smtp_url = config.statements_smtp_url
         return cls(
@@ -188,7 +188,7 @@ def write_csv(statement: Statement, directory: Path) -> Path:
 def write_html(statement: Statement, directory: Path, generated_at: datetime | None = None) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / f"{statement.partner_id}-{statement.label}.html"
-    path.write_text(render_html(statement, generated_at or datetime.now(timezone.utc)), encoding="utf-8")
+    path.write_text(render_html(statement, generated_at or datetime.now(UTC)), encoding="utf-8")
     return path
 
 
@@ -236,7 +236,7 @@ def render_html(statement: Statement, generated_at: datetime) -> str:
         f"<h1>Usage statement — partner {partner}, {statement.label}</h1>",
         f"<p>Billable users per company and service for {statement.label}, the change against the "
         "month before, and what Gradient acknowledged for each line. Generated "
-        f"{generated_at.astimezone(timezone.utc):%Y-%m-%d %H:%M} UTC.</p>",
+        f"{generated_at.astimezone(UTC):%Y-%m-%d %H:%M} UTC.</p>",
     ]
     if statement.newer_month_in_gradient is not None:
         parts.append(

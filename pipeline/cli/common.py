@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import date, datetime, timezone
+from datetime import UTC, date, datetime
 
 import click
 
@@ -33,4 +33,4 @@ def billing_months(months: tuple[str, ...], last_closed: int | None) -> list[Bil
     tz = settings.billing_timezone()
     if months:
         return [BillingMonth(parse_month(m), tz) for m in months]
-    return last_closed_months(datetime.now(timezone.utc), tz, last_closed or 1)
+    return last_closed_months(datetime.now(UTC), tz, last_closed or 1)

@@ -15,9 +15,10 @@ def statement(month: str) -> None:
     Needs the month counted; works when its push failed or was superseded."""
     import dagster as dg
 
-    from pipeline.billing.statements import StatementSettings
     from pipeline.automation.jobs import run_tags
-    from pipeline.cli.common import cli_dagster_instance as _instance, parse_month as _parse_month
+    from pipeline.billing.statements import StatementSettings
+    from pipeline.cli.common import cli_dagster_instance as _instance
+    from pipeline.cli.common import parse_month as _parse_month
     from pipeline.cli.runs import month_run, where_runs_are
     from pipeline.definitions import build_defs
 

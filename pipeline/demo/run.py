@@ -7,9 +7,9 @@ from collections.abc import Callable
 
 import sqlalchemy as sa
 
-from pipeline.source import product_schema as ps
 from pipeline import settings
 from pipeline.demo.data import DemoSpec, DemoSummary, demo_partner_key, load_demo_data
+from pipeline.source import product_schema as ps
 
 
 def reset_embedded_databases() -> None:

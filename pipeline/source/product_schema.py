@@ -10,7 +10,7 @@ A vendor with another schema keeps its own tables and points the ``*_SQL`` files
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import mysql
@@ -131,7 +131,7 @@ def to_db_timestamp(value: datetime | str | None, dialect_name: str) -> datetime
     if value.tzinfo is None:
         raise ValueError("product timestamps must be timezone-aware")
     if dialect_name == "sqlite":
-        return value.astimezone(timezone.utc).isoformat(sep=" ")
+        return value.astimezone(UTC).isoformat(sep=" ")
     if dialect_name in MYSQL_DIALECTS:
-        return value.astimezone(timezone.utc).replace(tzinfo=None)
+        return value.astimezone(UTC).replace(tzinfo=None)
     return value
