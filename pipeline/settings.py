@@ -121,8 +121,8 @@ class Settings(BaseSettings):
 
     gbs_data_dir: Path | None = _setting(
         None,
-        "Where the embedded defaults live: the SQLite product and state databases, the Dagster "
-        "instance and the generated partner-key encryption key.",
+        "Where the embedded defaults live: the SQLite product and state databases, statements "
+        "and the generated partner-key encryption key (not the Dagster instance: see DAGSTER_HOME).",
         "/var/lib/gradient-billing-sync",
     )
     product_db_url: str | None = _setting(
