@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 
+import click
 import sqlalchemy as sa
 
 from pipeline import settings
@@ -75,7 +76,21 @@ def emulator_totals(admin) -> dict[str, tuple[int, int]]:
     return totals
 
 
+def require_emulator() -> None:
+    """The Gradient emulator ships with the repository, not the wheel (extra ``emulator``)."""
+    try:
+        import uvicorn  # noqa: F401
+
+        import gradient_emulator  # noqa: F401
+    except ModuleNotFoundError as exc:
+        raise click.ClickException(
+            f"the demo and `emulator` need the local Gradient emulator, which is not installed ({exc}); "
+            "install from a checkout of the repository: pip install -e '.[emulator]'"
+        ) from None
+
+
 def run_demo(months: int, echo: Callable[[str], None], run_months: Callable) -> bool:
+    require_emulator()
     from gradient_emulator import EmulatorAdmin, EmulatorServer
     from pipeline.resources import engine_for
 
@@ -107,6 +122,7 @@ def serve_emulator(host: str, port: int, rate_limit: float, demo_partners: bool,
 
     import httpx
 
+    require_emulator()
     from gradient_emulator import EmulatorAdmin, serve
     from pipeline.resources import engine_for
 
