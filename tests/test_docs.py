@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from pipeline.settings import ENV_NAMES
@@ -33,9 +34,21 @@ def test_configuration_doc_lists_every_variable_with_default_and_example() -> No
     assert rows["BILLING_TIMEZONE"][1] == "`America/New_York`"
 
 
-def test_readme_links_only_to_files_that_exist() -> None:
-    import re
+def _anchors(markdown: str) -> set[str]:
+    """GitHub's heading anchors: lower case, punctuation dropped, spaces to hyphens."""
+    return {
+        re.sub(r"[^\w\- ]", "", line.lstrip("#").strip().lower()).replace(" ", "-")
+        for line in markdown.splitlines()
+        if line.startswith("#")
+    }
 
+
+def test_readme_and_docs_link_only_to_files_and_headings_that_exist() -> None:
     for doc in [REPO / "README.md", *sorted((REPO / "docs").glob("*.md")), REPO / "bench" / "README.md"]:
-        for target in re.findall(r"\]\(([^)#:]+)(?:#[^)]*)?\)", doc.read_text()):
-            assert (doc.parent / target).exists(), f"{doc.relative_to(REPO)} links to missing {target}"
+        for target, anchor in re.findall(r"\]\(([^)#:]*)(?:#([^)]*))?\)", doc.read_text()):
+            linked = (doc.parent / target) if target else doc
+            assert linked.exists(), f"{doc.relative_to(REPO)} links to missing {target}"
+            if anchor:
+                assert anchor in _anchors(linked.read_text()), (
+                    f"{doc.relative_to(REPO)} links to #{anchor}, which is no heading of {linked.relative_to(REPO)}"
+                )
