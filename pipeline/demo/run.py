@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Callable
 
 import click
@@ -76,8 +77,17 @@ def emulator_totals(admin) -> dict[str, tuple[int, int]]:
     return totals
 
 
+def checkout_on_path() -> None:
+    """Make the checkout's own folders importable (gradient_emulator/, bench/, tests/): an editable
+    install maps only the product's packages, and a wheel has none of them."""
+    root = settings.REPO_ROOT
+    if (root / "gradient_emulator").is_dir() and str(root) not in sys.path:
+        sys.path.append(str(root))
+
+
 def require_emulator() -> None:
     """The Gradient emulator ships with the repository, not the wheel (extra ``emulator``)."""
+    checkout_on_path()
     try:
         import uvicorn  # noqa: F401
 
