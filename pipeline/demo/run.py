@@ -89,9 +89,7 @@ def require_emulator() -> None:
     """The Gradient emulator ships with the repository, not the wheel (extra ``emulator``)."""
     checkout_on_path()
     try:
-        import uvicorn  # noqa: F401
-
-        import gradient_emulator  # noqa: F401
+        import gradient_emulator  # noqa: F401  (imports starlette and uvicorn, the extra)
     except ModuleNotFoundError as exc:
         raise click.ClickException(
             f"the demo and `emulator` need the local Gradient emulator, which is not installed ({exc}); "
