@@ -203,11 +203,11 @@ def explain_gradient_count(
     if config.company is None:
         export = settings.data_dir() / "ledger-exports" / f"{month.label}-{context.run_id}.csv"
         metadata = ledger_page_metadata(state, month, config.partner, config.page, config.page_size, export)
-        return dg.Output("ledger page", metadata=metadata)
+        return dg.Output("ledger page", metadata=metadata)  # type: ignore[arg-type]
     try:
         with product_db.connect() as conn:
             explanation = explain(conn, state, product_db.utilization_query(), month,
-                                  config.partner, config.company, config.service)
+                                  config.partner, config.company, config.service or "")
     except LookupError as exc:
         raise dg.Failure(str(exc), allow_retries=False) from None
     except Exception as exc:
@@ -221,7 +221,7 @@ def explain_gradient_count(
         )
     for line in explanation.lines()[:3]:
         context.log.info(line)
-    return dg.Output("traced", metadata=trace_metadata(explanation))
+    return dg.Output("traced", metadata=trace_metadata(explanation))  # type: ignore[arg-type]
 
 
 @dg.job(

@@ -12,15 +12,13 @@ import dagster as dg
 import pandas as pd
 from pydantic import Field
 
-from assets import specs
-from assets.month_end import billable_counts, billing_month, guard_billing_timezone
-from assets import push_signals
+from assets import push_signals, specs
 from assets.load_preview import preview_accounts, preview_services, preview_unit_counts
+from assets.month_end import billable_counts, billing_month, guard_billing_timezone
 from assets.push_signals import table_value
 from pipeline.gradient import ledger
-from pipeline.gradient.known_accounts import account_changes_of, record_synced_accounts
 from pipeline.gradient.errors import GradientError
-from pipeline.resources import GradientResource
+from pipeline.gradient.known_accounts import account_changes_of, record_synced_accounts
 from pipeline.gradient.load import (
     PartnerLoad,
     PartnerTarget,
@@ -30,17 +28,18 @@ from pipeline.gradient.load import (
     sync_vendor_services,
 )
 from pipeline.gradient.locks import DEFAULT_WAIT_SECONDS, LockTimeout
-from pipeline.partitions import monthly_partitions
 from pipeline.gradient.partner_keys import PartnerKeyError
-from pipeline.source.partners import load_companies, load_connections, load_services
+from pipeline.partitions import monthly_partitions
 from pipeline.resources import (
     BillingRules,
+    GradientResource,
     PartnerSources,
     ProductDatabase,
     StateDatabase,
     require_gradient_ready,
     step_failure,
 )
+from pipeline.source.partners import load_companies, load_connections, load_services
 from pipeline.store.months import load_billable_counts, record_month_load
 
 GROUP = "gradient_load"

@@ -12,11 +12,9 @@ import sqlalchemy as sa
 
 from assets import specs
 from assets.metadata_values import table_value
-from pipeline.billing.month import BillingMonth
 from pipeline.billing.counts import PREVIEW_ROWS, ReconciliationError, store_billable_counts
+from pipeline.billing.month import BillingMonth
 from pipeline.gradient import ledger
-from pipeline.source.extract import extract_month
-from pipeline.validation.month import validate_month
 from pipeline.partitions import monthly_partitions
 from pipeline.resources import (
     NO_RUN_RETRY_TAGS,
@@ -27,7 +25,9 @@ from pipeline.resources import (
     step_failure,
 )
 from pipeline.settings import redact_url
+from pipeline.source.extract import extract_month
 from pipeline.store.months import load_month_computation, load_month_validation, record_computation_timezone
+from pipeline.validation.month import validate_month
 
 GROUP = "month_end"
 DB_RETRY = dg.RetryPolicy(max_retries=2, delay=10, backoff=dg.Backoff.EXPONENTIAL)

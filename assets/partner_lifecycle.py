@@ -5,11 +5,10 @@ import asyncio
 import dagster as dg
 
 from pipeline.gradient.errors import GradientError
-from pipeline.resources import GradientResource
 from pipeline.gradient.load import disconnect_partner
 from pipeline.gradient.partner_keys import PartnerKeyError
+from pipeline.resources import GradientResource, PartnerSources, ProductDatabase, StateDatabase
 from pipeline.source.partners import load_connections
-from pipeline.resources import PartnerSources, ProductDatabase, StateDatabase
 
 
 class PartnerDisconnectConfig(dg.Config):

@@ -77,7 +77,7 @@ def fill_partner_table(
 
 def _pair_list(pairs: pd.DataFrame, names: Mapping[tuple[str, str], str]) -> pd.DataFrame:
     listed = pairs.copy()
-    listed.insert(2, "account_name", [names.get((p, a), "") for p, a in zip(listed.partner, listed.account)])
+    listed.insert(2, "account_name", [names.get((p, a), "") for p, a in zip(listed.partner, listed.account, strict=True)])
     return listed.reset_index(drop=True)
 
 

@@ -143,7 +143,7 @@ def source_lineage(config: Settings) -> SourceLineage:
             sql = SourceQuery.load(path).sql
             tables = tables_read(sql, found.dialect)
             columns = column_lineage(sql, found.dialect)
-        except Exception as exc:  # noqa: BLE001 - any failure to read a query must not stop the code location
+        except Exception as exc:
             for asset in query.read_by:
                 found.unreadable[asset].append(f"{query.setting}: {exc}")
             log.warning(

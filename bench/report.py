@@ -96,3 +96,22 @@ def load_lines(results: dict) -> list[str]:
         + ", ".join(f"{k} {v:,}" for k, v in rerun["by_kind"].items())
     )
     return lines
+
+
+def results_markdown(results: dict, measured_at: str, commit: str, machine: str) -> str:
+    """The committed record of one run (bench/results/<scale>.md): when, where, on what code,
+    and the same tables the run printed."""
+    return "\n".join([
+        f"# bench {results['scale']}: last measured",
+        "",
+        "Written by `gradient-billing-sync bench` at the end of a run; commit it with the change it",
+        "measures. What each row means: [../README.md](../README.md).",
+        "",
+        f"- measured: {measured_at}",
+        f"- code: {commit}",
+        f"- machine: {machine}",
+        f"- product database: {results['dialect']} ({results['product_db']})",
+        "",
+        table(results),
+        "",
+    ])

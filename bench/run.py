@@ -286,7 +286,10 @@ def run_bench(
     load_calls: int | None = None,
 ) -> dict:
     """Seed, measure, print the table and write the JSON; returns the results.
-    ``load_calls`` overrides how many count calls the load aims for."""
+    ``load_calls`` overrides how many count calls the load aims for. A run in the default work
+    directory (the CLI's) also records its tables in bench/results/<scale>.md, to be committed;
+    a caller with its own ``workdir`` (the tests) records nothing there."""
+    record_results = workdir is None
     scale = SCALES[scale_name]
     if load_calls is not None:
         scale = dataclasses.replace(scale, load_calls=load_calls)
@@ -341,6 +344,8 @@ def run_bench(
 
     echo(table(results))
     echo(f"JSON: {json_path}")
+    if record_results:
+        echo(f"results: {write_results(results)}")
     bench.product.dispose()
     return results
 
@@ -389,3 +394,23 @@ def ratios(results: dict) -> dict:
     found["pipeline"] = round(results["pipeline"]["seconds"] / base, 2)
     found["pipeline_process"] = round(results["pipeline"]["process_seconds"] / base, 2)
     return found
+
+
+def write_results(results: dict) -> Path:
+    """bench/results/<scale>.md: the run's tables with when, on which commit and which machine."""
+    import platform
+    from datetime import UTC, datetime
+
+    from bench.report import results_markdown
+
+    here = Path(__file__).resolve().parent
+    try:
+        commit = subprocess.run(["git", "describe", "--always", "--dirty"], cwd=here, capture_output=True,
+                                text=True, timeout=10).stdout.strip() or "unknown"
+    except OSError:
+        commit = "unknown"
+    machine = f"{os.cpu_count()} CPUs, {platform.system()} {platform.release()}, Python {platform.python_version()}"
+    path = here / "results" / f"{results['scale']}.md"
+    path.parent.mkdir(exist_ok=True)
+    path.write_text(results_markdown(results, datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"), commit, machine))
+    return path

@@ -27,8 +27,8 @@ from pipeline.gradient.client import DEFAULT_BASE_URL, GradientClient, Secret
 from pipeline.gradient.partner_keys import decrypt_partner_key
 from pipeline.settings import ConfigurationError, Settings
 from pipeline.source.partners import PartnerConnection
-from pipeline.store.schema import ensure_state_schema
 from pipeline.source.utilization import SourceQuery, load_known_skus, utilization_query
+from pipeline.store.schema import ensure_state_schema
 
 
 class DatabaseUnavailableError(RuntimeError):
@@ -45,7 +45,7 @@ def resolved(value: str) -> str:
     return (value.get_value() or "") if isinstance(value, dg.EnvVar) else value
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def engine_for(url: str) -> sa.Engine:
     """One pooled engine per URL per process (a URL naming only the database gets the installed driver)."""
     url = settings.with_installed_driver(url)

@@ -80,7 +80,7 @@ def with_installed_driver(url: str) -> str:
     """``url`` with the project's installed driver when it names only the database."""
     try:
         parsed = make_url(url)
-    except Exception:  # noqa: BLE001 - left for the caller's own parse to report
+    except Exception:
         return url
     driver = INSTALLED_DRIVERS.get(parsed.drivername)
     return parsed.set(drivername=driver).render_as_string(hide_password=False) if driver else url
@@ -93,7 +93,7 @@ def _database_url(name: str, value: Any) -> str | None:
     value = with_installed_driver(str(value))
     try:
         make_url(str(value)).get_dialect()
-    except Exception:  # noqa: BLE001 - any parse or dialect failure is the same mistake
+    except Exception:
         # the value may hold a password: never echo it
         raise ValueError(
             f"{name} is not a SQLAlchemy database URL (it does not parse or names an unknown "
@@ -121,8 +121,8 @@ class Settings(BaseSettings):
 
     gbs_data_dir: Path | None = _setting(
         None,
-        "Where the embedded defaults live: the SQLite product and state databases, the Dagster "
-        "instance and the generated partner-key encryption key.",
+        "Where the embedded defaults live: the SQLite product and state databases, statements "
+        "and the generated partner-key encryption key (not the Dagster instance: see DAGSTER_HOME).",
         "/var/lib/gradient-billing-sync",
     )
     product_db_url: str | None = _setting(

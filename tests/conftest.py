@@ -5,6 +5,11 @@ test gets its own freshly created database. When PostgreSQL is unreachable, test
 it fail loudly under CI (``CI=true``) and are skipped with the reason elsewhere. MariaDB
 (or MySQL) comes from ``TEST_MARIADB_URL`` (default: root without password on
 127.0.0.1:3306, PyMySQL from the ``mysql`` extra), with the same rules.
+
+The suite runs in parallel (``pytest -n 2``, pytest-xdist: one process per worker), so nothing
+here is shared between tests: databases are created per test under unique names, ports are
+free ones the OS hands out, Dagster instances live in each test's ``tmp_path``, and each worker
+gets its own embedded data directory (below).
 """
 
 from __future__ import annotations
@@ -16,6 +21,19 @@ from collections.abc import Iterator
 import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import make_url
+
+@pytest.fixture(scope="session", autouse=True)
+def own_data_dir(tmp_path_factory) -> Iterator[None]:
+    """Each test process gets its own ``GBS_DATA_DIR`` unless the caller set one, so no two
+    workers write the repository's ``var/`` (the generated partner-key encryption key, the
+    default SQLite files). A test about the repository's defaults sets it empty itself."""
+    if os.environ.get("GBS_DATA_DIR"):
+        yield
+        return
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("GBS_DATA_DIR", str(tmp_path_factory.mktemp("gbs-data")))
+        yield
+
 
 POSTGRES_ADMIN_URL = os.environ.get(
     "TEST_POSTGRES_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres"

@@ -15,12 +15,12 @@ from urllib.parse import urlsplit
 import dagster as dg
 import httpx
 
+from pipeline import outputs, settings
 from pipeline.automation.jobs import TAG_OUTCOME, gradient_load_job, monthly_billing_job
 from pipeline.automation.sensors import default_sensor_status
 from pipeline.gradient import ledger
 from pipeline.mail import DEFAULT_SENDER, MailError, SmtpTarget, build_message, parse_smtp_url, send
 from pipeline.resources import StateDatabase
-from pipeline import outputs, settings
 from pipeline.settings import ConfigurationError
 
 OUTCOME_TAG = TAG_OUTCOME  # set by the Gradient load with the month's outcome
@@ -38,7 +38,7 @@ class AlertSettings:
     webhook_url: str | None = field(default=None, repr=False)
 
     @classmethod
-    def from_env(cls) -> "AlertSettings":
+    def from_env(cls) -> AlertSettings:
         config = settings.load_settings()
         smtp_url = config.alert_smtp_url
         smtp = parse_smtp_url(smtp_url.get_secret_value(), "ALERT_SMTP_URL") if smtp_url else None

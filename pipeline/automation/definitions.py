@@ -5,7 +5,6 @@ import dagster as dg
 from pipeline.automation.alerts import alert_sensors
 from pipeline.automation.jobs import account_sync_job, gradient_load_job, monthly_billing_job
 from pipeline.automation.schedules import monthly_billing_schedule
-from pipeline.automation.statements import statements_after_failed_push_sensor, statements_job
 from pipeline.automation.sensors import (
     billing_failure_sensor,
     missed_or_late_months_sensor,
@@ -13,6 +12,7 @@ from pipeline.automation.sensors import (
     partner_disconnected_sensor,
     sync_requests_sensor,
 )
+from pipeline.automation.statements import statements_after_failed_push_sensor, statements_job
 
 
 def definitions() -> dg.Definitions:

@@ -12,7 +12,6 @@ from pipeline.gradient.ledger import FAILED
 from pipeline.outputs import one_line
 from pipeline.store.schema import ledger_entries, partner_sync_state, run_failures, utcnow
 
-
 MAX_ALERTS_PER_PARTNER = 5
 
 

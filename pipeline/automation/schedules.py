@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import dagster as dg
 
+from pipeline.automation.jobs import monthly_billing_job, run_tags
 from pipeline.automation.triggers import SCHEDULE_TIMEZONE
 from pipeline.billing.month import last_closed_month
-from pipeline.automation.jobs import monthly_billing_job, run_tags
 from pipeline.settings import billing_timezone
 
 

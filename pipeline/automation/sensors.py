@@ -4,23 +4,11 @@ and run failures. Thin: the decisions are in ``pipeline.automation``."""
 from __future__ import annotations
 
 import asyncio
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import dagster as dg
 
-from pipeline.gradient import ledger
-from pipeline.automation.triggers import (
-    SYNC_ACCOUNTS,
-    UPDATE_COUNTS,
-    connection_events,
-    decide_months,
-    load_sync_requests,
-    watched_months,
-)
-from pipeline.billing.month import BillingMonth, last_closed_month
 from pipeline.automation.failures import MAX_ALERTS_PER_PARTNER, affected_partners, record_failure
-from pipeline.resources import GradientResource
-from pipeline.gradient.load import PartnerTarget, raise_failure_alerts
 from pipeline.automation.jobs import (
     TAG_PARTNER,
     account_sync_job,
@@ -29,18 +17,29 @@ from pipeline.automation.jobs import (
     monthly_billing_job,
     run_tags,
 )
-from pipeline.partitions import FIRST_BILLING_MONTH
+from pipeline.automation.triggers import (
+    SYNC_ACCOUNTS,
+    UPDATE_COUNTS,
+    connection_events,
+    decide_months,
+    load_sync_requests,
+    watched_months,
+)
+from pipeline.billing.counts import aggregate_billable_users
+from pipeline.billing.month import BillingMonth, last_closed_month
+from pipeline.gradient import ledger
+from pipeline.gradient.load import PartnerTarget, raise_failure_alerts
 from pipeline.gradient.partner_keys import PartnerKeyError
-from pipeline.source.partners import CONNECTED, DISCONNECTED, load_connections
-from pipeline.resources import BillingRules, PartnerSources, ProductDatabase, StateDatabase
+from pipeline.partitions import FIRST_BILLING_MONTH
+from pipeline.resources import BillingRules, GradientResource, PartnerSources, ProductDatabase, StateDatabase
 from pipeline.settings import load_settings
+from pipeline.source.partners import CONNECTED, DISCONNECTED, load_connections
 from pipeline.store.months import (
     counts_fingerprint,
     load_month_computations,
     load_month_validation,
     loaded_months,
 )
-from pipeline.billing.counts import aggregate_billable_users
 
 MAX_REQUESTS_PER_TICK = 50
 
@@ -52,7 +51,7 @@ def default_sensor_status() -> dg.DefaultSensorStatus:
 
 
 def _now() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 def _latest_closed(rules: BillingRules) -> BillingMonth:

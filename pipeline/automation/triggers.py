@@ -15,10 +15,10 @@ from zoneinfo import ZoneInfo
 
 import sqlalchemy as sa
 
-from pipeline.gradient import ledger
 from pipeline.billing.month import BillingMonth, add_months, last_closed_month
-from pipeline.source.partners import CONNECTED, DISCONNECTED, PartnerConnection, as_utc
+from pipeline.gradient import ledger
 from pipeline.settings import reference_sql
+from pipeline.source.partners import CONNECTED, DISCONNECTED, PartnerConnection, as_utc
 from pipeline.source.utilization import SourceQuery
 
 SCHEDULE_TIMEZONE = "America/New_York"

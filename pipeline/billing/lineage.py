@@ -12,14 +12,14 @@ from dataclasses import dataclass
 import pandas as pd
 import sqlalchemy as sa
 
-from pipeline.gradient import ledger
 from pipeline.billing.month import BillingMonth
+from pipeline.gradient import ledger
+from pipeline.source.utilization import SourceQuery, month_parameters
 from pipeline.store.months import (
     load_billable_counts,
     load_month_computation,
     load_month_validation,
 )
-from pipeline.source.utilization import SourceQuery, month_parameters
 from pipeline.validation.rules import (
     billable_true,
     bind_known_skus,

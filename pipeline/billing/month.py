@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import date, datetime, timezone
+from datetime import UTC, date, datetime
 from zoneinfo import ZoneInfo
 
 
@@ -28,7 +28,7 @@ class BillingMonth:
             raise ValueError(f"a billing month starts on the 1st, got {self.month.isoformat()}")
 
     @classmethod
-    def from_partition_key(cls, key: str, tz_name: str) -> "BillingMonth":
+    def from_partition_key(cls, key: str, tz_name: str) -> BillingMonth:
         return cls(date.fromisoformat(key[:10]), tz_name)
 
     @property
@@ -55,16 +55,16 @@ class BillingMonth:
 
     @property
     def start_utc(self) -> datetime:
-        return self.start.astimezone(timezone.utc)
+        return self.start.astimezone(UTC)
 
     @property
     def end_utc(self) -> datetime:
-        return self.end.astimezone(timezone.utc)
+        return self.end.astimezone(UTC)
 
-    def previous(self) -> "BillingMonth":
+    def previous(self) -> BillingMonth:
         return BillingMonth(add_months(self.month, -1), self.tz_name)
 
-    def next(self) -> "BillingMonth":
+    def next(self) -> BillingMonth:
         return BillingMonth(add_months(self.month, 1), self.tz_name)
 
     def overlaps(self, active_from: datetime, active_to: datetime | None) -> bool:

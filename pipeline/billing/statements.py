@@ -13,7 +13,7 @@ from __future__ import annotations
 import csv
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from datetime import date, datetime, timezone
+from datetime import UTC, date, datetime
 from functools import cache
 from pathlib import Path
 
@@ -69,7 +69,7 @@ class StatementSettings:
     partners_sql: str | None = None
 
     @classmethod
-    def from_env(cls) -> "StatementSettings":
+    def from_env(cls) -> StatementSettings:
         config = settings.load_settings()
         smtp_url = config.statements_smtp_url
         return cls(
@@ -240,7 +240,7 @@ def iter_partner_statements(
     for partner_id, rows in frame.groupby("partner_id", sort=True):
         partner_id = str(partner_id)
         holds = ledger.delivered_pairs(state, partner_id)
-        held = [holds.get((c, s)) for c, s in zip(rows["company_id"], rows["sku"])]
+        held = [holds.get((c, s)) for c, s in zip(rows["company_id"], rows["sku"], strict=True)]
         rows = rows.assign(
             gradient_holds_units=pd.array([h.value if h else None for h in held], dtype="Int64"),
             gradient_holds_month=[h.month.strftime("%Y-%m") if h else None for h in held],
@@ -280,7 +280,7 @@ def write_csv(statement: Statement, directory: Path) -> Path:
 def write_html(statement: Statement, directory: Path, generated_at: datetime | None = None) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     path = outputs.contained_path(directory, f"{statement.file_stem}.html")
-    path.write_text(render_html(statement, generated_at or datetime.now(timezone.utc)), encoding="utf-8")
+    path.write_text(render_html(statement, generated_at or datetime.now(UTC)), encoding="utf-8")
     return path
 
 
@@ -332,7 +332,7 @@ def render_html(statement: Statement, generated_at: datetime) -> str:
         month=statement.label,
         title=outputs.shorten(statement.title, TITLE_CHARS),
         partner_id=statement.partner_id,
-        generated_at=f"{generated_at.astimezone(timezone.utc):%Y-%m-%d %H:%M}",
+        generated_at=f"{generated_at.astimezone(UTC):%Y-%m-%d %H:%M}",
         newer_month=newer.strftime("%Y-%m") if newer else None,
         totals=statement.totals(),
         lines=lines,

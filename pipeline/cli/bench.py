@@ -22,6 +22,9 @@ def bench(scale: str, product_db: str | None, json_path: Path | None, load_calls
     """Seed a scale of demo data, then measure one month: the bare database aggregate, naive
     pandas, the month-end assets as Dagster runs them, the load against the Gradient emulator,
     the unchanged re-run and growth at 1x/2x/4x. Prints a table and writes JSON."""
+    from pipeline.demo.run import checkout_on_path
+
+    checkout_on_path()
     try:
         from bench.run import run_bench
     except ModuleNotFoundError as exc:

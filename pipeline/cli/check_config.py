@@ -146,7 +146,7 @@ def partner_keys_check(config, key_material: str) -> PreflightCheck:
                               "not checked: GRADIENT_KEY_ENCRYPTION_KEYS does not parse (see above)")
     failed = [k for k in keys if k.opened_by is None]
     if failed:
-        problems = {}  # problem -> partners, so the fix is said once
+        problems: dict[str, list[str]] = {}  # problem -> partners, so the fix is said once
         for k in failed:
             problems.setdefault(k.problem, []).append(cell(k.partner_id))  # ids are product data
         return PreflightCheck("GRADIENT_KEY_ENCRYPTION_KEYS", what, False, "\n".join(
@@ -187,7 +187,7 @@ def database_check(setting: str, what: str, url: str, timeout: float, must_exist
     try:
         with engine.connect() as conn:
             conn.execute(sa.text("SELECT 1"))
-    except Exception as exc:  # noqa: BLE001 - any failure to answer is reported the same way
+    except Exception as exc:
         cause = getattr(exc, "orig", None) or exc
         lines = str(cause).strip().splitlines()
         return PreflightCheck(setting, f"{what} at {shown}", False,

@@ -46,8 +46,8 @@ def check_source(month: str, sample: int) -> None:
 
     from pipeline import settings
     from pipeline.cli.common import partition_month
-    from pipeline.settings import ConfigurationError
     from pipeline.cli.runs import product_database
+    from pipeline.settings import ConfigurationError
     from pipeline.source.partners import load_companies, load_connections, load_services
     from pipeline.store.months import load_quarantine
     from pipeline.store.schema import ensure_state_schema

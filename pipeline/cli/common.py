@@ -5,7 +5,7 @@ Imports only click at module level (``--help`` and ``--version`` load no more; s
 
 from __future__ import annotations
 
-from datetime import date
+from datetime import UTC, date
 from typing import TYPE_CHECKING
 
 import click
@@ -58,14 +58,14 @@ def check_partition_months(months: list[date], option: str = "--month") -> list[
 
 def billing_months(months: tuple[str, ...], last_closed: int | None) -> list[BillingMonth]:
     """``--month`` values (each checked) or the ``last_closed`` newest closed months."""
-    from datetime import datetime, timezone
+    from datetime import datetime
 
     from pipeline import settings
     from pipeline.billing.month import last_closed_months
 
     if months:
         return check_partition_months([parse_month(m) for m in months])
-    newest = last_closed_months(datetime.now(timezone.utc), settings.billing_timezone(), last_closed or 1)
+    newest = last_closed_months(datetime.now(UTC), settings.billing_timezone(), last_closed or 1)
     return check_partition_months([m.month for m in newest], "--last-closed")
 
 

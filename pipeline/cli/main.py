@@ -113,8 +113,8 @@ def _range(value: str) -> tuple[int, int]:
 def _seed(seed, partners, companies, users, end_month, history_months, bad_rows):
     from datetime import date
 
-    from pipeline.demo.run import seed as seed_demo_data
     from pipeline.demo.data import DemoSpec
+    from pipeline.demo.run import seed as seed_demo_data
 
     spec = DemoSpec(
         seed=seed,
@@ -150,10 +150,10 @@ def _materialize(
     import uuid
 
     from pipeline import settings
-    from pipeline.cli.runs import month_report, month_run, progress
-    from pipeline.definitions import build_defs
     from pipeline.automation.jobs import load_run_config, run_tags
     from pipeline.cli.instance import process_tags
+    from pipeline.cli.runs import month_report, month_run, progress
+    from pipeline.definitions import build_defs
     from pipeline.resources import StateDatabase
 
     verbose = bool(click.get_current_context(silent=True) and click.get_current_context().meta.get("gbs.verbose"))
@@ -354,7 +354,8 @@ def generate_encryption_key() -> None:
 def encrypt_partner_key(partner_key) -> None:
     """Encrypt a partner's Gradient key for the product to store in gradient_connections."""
     from pipeline import settings
-    from pipeline.gradient.partner_keys import PartnerKeyError, encrypt_partner_key as encrypt
+    from pipeline.gradient.partner_keys import PartnerKeyError
+    from pipeline.gradient.partner_keys import encrypt_partner_key as encrypt
 
     keys = settings.encryption_keys()
     try:
@@ -367,18 +368,25 @@ from pipeline.cli.db import db  # noqa: E402 - subcommand modules attach to the 
 
 main.add_command(db)
 from pipeline.cli.preview import preview  # noqa: E402
+
 main.add_command(preview)
 from pipeline.cli.check_config import check_config  # noqa: E402
+
 main.add_command(check_config)
 from pipeline.cli.bench import bench  # noqa: E402
+
 main.add_command(bench)
 from pipeline.cli.status import status  # noqa: E402
+
 main.add_command(status)
 from pipeline.cli.check_source import check_source  # noqa: E402
+
 main.add_command(check_source)
 from pipeline.cli.statement import statement  # noqa: E402
+
 main.add_command(statement)
 from pipeline.cli.rotate import rotate  # noqa: E402
+
 main.add_command(rotate)
 
 

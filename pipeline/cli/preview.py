@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+
 import click
 
 MONTH_END_ASSETS = ("utilization_extract", "validated_utilization", "billable_counts")
@@ -42,12 +43,11 @@ def preview(month, partner_ids, force_superseded, max_counts) -> None:
     """Compute the month (extract, validate, count) and show per partner the accounts a run
     would create and rename, the counts it would send and how each differs from what Gradient
     holds per the ledger, what is superseded and what was unmapped. Sends nothing to Gradient."""
+    from pipeline.cli.common import partition_month
     from pipeline.gradient.preview import preview_month, render
     from pipeline.resources import default_resources
     from pipeline.source.partners import load_companies, load_connections
     from pipeline.store.months import load_billable_counts
-
-    from pipeline.cli.common import partition_month
 
     month = partition_month(month)  # checked before anything runs
     from pipeline.cli.runs import month_run, where_runs_are

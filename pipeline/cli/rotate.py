@@ -34,7 +34,8 @@ def rotate(out_path: Path, file_format: str | None) -> None:
     from pipeline import settings
     from pipeline.cli.runs import product_database
     from pipeline.cli.tables import cell
-    from pipeline.gradient.partner_keys import PartnerKeyError, key_diagnosis, rotate as reencrypt
+    from pipeline.gradient.partner_keys import PartnerKeyError, key_diagnosis
+    from pipeline.gradient.partner_keys import rotate as reencrypt
     from pipeline.source.partners import load_connections
 
     config = settings.load_settings()
@@ -51,7 +52,7 @@ def rotate(out_path: Path, file_format: str | None) -> None:
     older = [c for c in connections if (diagnosis[c.partner_id].opened_by or 1) > 1]
     unopened = [c for c in connections if diagnosis[c.partner_id].opened_by is None]
     if older:
-        rotated = [(c, reencrypt(c.encrypted_api_key, keys)) for c in older]
+        rotated = [(c, reencrypt(c.encrypted_api_key or "", keys)) for c in older]
         _write_private(out_path, _sql(rotated, dialect) if file_format == "sql" else _csv(rotated))
         click.echo(f"wrote {len(rotated)} re-encrypted partner keys to {out_path} ({file_format}); "
                    "the product stores them: apply the file to the product database (the pipeline only "

@@ -86,7 +86,6 @@ def month_report(state: sa.Engine, run: MonthRun) -> str:
 
     if run.success:
         from pipeline.billing.statements import StatementSettings
-
         from pipeline.settings import ConfigurationError
 
         report = month_summary(state, run.month, run.run_id)
@@ -185,7 +184,7 @@ class _Bar:
             while not stop.wait(self.POLL_SECONDS):
                 try:
                     started = instance.all_logs(run_id, of_type=DagsterEventType.STEP_START)
-                except Exception:  # noqa: BLE001 - the bar is a courtesy; the run goes on
+                except Exception:
                     continue
                 if started and started[-1].step_key != self.step:
                     self.step = started[-1].step_key or ""
@@ -210,7 +209,7 @@ class _Bar:
         click.echo("\r\033[K" + text)
 
 
-class progress:  # noqa: N801 - used like a function: ``with progress(months, "months") as bar``
+class progress:
     """A progress bar over ``items`` on a TTY; plain lines elsewhere (pipes, CI, tests)."""
 
     def __init__(self, items, label: str) -> None:

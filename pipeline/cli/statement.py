@@ -19,8 +19,8 @@ def statement(month: str) -> None:
 
     import dagster as dg
 
-    from pipeline.billing.statements import StatementSettings
     from pipeline.automation.jobs import run_tags
+    from pipeline.billing.statements import StatementSettings
     from pipeline.cli.common import cli_dagster_instance as _instance
     from pipeline.cli.runs import month_run, where_runs_are
     from pipeline.definitions import build_defs

@@ -15,12 +15,12 @@ from __future__ import annotations
 import random
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta
 
 import sqlalchemy as sa
 
-from pipeline.source import product_schema as ps
 from pipeline.billing.month import add_months
+from pipeline.source import product_schema as ps
 from pipeline.store.months import bulk_insert
 
 SERVICES = [
@@ -107,7 +107,7 @@ class DemoSpec:
 
 
 def _utc(day: date, hour: int = 0, minute: int = 0) -> datetime:
-    return datetime(day.year, day.month, day.day, hour, minute, tzinfo=timezone.utc)
+    return datetime(day.year, day.month, day.day, hour, minute, tzinfo=UTC)
 
 
 class _Generator:

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Callable
 
+import click
 import sqlalchemy as sa
 
-from pipeline.source import product_schema as ps
 from pipeline import settings
 from pipeline.demo.data import DemoSpec, DemoSummary, demo_partner_key, load_demo_data
+from pipeline.source import product_schema as ps
 
 
 def reset_embedded_databases() -> None:
@@ -75,7 +77,28 @@ def emulator_totals(admin) -> dict[str, tuple[int, int]]:
     return totals
 
 
+def checkout_on_path() -> None:
+    """Make the checkout's own folders importable (gradient_emulator/, bench/, tests/): an editable
+    install maps only the product's packages, and a wheel has none of them."""
+    root = settings.REPO_ROOT
+    if (root / "gradient_emulator").is_dir() and str(root) not in sys.path:
+        sys.path.append(str(root))
+
+
+def require_emulator() -> None:
+    """The Gradient emulator ships with the repository, not the wheel (extra ``emulator``)."""
+    checkout_on_path()
+    try:
+        import gradient_emulator  # noqa: F401  (imports starlette and uvicorn, the extra)
+    except ModuleNotFoundError as exc:
+        raise click.ClickException(
+            f"the demo and `emulator` need the local Gradient emulator, which is not installed ({exc}); "
+            "install from a checkout of the repository: pip install -e '.[emulator]'"
+        ) from None
+
+
 def run_demo(months: int, echo: Callable[[str], None], run_months: Callable) -> bool:
+    require_emulator()
     from gradient_emulator import EmulatorAdmin, EmulatorServer
     from pipeline.resources import engine_for
 
@@ -107,6 +130,7 @@ def serve_emulator(host: str, port: int, rate_limit: float, demo_partners: bool,
 
     import httpx
 
+    require_emulator()
     from gradient_emulator import EmulatorAdmin, serve
     from pipeline.resources import engine_for
 

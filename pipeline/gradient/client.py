@@ -120,7 +120,7 @@ class Secret:
 
 def partner_token(vendor_api_key: str, partner_api_key: str) -> str:
     """The ``GRADIENT-TOKEN`` value: standard base64 (padded) of UTF-8 ``"vendor:partner"``."""
-    raw = f"{vendor_api_key}:{partner_api_key}".encode("utf-8")
+    raw = f"{vendor_api_key}:{partner_api_key}".encode()
     return base64.b64encode(raw).decode("ascii")
 
 

@@ -50,9 +50,14 @@ class GradientSide:
 class RecordedSide(Protocol):
     """What the delivered state was recorded against (``ledger.PartnerState``)."""
 
-    organization_id: str | None
-    integration_id: str | None
-    key_fingerprint: str | None
+    @property
+    def organization_id(self) -> str | None: ...
+
+    @property
+    def integration_id(self) -> str | None: ...
+
+    @property
+    def key_fingerprint(self) -> str | None: ...
 
 
 def _short(value: str | None) -> str:

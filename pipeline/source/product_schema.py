@@ -10,7 +10,8 @@ A vendor with another schema keeps its own tables and points the ``*_SQL`` files
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import mysql
@@ -27,7 +28,7 @@ Timestamp = (
 Id = sa.Text().with_variant(sa.String(191), *MYSQL_DIALECTS)
 Code = sa.Text().with_variant(sa.String(64), *MYSQL_DIALECTS)
 Description = sa.Text().with_variant(sa.String(1000), *MYSQL_DIALECTS)
-MYSQL_TABLE_OPTIONS = {"mysql_charset": "utf8mb4", "mysql_collate": "utf8mb4_bin"}
+MYSQL_TABLE_OPTIONS: dict[str, Any] = {"mysql_charset": "utf8mb4", "mysql_collate": "utf8mb4_bin"}
 
 partners = sa.Table(
     "partners",
@@ -131,7 +132,7 @@ def to_db_timestamp(value: datetime | str | None, dialect_name: str) -> datetime
     if value.tzinfo is None:
         raise ValueError("product timestamps must be timezone-aware")
     if dialect_name == "sqlite":
-        return value.astimezone(timezone.utc).isoformat(sep=" ")
+        return value.astimezone(UTC).isoformat(sep=" ")
     if dialect_name in MYSQL_DIALECTS:
-        return value.astimezone(timezone.utc).replace(tzinfo=None)
+        return value.astimezone(UTC).replace(tzinfo=None)
     return value

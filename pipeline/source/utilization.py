@@ -40,7 +40,7 @@ class SourceQuery:
     sha256: str
 
     @classmethod
-    def load(cls, path: str | Path) -> "SourceQuery":
+    def load(cls, path: str | Path) -> SourceQuery:
         file = Path(path)
         try:
             raw = file.read_text(encoding="utf-8")

@@ -20,7 +20,7 @@ import json
 import weakref
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import date, datetime, timezone
+from datetime import date, datetime
 from operator import itemgetter, lt
 
 import pandas as pd
@@ -79,7 +79,7 @@ def _driver_rows(conn: sa.Connection, table: sa.Table, columns: Columns, rows: i
             converted = {value: process(value) for value in set(values) if value is not None}
             values = [None if value is None else converted[value] for value in values]
         ordered.append(values)
-    return compiled.string, zip(*ordered)
+    return compiled.string, zip(*ordered, strict=True)
 
 
 _COPY_SPECIALS = ("\\", "\t", "\n", "\r")
@@ -117,7 +117,7 @@ def _copy_rows(conn: sa.Connection, table: sa.Table, columns: Columns, rows: int
                 else _copy_column(list(itertools.islice(source, size)))
                 for source in sources
             ]
-            buffer = io.StringIO("\n".join(map("\t".join, zip(*texts))) + "\n")
+            buffer = io.StringIO("\n".join(map("\t".join, zip(*texts, strict=True))) + "\n")
             cursor.copy_expert(statement, buffer)
     finally:
         cursor.close()
@@ -134,7 +134,7 @@ def insert_columns(conn: sa.Connection, table: sa.Table, columns: Columns, rows:
     prepared = _driver_rows(conn, table, columns, rows)
     if prepared is None:
         names = [c.name for c in table.columns]
-        records = [dict(zip(names, line)) for line in zip(*(_column_values(columns, n, rows) for n in names))]
+        records = [dict(zip(names, line, strict=True)) for line in zip(*(_column_values(columns, n, rows) for n in names), strict=True)]
         conn.execute(table.insert(), records)
         return
     statement, lines = prepared
@@ -190,7 +190,7 @@ def counts_fingerprint(counts: pd.DataFrame) -> str:
     computes the same from the state database without loading the month."""
     ordered = counts.sort_values(list(FINGERPRINT_KEYS))
     digest = hashlib.sha256()
-    lines = zip(ordered["partner_id"], ordered["company_id"], ordered["sku"], ordered["billable_users"])
+    lines = zip(ordered["partner_id"], ordered["company_id"], ordered["sku"], ordered["billable_users"], strict=True)
     for batch in iter(lambda: list(itertools.islice(lines, FINGERPRINT_FETCH_ROWS)), []):
         digest.update(_fingerprint_lines(batch).encode())
     return digest.hexdigest()
@@ -396,7 +396,7 @@ class StagedCountsWriter:
         }
         insert_columns(self.conn, staged_billable_counts, columns, len(counts))
         self.rows += len(counts)
-        self.summary.add(list(zip(partners, companies, skus, users)))
+        self.summary.add(list(zip(partners, companies, skus, users, strict=True)))
 
     def staged_summary(self) -> CountsSummary | None:
         """The fingerprint and totals of what was staged; None unless it came in key order."""

@@ -7,7 +7,7 @@ sync state (``pipeline.gradient.ledger``), run failures (``pipeline.automation.f
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import sqlalchemy as sa
 
@@ -17,7 +17,7 @@ metadata = sa.MetaData()
 
 
 def utcnow() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 billable_counts = sa.Table(

@@ -235,7 +235,7 @@ class _CopiedGroups:
                 io.BytesIO(data), header=None, names=list(PASS_COLUMNS), dtype=_COPY_DTYPES,
                 keep_default_na=False, na_filter=False, encoding="utf-8",
             ))
-        except BaseException as error:  # noqa: BLE001 - raised again once the COPY is read
+        except BaseException as error:
             self.error = error
 
     def raise_error(self) -> None:
