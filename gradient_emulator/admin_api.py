@@ -42,7 +42,7 @@ class AdminApi:
             (f"{a}/partners", self.register_partner, "POST"),
             (f"{org}/revoke", self.revoke_partner, "POST"),
             (f"{org}/status", self.set_status, "PUT"),
-            (f"{org}/accounts/{{account_id:path}}", self.delete_account, "DELETE"),
+            (f"{org}/delete-account", self.delete_account, "POST"),
             (f"{org}/psa-companies", self.set_psa_companies, "PUT"),
             (f"{org}/psa-products", self.set_psa_products, "PUT"),
             (f"{org}/account-mappings/{{account_id:path}}", self.map_account, "POST"),
@@ -87,8 +87,9 @@ class AdminApi:
         return JSONResponse(self.state.set_status(request.path_params["organization_id"], status))
 
     async def delete_account(self, request: Request) -> Response:
-        org, account_id = request.path_params["organization_id"], request.path_params["account_id"]
-        return JSONResponse(self.state.delete_account(org, account_id))
+        """The account id comes in the body: any id (CR/LF included) can be named there."""
+        account_id = require_string(require_object(await read_json(request)), "account_id")
+        return JSONResponse(self.state.delete_account(request.path_params["organization_id"], account_id))
 
     async def set_psa_companies(self, request: Request) -> Response:
         names = string_list(await read_json(request), "psa companies")

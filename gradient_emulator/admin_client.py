@@ -92,7 +92,7 @@ class EmulatorAdmin:
     def delete_account(self, organization_id: str, account_id: str) -> JsonObject:
         """Delete one account of the organization with its mapping and counts; returns
         ``{"organization_id", "account", "counts_deleted"}``."""
-        return self._object("DELETE", self._partner_path(organization_id, f"/accounts/{_segment(account_id)}"))
+        return self._object("POST", self._partner_path(organization_id, "/delete-account"), {"account_id": account_id})
 
     def set_psa_companies(self, organization_id: str, names: Iterable[str]) -> list[JsonObject]:
         return self._list("PUT", self._partner_path(organization_id, "/psa-companies"), list(names))
