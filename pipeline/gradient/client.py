@@ -423,7 +423,6 @@ class GradientClient:
             self._stats.requests_sent += 1
             pool = min(range(len(pools)), key=self._in_flight.__getitem__)
             http = pools[pool]
-            self._in_flight[pool] += 1
             request = http.build_request(
                 call.method,
                 call.path,
@@ -433,6 +432,7 @@ class GradientClient:
                 extensions=extensions,
             )
             cap = self._max_count_answer_bytes if call.answer == "count" else self._max_answer_bytes
+            self._in_flight[pool] += 1
             try:
                 try:
                     async with deadline:
@@ -446,14 +446,10 @@ class GradientClient:
                 except TimeoutError:
                     if not deadline.expired():
                         raise
-                    over = AnswerDeadlineExceeded(
+                    raise AnswerDeadlineExceeded(
                         f"no complete answer within {self._answer_deadline_seconds:g} s "
                         "(the total deadline of one attempt)"
-                    )
-                else:
-                    over = None
-                if over is not None:
-                    raise over
+                    ) from None
             except httpx.TransportError:
                 self._stats.transport_errors += 1
                 if released is not None and answered_at is not None:
@@ -546,7 +542,7 @@ class GradientClient:
         response = await self._send(call, retry=retry)
         if not response.is_success:
             raise _status_error(call, response)
-        return _decode_json(call, response)
+        return _decode_json(response)
 
 
 class PartnerSession:
@@ -991,20 +987,9 @@ def _unusable_answer_error(call: _Call, error: _UnusableAnswer, attempts: int) -
     )
 
 
-def _decode_json(call: _Call, response: httpx.Response) -> Any:
-    if not response.content:
-        return None
-    try:
-        return response.json()
-    except ValueError:
-        pass
-    raise _error(
-        GradientError,
-        call,
-        response.status_code,
-        f"Gradient answered {call.where} with {response.status_code} but a non-JSON body; "
-        "check GRADIENT_BASE_URL points at Gradient's API (https://app.usegradient.com)",
-    )
+def _decode_json(response: httpx.Response) -> Any:
+    """The JSON body, None if empty (``_attempt`` already refused a 2xx that does not parse)."""
+    return response.json() if response.content else None
 
 
 def _shape_error(call: _Call, expected: str, got: Any) -> GradientError:
