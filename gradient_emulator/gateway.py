@@ -213,7 +213,12 @@ class VendorGateway:
                 await send({"type": "http.response.body", "body": body[index : index + 1], "more_body": not last})
                 if last:
                     return
-                await asyncio.wait({disconnect}, timeout=action.trickle_interval_s)
+                next_byte_at = time.monotonic() + action.trickle_interval_s
+                while not disconnect.done() and self.state.faults.generation == generation:
+                    remaining = next_byte_at - time.monotonic()
+                    if remaining <= 0:
+                        break
+                    await asyncio.wait({disconnect}, timeout=min(remaining, 0.05))
                 if disconnect.done():
                     return
             await send({"type": "http.response.body", "body": b"", "more_body": False})
