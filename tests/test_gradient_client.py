@@ -933,3 +933,14 @@ def test_emulator_a_trickling_answer_fails_within_the_deadline(
     assert len([r for r in admin.requests() if r["path"].endswith("/count")]) == 2
     assert [row["unit_count"] for row in admin.counts()] == [7]  # handled; only the answer was slow
     admin.clear_faults()
+
+
+def test_a_404_that_is_not_gradients_json_is_failed_not_unmapped() -> None:
+    """Gradient's 404 ("No account map found") is a JSON object; a proxy's HTML 404 page is
+    not Gradient saying the pair is unmapped."""
+    page = httpx.Response(404, text="<html>Not Found</html>", headers={"content-type": "text/html"})
+    script = Script([page])
+    result = run_session(script, count)
+    assert (result.outcome, result.status_code, len(script.seen)) == ("failed", 404, 1)
+    assert "received HTTP 404, text/html" in (result.message or "")
+    assert run_session(Script([httpx.Response(404)]), count).outcome == "failed"

@@ -723,7 +723,16 @@ class PartnerSession:
         if response.is_success:
             return CountResult(response.status_code, "delivered", _redacted_detail(call, response))
         if response.status_code == 404:
-            return CountResult(404, "unmapped", _redacted_detail(call, response))
+            if _answer_problem("json", response) is None and isinstance(_json_or_none(response), dict):
+                return CountResult(404, "unmapped", _redacted_detail(call, response))
+            # A proxy's "not found" page: not Gradient saying the pair is unmapped.
+            return CountResult(
+                404,
+                "failed",
+                f"Gradient's answer to {call.where} was a 404 that is not its documented JSON "
+                f"({_received(call, response)}), so it is not taken as unmapped; check "
+                "GRADIENT_BASE_URL and any proxy in front of Gradient; a re-run sends it again",
+            )
         raise _status_error(call, response)
 
     async def create_alert(
@@ -962,6 +971,13 @@ def _answer_problem(shape: AnswerShape, response: httpx.Response) -> str | None:
     if isinstance(status, int) and not isinstance(status, bool) and not 200 <= status <= 299:
         return f"its body says status {status}"
     return None
+
+
+def _json_or_none(response: httpx.Response) -> Any:
+    try:
+        return response.json()
+    except ValueError:
+        return None
 
 
 def _received(call: _Call, response: httpx.Response, *, oversized: bool = False) -> str:
