@@ -41,6 +41,8 @@ class AdminApi:
             (f"{a}/health", self.health, "GET"),
             (f"{a}/partners", self.register_partner, "POST"),
             (f"{org}/revoke", self.revoke_partner, "POST"),
+            (f"{org}/status", self.set_status, "PUT"),
+            (f"{org}/delete-account", self.delete_account, "POST"),
             (f"{org}/psa-companies", self.set_psa_companies, "PUT"),
             (f"{org}/psa-products", self.set_psa_products, "PUT"),
             (f"{org}/account-mappings/{{account_id:path}}", self.map_account, "POST"),
@@ -77,6 +79,17 @@ class AdminApi:
 
     async def revoke_partner(self, request: Request) -> Response:
         return JSONResponse(self.state.revoke_partner(request.path_params["organization_id"]))
+
+    async def set_status(self, request: Request) -> Response:
+        """Set the integration's status as Gradient (or the partner there) would: ``inactive``
+        drops the organization's accounts, mappings and counts."""
+        status = require_string(require_object(await read_json(request)), "status")
+        return JSONResponse(self.state.set_status(request.path_params["organization_id"], status))
+
+    async def delete_account(self, request: Request) -> Response:
+        """The account id comes in the body: any id (CR/LF included) can be named there."""
+        account_id = require_string(require_object(await read_json(request)), "account_id")
+        return JSONResponse(self.state.delete_account(request.path_params["organization_id"], account_id))
 
     async def set_psa_companies(self, request: Request) -> Response:
         names = string_list(await read_json(request), "psa companies")

@@ -12,6 +12,7 @@ import httpx
 from .catalog import ADMIN_PREFIX
 
 JsonObject = dict[str, Any]
+_RATE_OF_KIND = {"maintenance_page": "maintenance_rate", "empty_answer": "empty_answer_rate", "trickle": "trickle_rate"}
 
 
 def _segment(value: str) -> str:
@@ -83,6 +84,16 @@ class EmulatorAdmin:
     def revoke_partner(self, organization_id: str) -> JsonObject:
         return self._object("POST", self._partner_path(organization_id, "/revoke"))
 
+    def set_integration_status(self, organization_id: str, status: str) -> JsonObject:
+        """Set the organization's integration status behind the vendor's back; ``inactive`` drops
+        its accounts, mappings and counts. Returns ``GET /organization``'s view."""
+        return self._object("PUT", self._partner_path(organization_id, "/status"), {"status": status})
+
+    def delete_account(self, organization_id: str, account_id: str) -> JsonObject:
+        """Delete one account of the organization with its mapping and counts; returns
+        ``{"organization_id", "account", "counts_deleted"}``."""
+        return self._object("POST", self._partner_path(organization_id, "/delete-account"), {"account_id": account_id})
+
     def set_psa_companies(self, organization_id: str, names: Iterable[str]) -> list[JsonObject]:
         return self._list("PUT", self._partner_path(organization_id, "/psa-companies"), list(names))
 
@@ -119,6 +130,19 @@ class EmulatorAdmin:
     def set_faults(self, faults: Mapping[str, Any] | None = None, **settings: Any) -> JsonObject:
         """Replace the fault settings, e.g. ``set_faults(error_rate=1.0, paths=["/service"])``."""
         return self._object("PUT", "/faults", {**(faults or {}), **settings})
+
+    def answer_count_calls(self, kind: str, *, trickle_interval_seconds: float | None = None) -> JsonObject:
+        """Make every count call (``POST /service/{id}/count``) answer badly until faults are
+        cleared: ``"maintenance_page"`` (200 text/html, nothing stored), ``"empty_answer"`` (201,
+        empty body, nothing stored) or ``"trickle"`` (stored, then the answer sent one byte every
+        ``trickle_interval_seconds``). Replaces the other fault settings."""
+        rate = _RATE_OF_KIND.get(kind)
+        if rate is None:
+            raise ValueError(f"Unknown count-call answer {kind!r}: use one of {sorted(_RATE_OF_KIND)}")
+        settings: dict[str, Any] = {rate: 1.0, "paths": ["/service/"], "methods": ["POST"]}
+        if trickle_interval_seconds is not None:
+            settings["trickle_interval_seconds"] = trickle_interval_seconds
+        return self.set_faults(settings)
 
     def clear_faults(self) -> JsonObject:
         return self._object("DELETE", "/faults")

@@ -14,8 +14,24 @@ from .errors import BadRequest
 
 # "lost_response": the request IS handled (its effect happens), then the connection is dropped
 # before the answer, as when a response is lost on the way back.
-FaultKind = Literal["error", "drop", "timeout", "lost_response"]
-_FAULT_KINDS: tuple[str, ...] = ("error", "drop", "timeout", "lost_response")
+# "maintenance_page": a proxy in front of Gradient answers 200 text/html; nothing is handled.
+# "empty_answer": 201 with an empty body; nothing is handled (nothing stored).
+# "trickle": the request IS handled, then its answer is sent one byte every
+# ``trickle_interval_seconds`` (a per-read timeout never fires; only a total deadline does).
+FaultKind = Literal["error", "drop", "timeout", "lost_response", "maintenance_page", "empty_answer", "trickle"]
+_FAULT_KINDS: tuple[str, ...] = (
+    "error", "drop", "timeout", "lost_response", "maintenance_page", "empty_answer", "trickle"
+)
+# The rate setting of each randomly drawn fault kind, in the order they are drawn.
+_RATE_SETTINGS: tuple[tuple[str, FaultKind], ...] = (
+    ("drop_rate", "drop"),
+    ("timeout_rate", "timeout"),
+    ("error_rate", "error"),
+    ("lost_response_rate", "lost_response"),
+    ("maintenance_rate", "maintenance_page"),
+    ("empty_answer_rate", "empty_answer"),
+    ("trickle_rate", "trickle"),
+)
 
 
 class SlidingWindowRateLimiter:
@@ -71,6 +87,7 @@ class FaultAction:
     status: int = 503
     message: str = "Injected fault (Gradient emulator)"
     timeout_s: float = 0.0
+    trickle_interval_s: float = 3.0
 
 
 @dataclass
@@ -82,8 +99,14 @@ class FaultConfig:
     timeout_seconds: float = 30.0
     drop_rate: float = 0.0
     lost_response_rate: float = 0.0
+    maintenance_rate: float = 0.0
+    empty_answer_rate: float = 0.0
+    trickle_rate: float = 0.0
+    trickle_interval_seconds: float = 3.0
     rate_limit_per_second: int | None = None
     paths: list[str] | None = None
+    # Only requests of these methods (e.g. ``["POST"]`` with ``paths=["/service/"]``: count calls).
+    methods: list[str] | None = None
     seed: int | None = None
     fail_next: list[OneShotFault] = field(default_factory=list)
 
@@ -143,9 +166,14 @@ def parse_fault_config(raw: Any) -> FaultConfig:
         timeout_seconds=_number(raw, "timeout_seconds", 30.0, 0.001, 3600.0),
         drop_rate=_number(raw, "drop_rate", 0.0, 0.0, 1.0),
         lost_response_rate=_number(raw, "lost_response_rate", 0.0, 0.0, 1.0),
+        maintenance_rate=_number(raw, "maintenance_rate", 0.0, 0.0, 1.0),
+        empty_answer_rate=_number(raw, "empty_answer_rate", 0.0, 0.0, 1.0),
+        trickle_rate=_number(raw, "trickle_rate", 0.0, 0.0, 1.0),
+        trickle_interval_seconds=_number(raw, "trickle_interval_seconds", 3.0, 0.001, 600.0),
     )
-    if config.error_rate + config.timeout_rate + config.drop_rate + config.lost_response_rate > 1.0:
-        raise BadRequest("error_rate + timeout_rate + drop_rate + lost_response_rate must not exceed 1.0")
+    if sum(getattr(config, name) for name, _ in _RATE_SETTINGS) > 1.0:
+        names = " + ".join(name for name, _ in _RATE_SETTINGS)
+        raise BadRequest(f"{names} must not exceed 1.0")
     limit = raw.get("rate_limit_per_second")
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
         raise BadRequest("faults.rate_limit_per_second must be a positive integer")
@@ -154,6 +182,10 @@ def parse_fault_config(raw: Any) -> FaultConfig:
     if paths is not None and (not isinstance(paths, list) or not all(isinstance(p, str) for p in paths)):
         raise BadRequest("faults.paths must be a list of path prefixes")
     config.paths = paths
+    methods = raw.get("methods")
+    if methods is not None and (not isinstance(methods, list) or not all(isinstance(m, str) for m in methods)):
+        raise BadRequest("faults.methods must be a list of HTTP methods, e.g. [\"POST\"]")
+    config.methods = [m.upper() for m in methods] if methods is not None else None
     seed = raw.get("seed")
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
         raise BadRequest("faults.seed must be an integer")
@@ -215,7 +247,7 @@ class FaultInjector:
             one_shot = self._pop_one_shot(method, path)
             if one_shot is not None:
                 return one_shot
-            return self._random_action(path)
+            return self._random_action(method, path)
 
     def _pop_one_shot(self, method: str, path: str) -> FaultAction | None:
         for index, fault in enumerate(self._config.fail_next):
@@ -229,28 +261,33 @@ class FaultInjector:
                 status=fault.status,
                 message=fault.message or FaultAction.message,
                 timeout_s=self._config.timeout_seconds,
+                trickle_interval_s=self._config.trickle_interval_seconds,
             )
         return None
 
-    def _random_action(self, path: str) -> FaultAction | None:
+    def _random_action(self, method: str, path: str) -> FaultAction | None:
         config = self._config
         if config.paths is not None and not any(
             path_matches(p, path, self._api_prefix) for p in config.paths
         ):
             return None
+        if config.methods is not None and method not in config.methods:
+            return None
         latency = config.latency_ms / 1000.0
         draw = self._rng.random()
         kind: FaultKind | None = None
-        if draw < config.drop_rate:
-            kind = "drop"
-        elif draw < config.drop_rate + config.timeout_rate:
-            kind = "timeout"
-        elif draw < config.drop_rate + config.timeout_rate + config.error_rate:
-            kind = "error"
-        elif draw < config.drop_rate + config.timeout_rate + config.error_rate + config.lost_response_rate:
-            kind = "lost_response"
+        bound = 0.0
+        for name, candidate in _RATE_SETTINGS:
+            bound += getattr(config, name)
+            if draw < bound:
+                kind = candidate
+                break
         if kind is None and latency == 0:
             return None
         return FaultAction(
-            kind=kind, latency_s=latency, status=config.error_status, timeout_s=config.timeout_seconds
+            kind=kind,
+            latency_s=latency,
+            status=config.error_status,
+            timeout_s=config.timeout_seconds,
+            trickle_interval_s=config.trickle_interval_seconds,
         )

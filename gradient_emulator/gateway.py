@@ -21,6 +21,11 @@ from .faults import FaultAction
 from .state import EmulatorState
 
 RATE_LIMIT_MESSAGE = "ThrottlerException: Too Many Requests"
+# What a proxy or load balancer in front of Gradient answers during maintenance.
+MAINTENANCE_PAGE = (
+    b"<!DOCTYPE html><html><head><title>Down for maintenance</title></head>"
+    b"<body><h1>We'll be back soon</h1><p>Gradient is undergoing scheduled maintenance.</p></body></html>"
+)
 
 
 def _is_vendor_path(path: str) -> bool:
@@ -65,6 +70,14 @@ async def _drop_connection(receive: Receive, send: Send) -> None:
             await asyncio.sleep(0)
         return
     await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"1024")]})
+
+
+async def _send_raw(send: Send, status: int, content_type: bytes | None, body: bytes) -> None:
+    headers = [(b"content-length", str(len(body)).encode())]
+    if content_type is not None:
+        headers.append((b"content-type", content_type))
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body, "more_body": False})
 
 
 async def _swallow(message: Message) -> None:
@@ -148,6 +161,12 @@ class VendorGateway:
             await _drop_connection(raw_receive, send)
         elif action.kind == "timeout":
             await self._time_out(action, scope, receive, send)
+        elif action.kind == "maintenance_page":
+            await _send_raw(send, 200, b"text/html; charset=utf-8", MAINTENANCE_PAGE)
+        elif action.kind == "empty_answer":
+            await _send_raw(send, 201, None, b"")
+        elif action.kind == "trickle":
+            await self._trickle(action, scope, receive, send)
         else:
             await self._respond(scope, receive, send, action.status, action.message)
 
@@ -169,6 +188,42 @@ class VendorGateway:
             disconnect.cancel()
         if not client_gone:
             await self._respond(scope, receive, send, 504, "Gateway Timeout")
+
+    async def _trickle(self, action: FaultAction, scope: Scope, receive: Receive, send: Send) -> None:
+        """Handle the request, then send its answer's body one byte every ``trickle_interval_s``
+        (headers at once) until the client disconnects; the rest goes at once when held requests
+        are released (faults changed, server stopping)."""
+        captured: list[Message] = []
+
+        async def capture(message: Message) -> None:
+            captured.append(message)
+
+        await self.app(scope, receive, capture)
+        start = next(m for m in captured if m["type"] == "http.response.start")
+        body = b"".join(m.get("body", b"") for m in captured if m["type"] == "http.response.body")
+        await send(start)
+        generation = self.state.faults.generation
+        disconnect = asyncio.ensure_future(_wait_for_disconnect(receive))
+        try:
+            for index in range(len(body)):
+                if self.state.faults.generation != generation:
+                    await send({"type": "http.response.body", "body": body[index:], "more_body": False})
+                    return
+                last = index == len(body) - 1
+                await send({"type": "http.response.body", "body": body[index : index + 1], "more_body": not last})
+                if last:
+                    return
+                next_byte_at = time.monotonic() + action.trickle_interval_s
+                while not disconnect.done() and self.state.faults.generation == generation:
+                    remaining = next_byte_at - time.monotonic()
+                    if remaining <= 0:
+                        break
+                    await asyncio.wait({disconnect}, timeout=min(remaining, 0.05))
+                if disconnect.done():
+                    return
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+        finally:
+            disconnect.cancel()
 
     @staticmethod
     async def _respond(scope: Scope, receive: Receive, send: Send, status: int, message: str) -> None:

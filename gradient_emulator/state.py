@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hmac
 import threading
+from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -473,8 +474,8 @@ class EmulatorState:
         """
         with self._lock:
             partner = self._partner(organization_id)
-            ids = [item.id for item in items]
-            duplicated = sorted({i for i in ids if ids.count(i) > 1})
+            ids = Counter(item.id for item in items)
+            duplicated = sorted(i for i, n in ids.items() if n > 1)
             if duplicated:
                 raise Conflict(f"Duplicate account ids in request: {', '.join(duplicated)}")
             existing = sorted(i for i in ids if i in partner.accounts)
@@ -486,6 +487,20 @@ class EmulatorState:
                 if partner.auto_map_all or item.name in companies:
                     partner.account_mappings.add(item.id)
             return [item.view() for item in items]
+
+    def delete_account(self, organization_id: str, account_id: str) -> dict[str, Any]:
+        """Delete one account with its mapping and counts (what Gradient, or the partner in
+        Gradient, can do behind the vendor's back); returns what was removed."""
+        with self._lock:
+            partner = self._partner(organization_id)
+            account = partner.accounts.pop(account_id, None)
+            if account is None:
+                raise NotFound(f"No account found with id: {account_id}")
+            partner.account_mappings.discard(account_id)
+            dropped = [key for key in partner.counts if key[0] == account_id]
+            for key in dropped:
+                del partner.counts[key]
+            return {"organization_id": organization_id, "account": account.view(), "counts_deleted": len(dropped)}
 
     def update_account(
         self, organization_id: str, account_id: str, fields: Mapping[str, Any]

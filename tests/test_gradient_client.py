@@ -8,7 +8,7 @@ import json
 import logging
 import pickle
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
@@ -33,7 +33,9 @@ from pipeline.gradient.errors import (
     GradientRequestError,
     GradientServerError,
     GradientUnavailableError,
+    GradientUnexpectedAnswerError,
 )
+from gradient_emulator import EmulatorAdmin, EmulatorServer
 from pipeline.resources import GradientResource
 
 BASE_URL = "https://gradient.test"
@@ -761,3 +763,184 @@ def test_resource_reads_the_key_from_the_environment(monkeypatch: pytest.MonkeyP
         client = resources.gradient.client(transport=httpx.MockTransport(script))
         asyncio.run(main(client))
     assert script.seen[0].headers["GRADIENT-TOKEN"] == TOKEN
+
+
+# --- only Gradient's answer counts; deadline and size cap -----------------------------------
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        httpx.Response(200, text="<html><body>Down for maintenance</body></html>", headers={"content-type": "text/html"}),
+        httpx.Response(201),
+        httpx.Response(201, content=b'{"status":201,"mess', headers={"content-type": "application/json"}),
+        reply(201, ["Unit count updated"]),
+        reply(201, {"ok": True}),
+        reply(200, {"status": 500, "message": "upstream failed"}),
+        httpx.Response(200, content=b'{"status":201,"message":"ok"}', headers={"content-type": "text/html"}),
+    ],
+    ids=["html-page", "empty-201", "truncated-json", "array", "no-status-or-message", "body-says-500", "json-as-html"],
+)
+def test_a_2xx_that_is_not_gradients_answer_is_failed_after_the_retries(answer: httpx.Response) -> None:
+    script = Script([answer])
+    result = run_session(script, count, max_attempts=3)
+    assert result.outcome == "failed"
+    assert result.status_code == answer.status_code
+    assert "not its documented JSON" in (result.message or "")
+    assert f"received HTTP {answer.status_code}" in (result.message or "")
+    assert len(script.seen) == 3
+
+
+def test_a_failed_answer_says_what_was_received_truncated_and_masked() -> None:
+    page = f"<html>{TOKEN} {PARTNER_KEY}\r\n<!channel>" + "x" * 5000 + "</html>"
+    script = Script([httpx.Response(200, text=page, headers={"content-type": "text/html; charset=utf-8"})])
+    result = run_session(script, count, max_attempts=1)
+    message = result.message or ""
+    assert result.outcome == "failed"
+    assert "text/html; charset=utf-8" in message and f"{len(page)} bytes" in message
+    assert "********" in message and "\\r\\n" in message and "\r" not in message
+    assert "x" * 150 in message and "x" * 400 not in message
+    assert_no_secret(message)
+
+
+def test_a_maintenance_page_then_gradients_answer_is_delivered() -> None:
+    page = httpx.Response(200, text="<html>maintenance</html>", headers={"content-type": "text/html"})
+    script = Script([page, created()])
+    result = run_session(script, count)
+    assert (result.outcome, result.status_code, len(script.seen)) == ("delivered", 201, 2)
+
+
+def test_json_calls_refuse_a_non_json_2xx_after_the_retries() -> None:
+    page = httpx.Response(200, text="<html>login</html>", headers={"content-type": "text/html"})
+    script = Script([page])
+    with pytest.raises(GradientUnexpectedAnswerError) as caught:
+        run_session(script, lambda s: s.get_accounts(), max_attempts=2)
+    assert len(script.seen) == 2
+    assert caught.value.status_code == 200
+    assert "text/html" in str(caught.value) and "GRADIENT_BASE_URL" in str(caught.value)
+
+
+def test_an_answer_over_the_size_cap_is_refused_without_reading_it_whole() -> None:
+    """The body is streamed (no content-length): reading stops past the cap, so a huge answer
+    never sits in memory; it is refused at once (reading it again would not make it smaller)."""
+    produced: list[int] = []
+
+    async def endless() -> Any:
+        while True:
+            produced.append(64 * 1024)
+            yield b" " * (64 * 1024)
+
+    script = Script([lambda r: httpx.Response(200, content=endless(), headers={"content-type": "application/json"})])
+    with pytest.raises(GradientUnexpectedAnswerError, match="size cap"):
+        run_session(script, lambda s: s.get_accounts(), max_answer_bytes=1024 * 1024)
+    assert len(script.seen) == 1
+    assert 16 <= len(produced) <= 18
+
+    produced.clear()
+    result = run_session(script, count, max_count_answer_bytes=256 * 1024)
+    assert (result.outcome, len(produced)) == ("failed", 5)
+
+
+def test_a_declared_length_over_the_cap_is_refused_unread() -> None:
+    big = httpx.Response(201, content=b"{" + b" " * 4096 + b"}", headers={"content-type": "application/json"})
+    result = run_session(Script([big]), count, max_count_answer_bytes=1024)
+    assert result.outcome == "failed" and "size cap" in (result.message or "")
+
+
+def test_answers_within_the_caps_are_read_whole() -> None:
+    accounts = [{"id": f"c{i}", "name": "n" * 100} for i in range(5000)]
+    script = Script([reply(200, accounts)])
+    assert run_session(script, lambda s: s.get_accounts(), max_answer_bytes=1024 * 1024) == accounts
+
+
+# --- through the real emulator ----------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def emulator() -> Iterator[EmulatorServer]:
+    with EmulatorServer(VENDOR_KEY) as server:
+        yield server
+
+
+@pytest.fixture
+def emulated(emulator: EmulatorServer) -> Iterator[tuple[EmulatorAdmin, str]]:
+    """A partner with one service and one account, both mapped; returns (admin, service id)."""
+    with EmulatorAdmin(emulator.base_url) as admin:
+        admin.reset()
+        admin.register_partner(PARTNER_KEY, "Acme MSP", auto_map_all=True)
+
+        async def setup() -> str:
+            async with GradientClient(emulator.base_url, VENDOR_KEY) as client:
+                session = client.partner("acme", PARTNER_KEY)
+                service = await session.create_service("Backup", "Backup seats", "backup", "cloud backup")
+                await session.create_accounts([{"id": "acct-1", "name": "Acme Corp"}])
+                return str(service["id"])
+
+        yield admin, asyncio.run(setup())
+
+
+def emulated_count(base_url: str, service_id: str, **settings: Any) -> CountResult:
+    async def main() -> CountResult:
+        async with GradientClient(
+            base_url, VENDOR_KEY, backoff_initial_seconds=0.001, backoff_max_seconds=0.01, **settings
+        ) as client:
+            return await client.partner("acme", PARTNER_KEY).set_unit_count(
+                service_id, "acct-1", 7, no_build=True
+            )
+
+    return asyncio.run(main())
+
+
+def test_emulator_a_good_answer_is_delivered_and_held(
+    emulator: EmulatorServer, emulated: tuple[EmulatorAdmin, str]
+) -> None:
+    admin, service_id = emulated
+    result = emulated_count(emulator.base_url, service_id)
+    assert (result.outcome, result.status_code) == ("delivered", 201)
+    assert [row["unit_count"] for row in admin.counts()] == [7]
+
+
+@pytest.mark.parametrize(
+    ("kind", "status", "received"),
+    [("maintenance_page", 200, "text/html"), ("empty_answer", 201, "0 bytes")],
+)
+def test_emulator_a_proxy_page_or_an_empty_201_is_failed_and_nothing_is_held(
+    emulator: EmulatorServer, emulated: tuple[EmulatorAdmin, str], kind: str, status: int, received: str
+) -> None:
+    admin, service_id = emulated
+    admin.answer_count_calls(kind)
+    result = emulated_count(emulator.base_url, service_id, max_attempts=3)
+    assert (result.outcome, result.status_code) == ("failed", status)
+    assert received in (result.message or "")
+    assert_no_secret(result.message or "")
+    assert admin.counts() == []
+    assert [r["fault"] for r in admin.requests() if r["path"].endswith("/count")] == [kind] * 3
+
+
+def test_emulator_a_trickling_answer_fails_within_the_deadline(
+    emulator: EmulatorServer, emulated: tuple[EmulatorAdmin, str]
+) -> None:
+    """One byte every 0.3 s never trips the per-read timeout (5 s); the 1 s total deadline of
+    each attempt does, and every attempt is retried like a transport error."""
+    admin, service_id = emulated
+    admin.answer_count_calls("trickle", trickle_interval_seconds=0.3)
+    with pytest.raises(GradientUnavailableError) as caught:
+        emulated_count(
+            emulator.base_url, service_id, max_attempts=2, timeout_seconds=5.0, answer_deadline_seconds=1.0
+        )
+    assert "did not arrive whole within 1 s on any of 2 attempt(s)" in str(caught.value)
+    assert caught.value.status_code is None
+    assert len([r for r in admin.requests() if r["path"].endswith("/count")]) == 2
+    assert [row["unit_count"] for row in admin.counts()] == [7]  # handled; only the answer was slow
+    admin.clear_faults()
+
+
+def test_a_404_that_is_not_gradients_json_is_failed_not_unmapped() -> None:
+    """Gradient's 404 ("No account map found") is a JSON object; a proxy's HTML 404 page is
+    not Gradient saying the pair is unmapped."""
+    page = httpx.Response(404, text="<html>Not Found</html>", headers={"content-type": "text/html"})
+    script = Script([page])
+    result = run_session(script, count)
+    assert (result.outcome, result.status_code, len(script.seen)) == ("failed", 404, 1)
+    assert "received HTTP 404, text/html" in (result.message or "")
+    assert run_session(Script([httpx.Response(404)]), count).outcome == "failed"

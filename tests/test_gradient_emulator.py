@@ -579,3 +579,144 @@ def test_server_start_stop_for_long_lived_use() -> None:
     assert not server.running
     with pytest.raises(RuntimeError):
         _ = server.base_url
+
+
+# -- what Gradient can do behind the vendor's back ------------------------------------------------
+
+
+def test_admin_deletes_one_account_with_its_mapping_and_counts(
+    admin: EmulatorAdmin, mapped: dict[str, str], api: ApiFactory
+) -> None:
+    client = api()
+    assert _count(client, mapped["sat"], "c1", 3).status_code == 201
+    removed = admin.delete_account(mapped["org"], "c1")
+    assert removed == {
+        "organization_id": mapped["org"],
+        "account": {"id": "c1", "name": "Acme Corp", "description": None},
+        "counts_deleted": 1,
+    }
+    assert [a["id"] for a in client.get("/organization/accounts").json()] == ["c2"]
+    assert admin.counts() == [] and "c1" not in admin.state()["partners"][mapped["org"]]["account_mappings"]
+    assert _count(client, mapped["sat"], "c1", 3).status_code == 404
+    with pytest.raises(httpx.HTTPStatusError) as caught:
+        admin.delete_account(mapped["org"], "c1")
+    assert caught.value.response.status_code == 404
+
+
+def test_admin_deletes_an_account_with_a_hostile_id(admin: EmulatorAdmin, org: str, api: ApiFactory) -> None:
+    client = api()
+    hostile = "../x/=cmd?\r\n<!channel>"
+    assert client.post("/organization/accounts", json=[{"id": hostile, "name": "n"}]).status_code == 201
+    assert admin.delete_account(org, hostile)["account"]["id"] == hostile
+    assert client.get("/organization/accounts").json() == []
+
+
+def test_admin_sets_the_status_and_inactive_drops_accounts_and_counts(
+    admin: EmulatorAdmin, mapped: dict[str, str], api: ApiFactory
+) -> None:
+    client = api()
+    assert _count(client, mapped["sat"], "c1", 3).status_code == 201
+    assert admin.set_integration_status(mapped["org"], "error")["status"] == "error"
+    assert client.get("/organization").json()["status"] == "error"
+    assert len(admin.counts()) == 1
+    view = admin.set_integration_status(mapped["org"], "inactive")
+    assert (view["organizationId"], view["status"]) == (mapped["org"], "inactive")
+    assert client.get("/organization/accounts").json() == [] and admin.counts() == []
+    with pytest.raises(httpx.HTTPStatusError) as caught:
+        admin.set_integration_status(mapped["org"], "connected")
+    assert caught.value.response.status_code == 400
+
+
+def test_one_partner_can_hold_keys_of_two_organizations(admin: EmulatorAdmin, api: ApiFactory) -> None:
+    """A partner pasting a key of another Gradient organization: each key answers for its own
+    organization, integration and status."""
+    first = admin.register_partner(PARTNER_KEY, "Alpha MSP", status="active")
+    second = admin.register_partner(OTHER_PARTNER_KEY, "Alpha MSP", organization_id="org-alpha-2")
+    views = [api(key).get("/organization").json() for key in (PARTNER_KEY, OTHER_PARTNER_KEY)]
+    assert [(v["organizationId"], v["integrationId"], v["status"]) for v in views] == [
+        (first["organization_id"], first["integration_id"], "active"),
+        ("org-alpha-2", second["integration_id"], "inactive"),
+    ]
+    assert first["integration_id"] != second["integration_id"]
+
+
+@pytest.mark.parametrize(
+    ("kind", "status", "content_type", "body"),
+    [
+        ("maintenance_page", 200, "text/html; charset=utf-8", "Gradient is undergoing scheduled maintenance"),
+        ("empty_answer", 201, None, ""),
+    ],
+)
+def test_count_calls_can_answer_a_proxy_page_or_an_empty_201_storing_nothing(
+    admin: EmulatorAdmin,
+    mapped: dict[str, str],
+    api: ApiFactory,
+    kind: str,
+    status: int,
+    content_type: str | None,
+    body: str,
+) -> None:
+    client = api()
+    admin.answer_count_calls(kind)
+    answer = _count(client, mapped["sat"], "c1", 3)
+    assert (answer.status_code, answer.headers.get("content-type")) == (status, content_type)
+    assert body in answer.text and (body or answer.content == b"")
+    assert admin.counts() == []
+    # Only count calls: creating a service and reading the organization answer as usual.
+    assert client.post("/service", json=EMAIL).status_code == 200
+    assert client.get("/organization").json()["organizationId"] == mapped["org"]
+    assert admin.requests()[-3]["fault"] == kind
+    admin.clear_faults()
+    assert _count(client, mapped["sat"], "c1", 3).status_code == 201
+
+
+def test_count_calls_can_trickle_their_answer(admin: EmulatorAdmin, mapped: dict[str, str], api: ApiFactory) -> None:
+    client = api()
+    admin.answer_count_calls("trickle", trickle_interval_seconds=0.01)
+    received: list[bytes] = []
+    with client.stream("POST", f"/service/{mapped['sat']}/count", json={"accountId": "c1", "unitCount": 4}) as answer:
+        received.extend(answer.iter_raw())
+    assert answer.status_code == 201
+    assert json.loads(b"".join(received)) == {"status": 201, "message": "Unit count updated successfully"}
+    assert len(received) > 10  # byte by byte, not in one piece
+    assert [row["unit_count"] for row in admin.counts()] == [4]
+    assert admin.requests()[-1]["fault"] == "trickle"
+
+
+def test_clearing_faults_releases_a_trickling_answer(
+    admin: EmulatorAdmin, mapped: dict[str, str], api: ApiFactory
+) -> None:
+    client = api(timeout=30.0)
+    admin.answer_count_calls("trickle", trickle_interval_seconds=20)
+    with ThreadPoolExecutor(1) as pool:
+        pending = pool.submit(_count, client, mapped["sat"], "c1", 5)
+        while not any(r["path"].endswith("/count") for r in admin.requests()):
+            time.sleep(0.01)
+        admin.clear_faults()
+        assert pending.result(timeout=25).json()["status"] == 201
+
+
+def test_bulk_account_creation_is_linear_and_still_rejects_duplicates(org: str, api: ApiFactory) -> None:
+    client = api(timeout=60.0)
+    accounts = [{"id": f"c{i}", "name": f"Company {i}"} for i in range(20_000)]
+    assert client.post("/organization/accounts", json=[*accounts, accounts[7], accounts[3]]).status_code == 409
+    conflict = client.post("/organization/accounts", json=[*accounts, accounts[7]])
+    assert conflict.json()["message"] == "Duplicate account ids in request: c7"
+    assert client.post("/organization/accounts", json=accounts).status_code == 201
+    assert len(client.get("/organization/accounts").json()) == 20_000
+
+
+def test_new_fault_settings_are_validated(admin: EmulatorAdmin) -> None:
+    for bad in (
+        {"methods": "POST"},
+        {"trickle_rate": 0.6, "maintenance_rate": 0.5},
+        {"trickle_interval_seconds": 0},
+        {"fail_next": [{"action": "melt"}]},
+    ):
+        with pytest.raises(httpx.HTTPStatusError) as caught:
+            admin.set_faults(bad)
+        assert caught.value.response.status_code == 400
+    with pytest.raises(ValueError, match="maintenance_page"):
+        admin.answer_count_calls("slow")
+    admin.set_faults(fail_next=[{"path_prefix": "/service/", "action": "empty_answer"}])
+    assert admin.faults()["fail_next"][0]["action"] == "empty_answer"

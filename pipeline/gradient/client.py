@@ -26,11 +26,19 @@ Retries: tenacity, on 429, 5xx and ``httpx.TransportError`` (except the determin
 ``UnsupportedProtocol`` / ``LocalProtocolError``), with full-jitter exponential backoff
 (``wait_random_exponential``) and a numeric ``Retry-After`` as the minimum wait. Every
 attempt goes through the limiter again. The first attempt is sent without tenacity; its
-machinery is built only after a retryable failure. Other statuses are never retried. POSTs are
+machinery is built only after a retryable failure. Other statuses are never retried. A 2xx
+whose body is not Gradient's documented JSON (a proxy's maintenance page, an empty or truncated
+body) is retried like a 5xx: it is not Gradient's answer. POSTs are
 retried too: unit counts overwrite (idempotent); a retried bulk account creation whose
 first attempt landed may answer 409 (duplicate ids), which the caller resolves by reading
 the accounts again. ``POST /service`` is the exception: it is sent once, and the caller
 re-reads the services by name before any new attempt (a retry could create a duplicate).
+
+Deadline and size: each attempt must receive its whole answer within ``answer_deadline_seconds``
+of being sent (httpx's timeout applies per read: a server trickling one byte every few seconds
+never trips it), else it fails like a transport error (retried). Bodies are read streaming and
+at most ``max_count_answer_bytes`` (count calls) / ``max_answer_bytes`` (the rest, e.g. GET
+accounts) are kept: a longer 2xx answer is refused, never held in memory whole.
 """
 
 from __future__ import annotations
@@ -42,6 +50,7 @@ import math
 import re
 import sys
 from collections import Counter
+from contextlib import aclosing
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
@@ -62,6 +71,7 @@ from pipeline.gradient.errors import (
     GradientRequestError,
     GradientServerError,
     GradientUnavailableError,
+    GradientUnexpectedAnswerError,
 )
 from pipeline.gradient.pacing import Pacer
 
@@ -90,7 +100,13 @@ INTEGRATION_STATUSES = frozenset({"active", "inactive", "pending", "disabled", "
 RETRY_AFTER_CAP_SECONDS = 120.0
 # Connections per httpx pool (see GradientClient.__init__).
 POOL_CONNECTIONS = 2
+# A count call's answer is ~60 bytes; a body near this size is not Gradient's answer.
+MAX_COUNT_ANSWER_BYTES = 1 << 20
+# Every other answer; GET /organization/accounts of 100,000 accounts is ~10 MB.
+MAX_ANSWER_BYTES = 64 << 20
 _MAX_DETAIL_CHARS = 500
+# How much of an answer that is not Gradient's is kept (in the ledger, logs, errors).
+_EXCERPT_CHARS = 200
 _MASK = "********"
 _NOT_RETRIED_TRANSPORT_ERRORS = (httpx.UnsupportedProtocol, httpx.LocalProtocolError)
 # httpcore's trace events right before a request's first byte is written.
@@ -98,7 +114,10 @@ _SEND_HEADERS_EVENTS = frozenset({"http11.send_request_headers.started", "http2.
 # ... and right after a response's status line and headers were read (the pacer's answer time).
 _ANSWER_EVENTS = frozenset({"http11.receive_response_headers.complete", "http2.receive_response_headers.complete"})
 
-CountOutcome = Literal["delivered", "unmapped"]
+CountOutcome = Literal["delivered", "unmapped", "failed"]
+# What a call's 2xx body must be: any JSON (or empty), or a count call's documented
+# ``{"status", "message"}`` object.
+AnswerShape = Literal["json", "count"]
 
 
 class Secret:
@@ -126,7 +145,9 @@ def partner_token(vendor_api_key: str, partner_api_key: str) -> str:
 
 @dataclass(frozen=True)
 class CountResult:
-    """Outcome of one set-unit-count call: 2xx = delivered, 404 = unmapped by the partner."""
+    """Outcome of one set-unit-count call: delivered = a 2xx with Gradient's documented JSON
+    answer; unmapped = 404 (unmapped by the partner); failed = an answer that was not Gradient's
+    (``message`` says what was received; retryable, a re-run sends it again)."""
 
     status_code: int
     outcome: CountOutcome
@@ -144,6 +165,7 @@ class _Call:
     partner_id: str
     params: dict[str, str] | None = None
     body: Any = None
+    answer: AnswerShape = "json"
 
     @property
     def where(self) -> str:
@@ -155,6 +177,21 @@ class _Call:
             if value:
                 text = text.replace(value, _MASK)
         return text
+
+
+class AnswerDeadlineExceeded(httpx.TimeoutException):
+    """An attempt's answer did not arrive whole within the client's total deadline."""
+
+
+class _UnusableAnswer(Exception):
+    """Internal: a 2xx that is not Gradient's answer (``received`` describes it, redacted).
+    Retried like a 5xx unless ``retryable`` is false (a body over the size cap)."""
+
+    def __init__(self, status_code: int, received: str, *, retryable: bool = True) -> None:
+        super().__init__(f"HTTP {status_code}, not Gradient's answer")
+        self.status_code = status_code
+        self.received = received
+        self.retryable = retryable
 
 
 class _RetryableStatus(Exception):
@@ -213,13 +250,23 @@ class GradientClient:
         backoff_max_seconds: float = 30.0,
         max_concurrency: int = 32,
         transport: httpx.AsyncBaseTransport | None = None,
+        answer_deadline_seconds: float | None = None,
+        max_answer_bytes: int = MAX_ANSWER_BYTES,
+        max_count_answer_bytes: int = MAX_COUNT_ANSWER_BYTES,
     ) -> None:
+        """``timeout_seconds`` applies to each connect/read/write; ``answer_deadline_seconds``
+        (default: ``timeout_seconds``) to a whole answer, from sending to its last byte."""
+        if answer_deadline_seconds is None:
+            answer_deadline_seconds = timeout_seconds
         _require_positive(
             max_requests_per_second=max_requests_per_second,
             timeout_seconds=timeout_seconds,
             max_attempts=max_attempts,
             backoff_max_seconds=backoff_max_seconds,
             max_concurrency=max_concurrency,
+            answer_deadline_seconds=answer_deadline_seconds,
+            max_answer_bytes=max_answer_bytes,
+            max_count_answer_bytes=max_count_answer_bytes,
         )
         if backoff_initial_seconds < 0:
             raise ValueError("backoff_initial_seconds must be >= 0")
@@ -230,6 +277,9 @@ class GradientClient:
         self._vendor_key = key
         self._max_requests_per_second = float(max_requests_per_second)
         self._timeout_seconds = timeout_seconds
+        self._answer_deadline_seconds = float(answer_deadline_seconds)
+        self._max_answer_bytes = int(max_answer_bytes)
+        self._max_count_answer_bytes = int(max_count_answer_bytes)
         self._max_attempts = int(max_attempts)
         self._wait = _BackoffWait(backoff_initial_seconds, backoff_max_seconds)
         self._max_concurrency = int(max_concurrency)
@@ -309,7 +359,7 @@ class GradientClient:
         try:
             try:
                 return await self._attempt(call)
-            except (_RetryableStatus, httpx.TransportError) as error:
+            except (_RetryableStatus, _UnusableAnswer, httpx.TransportError) as error:
                 if not (retry and self._max_attempts > 1 and _is_retryable(error)):
                     raise
                 first: list[BaseException] = [error]
@@ -323,6 +373,8 @@ class GradientClient:
             return await retrying(self._attempt_after, call, first)
         except _RetryableStatus as error:
             failure = _exhausted_status_error(call, error, self._attempts(retrying))
+        except _UnusableAnswer as error:
+            failure = _unusable_answer_error(call, error, self._attempts(retrying))
         except httpx.TransportError as error:
             failure = self._unavailable_error(call, error, self._attempts(retrying))
         except httpx.HTTPError as error:
@@ -347,6 +399,10 @@ class GradientClient:
             released: float | None = None
             answered_at: float | None = None
 
+            # The whole answer's deadline counts from the release (the pacer's wait is not
+            # Gradient's time); before it, httpx's own connect/pool timeouts apply.
+            deadline = asyncio.timeout(None)
+
             async def pace_on_send(event: str, info: dict[str, Any]) -> None:
                 # httpcore awaits this right before it writes the request line and headers,
                 # with no await between: the pacer's release time is the send time.
@@ -354,6 +410,7 @@ class GradientClient:
                 if event in _SEND_HEADERS_EVENTS and not paced:
                     paced = True
                     released = await self._limiter.acquire()
+                    deadline.reschedule(released + self._answer_deadline_seconds)
                 elif event in _ANSWER_EVENTS:
                     answered_at = loop.time()
 
@@ -366,16 +423,33 @@ class GradientClient:
             self._stats.requests_sent += 1
             pool = min(range(len(pools)), key=self._in_flight.__getitem__)
             http = pools[pool]
+            request = http.build_request(
+                call.method,
+                call.path,
+                params=call.params,
+                json=call.body,
+                headers={TOKEN_HEADER: call.token.get_secret_value()},
+                extensions=extensions,
+            )
+            cap = self._max_count_answer_bytes if call.answer == "count" else self._max_answer_bytes
             self._in_flight[pool] += 1
             try:
-                response = await http.request(
-                    call.method,
-                    call.path,
-                    params=call.params,
-                    json=call.body,
-                    headers={TOKEN_HEADER: call.token.get_secret_value()},
-                    extensions=extensions,
-                )
+                try:
+                    async with deadline:
+                        if released is not None:
+                            deadline.reschedule(released + self._answer_deadline_seconds)
+                        response = await http.send(request, stream=True)
+                        try:
+                            oversized = await _read_capped(response, cap)
+                        finally:
+                            await response.aclose()
+                except TimeoutError:
+                    if not deadline.expired():
+                        raise
+                    raise AnswerDeadlineExceeded(
+                        f"no complete answer within {self._answer_deadline_seconds:g} s "
+                        "(the total deadline of one attempt)"
+                    ) from None
             except httpx.TransportError:
                 self._stats.transport_errors += 1
                 if released is not None and answered_at is not None:
@@ -400,6 +474,14 @@ class GradientClient:
             raise _RetryableStatus(
                 response.status_code, _retry_after_seconds(response), _gradient_message(response)
             )
+        if response.is_success:
+            if oversized:
+                raise _UnusableAnswer(
+                    response.status_code, _received(call, response, oversized=True), retryable=False
+                )
+            problem = _answer_problem(call.answer, response)
+            if problem is not None:
+                raise _UnusableAnswer(response.status_code, f"{problem}; {_received(call, response)}")
         return response
 
     def _before_sleep(self, call: _Call, state: RetryCallState) -> None:
@@ -407,6 +489,8 @@ class GradientClient:
         error = state.outcome.exception() if state.outcome is not None else None
         if isinstance(error, _RetryableStatus):
             reason = f"HTTP {error.status_code}"
+        elif isinstance(error, _UnusableAnswer):
+            reason = f"HTTP {error.status_code} that is not Gradient's answer ({error.received})"
         else:
             reason = _describe(call, error) if error is not None else "unknown"
         delay = state.next_action.sleep if state.next_action is not None else 0.0
@@ -423,6 +507,16 @@ class GradientClient:
     def _unavailable_error(
         self, call: _Call, error: httpx.TransportError, attempts: int
     ) -> GradientError:
+        if isinstance(error, AnswerDeadlineExceeded):
+            return _error(
+                GradientUnavailableError,
+                call,
+                None,
+                f"Gradient's answer to {call.where} did not arrive whole within "
+                f"{self._answer_deadline_seconds:g} s on any of {attempts} attempt(s) (a stalled "
+                "or trickling connection: a proxy, the network or Gradient); check the network "
+                "path to GRADIENT_BASE_URL; a re-run completes what was left",
+            )
         return _error(
             GradientUnavailableError,
             call,
@@ -443,11 +537,12 @@ class GradientClient:
         return self._http
 
     async def _json(self, call: _Call, *, retry: bool = True) -> Any:
-        """Send ``call``; any non-2xx raises; returns the decoded JSON body (None if empty)."""
+        """Send ``call``; any non-2xx, or a 2xx that is not JSON, raises; returns the decoded
+        JSON body (None if empty)."""
         response = await self._send(call, retry=retry)
         if not response.is_success:
             raise _status_error(call, response)
-        return _decode_json(call, response)
+        return _decode_json(response)
 
 
 class PartnerSession:
@@ -469,7 +564,13 @@ class PartnerSession:
         return f"PartnerSession(partner_id={self.partner_id!r}, token={self._token!r})"
 
     def _call(
-        self, method: str, path: str, *, params: dict[str, str] | None = None, body: Any = None
+        self,
+        method: str,
+        path: str,
+        *,
+        params: dict[str, str] | None = None,
+        body: Any = None,
+        answer: AnswerShape = "json",
     ) -> _Call:
         return _Call(
             method=method,
@@ -479,6 +580,7 @@ class PartnerSession:
             partner_id=self.partner_id,
             params=params,
             body=body,
+            answer=answer,
         )
 
     async def get_vendor(self) -> dict[str, Any]:
@@ -605,18 +707,32 @@ class PartnerSession:
         *,
         no_build: bool,
     ) -> CountResult:
-        """Set one (account, service) count; 404 = unmapped is returned, never raised."""
+        """Set one (account, service) count; 404 = unmapped and an answer that is not Gradient's
+        documented JSON (after the retries) = failed are returned, never raised."""
         call = self._call(
             "POST",
             f"/service/{_segment(service_id)}/count",
             params={"no_build": "true"} if no_build else None,
             body={"accountId": str(account_id), "unitCount": _unit_count(unit_count)},
+            answer="count",
         )
-        response = await self._client._send(call)
+        try:
+            response = await self._client._send(call)
+        except GradientUnexpectedAnswerError as error:
+            return CountResult(error.status_code or 0, "failed", error.message)
         if response.is_success:
             return CountResult(response.status_code, "delivered", _redacted_detail(call, response))
         if response.status_code == 404:
-            return CountResult(404, "unmapped", _redacted_detail(call, response))
+            if _answer_problem("json", response) is None and isinstance(_json_or_none(response), dict):
+                return CountResult(404, "unmapped", _redacted_detail(call, response))
+            # A proxy's "not found" page: not Gradient saying the pair is unmapped.
+            return CountResult(
+                404,
+                "failed",
+                f"Gradient's answer to {call.where} was a 404 that is not its documented JSON "
+                f"({_received(call, response)}), so it is not taken as unmapped; check "
+                "GRADIENT_BASE_URL and any proxy in front of Gradient; a re-run sends it again",
+            )
         raise _status_error(call, response)
 
     async def create_alert(
@@ -667,6 +783,8 @@ def _is_retryable_status(status_code: int) -> bool:
 def _is_retryable(error: BaseException) -> bool:
     if isinstance(error, _RetryableStatus):
         return True
+    if isinstance(error, _UnusableAnswer):
+        return error.retryable
     return isinstance(error, httpx.TransportError) and not isinstance(
         error, _NOT_RETRIED_TRANSPORT_ERRORS
     )
@@ -804,20 +922,90 @@ def _exhausted_status_error(call: _Call, error: _RetryableStatus, attempts: int)
     )
 
 
-def _decode_json(call: _Call, response: httpx.Response) -> Any:
+async def _read_capped(response: httpx.Response, cap: int) -> bool:
+    """Read the (decoded) body into ``response`` as httpx's ``aread`` does, but keep at most
+    ``cap`` bytes: True when the body is longer (the rest is never read)."""
+    declared = response.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > cap:
+        response._content = b""
+        return True
+    chunks: list[bytes] = []
+    size = 0
+    async with aclosing(response.aiter_bytes()) as body:
+        async for chunk in body:
+            size += len(chunk)
+            if size > cap:
+                chunks.append(chunk[: len(chunk) - (size - cap)])
+                response._content = b"".join(chunks)
+                return True
+            chunks.append(chunk)
+    response._content = b"".join(chunks)
+    return False
+
+
+def _is_json_media_type(content_type: str) -> bool:
+    media = content_type.split(";", 1)[0].strip().lower()
+    return media == "application/json" or media.endswith("+json")
+
+
+def _answer_problem(shape: AnswerShape, response: httpx.Response) -> str | None:
+    """Why a 2xx body is not Gradient's answer of this ``shape``, or None when it is.
+
+    Any call: a declared content type must be JSON and a body must parse. A count call's body
+    must be Gradient's documented object: it has ``status`` and/or ``message``, and a numeric
+    ``status`` (when present) is itself a 2xx."""
+    content_type = response.headers.get("content-type")
+    if content_type is not None and not _is_json_media_type(content_type):
+        return "not JSON (content type)"
     if not response.content:
+        return "an empty body" if shape == "count" else None
+    try:
+        body = response.json()
+    except ValueError:
+        return "not JSON, or truncated JSON"
+    if shape == "json":
         return None
+    if not isinstance(body, dict) or not ("status" in body or "message" in body):
+        return "not Gradient's {status, message} object"
+    status = body.get("status")
+    if isinstance(status, int) and not isinstance(status, bool) and not 200 <= status <= 299:
+        return f"its body says status {status}"
+    return None
+
+
+def _json_or_none(response: httpx.Response) -> Any:
     try:
         return response.json()
     except ValueError:
-        pass
-    raise _error(
-        GradientError,
+        return None
+
+
+def _received(call: _Call, response: httpx.Response, *, oversized: bool = False) -> str:
+    """What was received, for the ledger, logs and errors: status, content type, size and the
+    first characters (secrets masked, control characters escaped)."""
+    content = response.content
+    content_type = response.headers.get("content-type") or "no content type"
+    size = f"over {len(content)} bytes (the size cap; the rest was not read)" if oversized else f"{len(content)} bytes"
+    head = call.redact(content[: _EXCERPT_CHARS * 4 + 1024].decode("utf-8", "replace"))
+    excerpt = repr(head[:_EXCERPT_CHARS]) + ("..." if len(head) > _EXCERPT_CHARS else "")
+    return call.redact(f"received HTTP {response.status_code}, {content_type}, {size}: {excerpt}")
+
+
+def _unusable_answer_error(call: _Call, error: _UnusableAnswer, attempts: int) -> GradientError:
+    return _error(
+        GradientUnexpectedAnswerError,
         call,
-        response.status_code,
-        f"Gradient answered {call.where} with {response.status_code} but a non-JSON body; "
-        "check GRADIENT_BASE_URL points at Gradient's API (https://app.usegradient.com)",
+        error.status_code,
+        f"Gradient's answer to {call.where} was not its documented JSON, so it does not count "
+        f"({error.received}; {attempts} attempt(s)) [partner {call.partner_id!r}]; a proxy or "
+        "maintenance page in front of Gradient, or GRADIENT_BASE_URL not pointing at Gradient's "
+        "API (https://app.usegradient.com); a re-run sends it again",
     )
+
+
+def _decode_json(response: httpx.Response) -> Any:
+    """The JSON body, None if empty (``_attempt`` already refused a 2xx that does not parse)."""
+    return response.json() if response.content else None
 
 
 def _shape_error(call: _Call, expected: str, got: Any) -> GradientError:

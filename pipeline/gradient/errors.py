@@ -76,3 +76,8 @@ class GradientUnavailableError(GradientError):
 
 class GradientRequestError(GradientError):
     """Any other 4xx: the request itself is wrong; retrying does not help."""
+
+
+class GradientUnexpectedAnswerError(GradientError):
+    """A 2xx whose body is not Gradient's documented JSON (a proxy page, empty, truncated, or
+    over the size cap): not Gradient's answer, so nothing is taken as done."""
