@@ -931,7 +931,7 @@ async def _read_capped(response: httpx.Response, cap: int) -> bool:
         return True
     chunks: list[bytes] = []
     size = 0
-    async with aclosing(response.aiter_bytes()) as body:
+    async with aclosing(response.aiter_bytes()) as body:  # type: ignore[type-var]
         async for chunk in body:
             size += len(chunk)
             if size > cap:
