@@ -150,10 +150,7 @@ def test_key_of_another_organization_sends_everything_to_the_new_one(world):
 def test_account_deleted_in_gradient_is_created_again_and_its_counts_resent(world):
     held = deliver_october(world)
     gone = sorted({account for account, _ in held})[0]
-    partner = world.emulator.state._partners[org("p-001")]
-    with world.emulator.state._lock:
-        del partner.accounts[gone]
-        partner.counts = {k: v for k, v in partner.counts.items() if k[0] != gone}
+    world.admin.delete_account(org("p-001"), gone)
 
     rerun = world.run()
     assert rerun.success, failure_text(rerun)
@@ -168,7 +165,7 @@ def test_account_deleted_in_gradient_is_created_again_and_its_counts_resent(worl
 
 def test_integration_set_inactive_in_gradient_is_onboarded_again_and_active_after_the_push(world):
     held = deliver_october(world)
-    world.emulator.state.set_status(org("p-001"), "inactive")  # Gradient drops accounts and counts
+    world.admin.set_integration_status(org("p-001"), "inactive")  # Gradient drops accounts and counts
     assert counts_of(world, org("p-001")) == {}
 
     rerun = world.run()
@@ -253,6 +250,47 @@ def test_resend_sends_every_pair_whatever_the_ledger_says(world):
     assert counts_of(world, org("p-001")) == held
     assert len(world.count_calls()) == len(held)
     assert materialization_metadata(resent, "gradient_unit_counts")["resend"] is True
+
+
+@pytest.mark.parametrize("kind", ["maintenance_page", "empty_answer"])
+def test_a_2xx_that_is_not_gradients_answer_is_failed_and_a_healthy_rerun_delivers(world, kind):
+    world.register()
+    world.gradient_kwargs = {"max_attempts": 2}
+    world.admin.answer_count_calls(kind)
+    faulty = world.run()
+    assert not faulty.success
+    entries = world.entries(OCT, faulty.run_id)
+    assert entries and not [e for e in entries if e["outcome"] == ledger.DELIVERED]
+    assert {e["outcome"] for e in entries} == {ledger.FAILED}
+    assert "not Gradient's answer" in entries[0]["detail"] and len(entries[0]["detail"]) < 1000
+    assert world.admin.counts() == []  # Gradient stored nothing
+
+    world.admin.clear_faults()
+    healthy = world.run()
+    assert healthy.success, failure_text(healthy)
+    for pid in CONNECTED:
+        assert {k: v for k, v in counts_of(world, org(pid)).items()} == {
+            k: v for k, v in stored_counts(world, pid).items() if (pid, k[0]) in world.mapped_accounts()
+        }
+
+
+def test_trickling_answers_fail_within_the_deadline_and_the_rerun_resends_them(world):
+    world.register()
+    world.gradient_kwargs = {"timeout_seconds": 1.0, "max_attempts": 1}
+    world.admin.answer_count_calls("trickle", trickle_interval_seconds=3)
+    slow = world.run()
+    assert not slow.success
+    details = {e["detail"] for e in world.entries(OCT, slow.run_id) if e["outcome"] == ledger.FAILED}
+    assert any("did not arrive whole within 1 s" in (d or "") for d in details), details
+    # Gradient took the values, the answers never came whole: each is kept as possibly held
+    assert ledger.unanswered_pairs(world.state, "p-001")
+
+    world.admin.clear_faults()
+    world.gradient_kwargs = {}
+    rerun = world.run()
+    assert rerun.success, failure_text(rerun)
+    assert counts_of(world, org("p-001")) == stored_counts(world, "p-001")
+    assert ledger.unanswered_pairs(world.state, "p-001") == {}
 
 
 @pytest.mark.parametrize("partner_id", CONNECTED[:1])
