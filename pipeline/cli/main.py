@@ -118,40 +118,13 @@ def _seed(seed, partners, companies, users, end_month, history_months, bad_rows)
 def _materialize(
     months: list[BillingMonth], force_superseded: bool = False, trigger: str = "cli"
 ) -> list[tuple[BillingMonth, bool, str]]:
-    """Run the monthly job for each month in order on the instance; one failure stops none.
-    Each month's report is printed as soon as that month finishes."""
-    import uuid
-
-    from pipeline.cli.runs import month_report, month_run, progress
-    from pipeline.definitions import build_defs
-    from pipeline.automation.jobs import load_run_config, run_tags
-    from pipeline.cli.instance import process_tags
-    from pipeline.resources import StateDatabase
+    """Run the monthly job for each month in order on the instance (through its daemon when
+    it has one: pipeline.cli.runs.run_months); one failure stops none. Each month's report is
+    printed as soon as that month finishes."""
+    from pipeline.cli.runs import run_months
 
     verbose = bool(click.get_current_context(silent=True) and click.get_current_context().meta.get("gbs.verbose"))
-    job = build_defs().resolve_job_def("monthly_billing")
-    quiet = QUIET_RUN_CONFIG if verbose else {"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}}
-    run_config = {**quiet, **load_run_config(job.name, [], force_superseded)}
-    state = StateDatabase(url=settings.state_db_url()).engine()
-    results = []
-    with _instance() as instance, progress(months, "months") as bar:
-        for month in bar:
-            run_id = str(uuid.uuid4())  # known before it starts, so the bar can follow its steps
-            with bar.watch(instance, run_id):
-                result = job.execute_in_process(
-                    partition_key=month.key,
-                    instance=instance,
-                    raise_on_error=False,
-                    run_config=run_config,
-                    tags={**run_tags(trigger), **process_tags()},
-                    run_id=run_id,
-                )
-            ran = month_run(month.month, result)
-            bar.echo(month_report(state, ran))
-            if verbose and ran.trace:
-                bar.echo(ran.trace)
-            results.append((month, result.success, result.run_id))
-    return results
+    return run_months(months, force_superseded=force_superseded, trigger=trigger, verbose=verbose)
 
 
 @main.command("run")
