@@ -233,12 +233,10 @@ class InProcessRuns:
         return None
 
     def run(self, month, job_name: str, load_config: dict, tags: dict[str, str], on_step: Callable[[str], None]):
-        """Run the month; ``on_step`` hears each step as it starts."""
+        """Run the month; ``on_step`` hears each step as it starts. Its ExecuteInProcessResult."""
         import uuid
 
         from dagster import DagsterEventType
-
-        from pipeline.cli.runs import month_run
 
         job = self.defs.resolve_job_def(job_name)
         run_id = str(uuid.uuid4())  # known before it starts: the listener follows its steps
@@ -257,7 +255,7 @@ class InProcessRuns:
             tags={**tags, **process_tags()},
             run_id=run_id,
         )
-        return month_run(month.month, result)
+        return result
 
 
 class InstanceRuns:
@@ -316,11 +314,9 @@ class InstanceRuns:
         return run.run_id
 
     def run(self, month, job_name: str, load_config: dict, tags: dict[str, str], on_step: Callable[[str], None]):
-        from pipeline.cli.runs import month_run_on_instance
-
+        """Submit the month's run and follow it; the ids of its attempts, the final one last."""
         run_id = self.submit(month.key, job_name, load_config, tags)
-        attempts = follow_run(self.instance, run_id, lambda text: on_step(f"{month.label} {text}"))
-        return month_run_on_instance(self.instance, month.month, attempts[-1], attempts[:-1])
+        return follow_run(self.instance, run_id, lambda text: on_step(f"{month.label} {text}"))
 
 
 def deployed_location_name(instance) -> str:

@@ -124,7 +124,8 @@ def _materialize(
     from pipeline.cli.runs import run_months
 
     verbose = bool(click.get_current_context(silent=True) and click.get_current_context().meta.get("gbs.verbose"))
-    return run_months(months, force_superseded=force_superseded, trigger=trigger, verbose=verbose)
+    with _instance() as instance:
+        return run_months(instance, months, force_superseded=force_superseded, trigger=trigger, verbose=verbose)
 
 
 @main.command("run")

@@ -210,40 +210,42 @@ class progress:  # noqa: N801 - used like a function: ``with progress(months, "m
 
 
 def run_months(
-    months: Sequence, *, force_superseded: bool = False, trigger: str = "cli", verbose: bool = False
+    instance, months: Sequence, *, force_superseded: bool = False, trigger: str = "cli", verbose: bool = False
 ) -> list[tuple]:
-    """Run the monthly job for each month in order on the CLI's instance; one failure stops
+    """Run the monthly job for each month in order on ``instance``; one failure stops
     none; each month's report is printed as soon as it finishes. With a daemon on the
     instance, each run is submitted to it (queue, limits, retries, failure sensors) and
     followed to its end, retries included; without one, it runs in this process."""
     from pipeline import settings
     from pipeline.automation.jobs import load_run_config, monthly_billing_job, run_tags
     from pipeline.cli import instance as cli_instance
-    from pipeline.cli.common import cli_dagster_instance
     from pipeline.resources import StateDatabase
 
     load_config = load_run_config(monthly_billing_job.name, [], force_superseded)
     state = StateDatabase(url=settings.state_db_url()).engine()
     results = []
-    with cli_dagster_instance() as instance:
-        through_instance = cli_instance.daemon_backed(instance)
-        if not through_instance:
-            note = cli_instance.in_process_note(instance)
-            if note:
-                click_echo_err(note)
-        with progress(months, "months") as bar:
-            if through_instance:
-                runner = cli_instance.InstanceRuns(instance)
-            else:
-                runner = cli_instance.InProcessRuns(instance, verbose)
-            with runner:
-                for month in bar:
-                    tags = run_tags(trigger, month_key=month.key)
-                    ran = runner.run(month, monthly_billing_job.name, load_config, tags, bar.step)
-                    bar.echo(month_report(state, ran))
-                    if verbose and ran.trace:
-                        bar.echo(ran.trace)
-                    results.append((month, ran.success, ran.run_id))
+    through_instance = cli_instance.daemon_backed(instance)
+    if not through_instance:
+        note = cli_instance.in_process_note(instance)
+        if note:
+            click_echo_err(note)
+    with progress(months, "months") as bar:
+        if through_instance:
+            runner = cli_instance.InstanceRuns(instance)
+        else:
+            runner = cli_instance.InProcessRuns(instance, verbose)
+        with runner:
+            for month in bar:
+                tags = run_tags(trigger, month_key=month.key)
+                outcome = runner.run(month, monthly_billing_job.name, load_config, tags, bar.step)
+                if through_instance:
+                    ran = month_run_on_instance(instance, month.month, outcome[-1], outcome[:-1])
+                else:
+                    ran = month_run(month.month, outcome)
+                bar.echo(month_report(state, ran))
+                if verbose and ran.trace:
+                    bar.echo(ran.trace)
+                results.append((month, ran.success, ran.run_id))
     return results
 
 
