@@ -13,7 +13,7 @@ import pandas as pd
 from pydantic import Field
 
 from assets import specs
-from assets.month_end import billable_counts, billing_month
+from assets.month_end import billable_counts, billing_month, guard_billing_timezone
 from assets import push_signals
 from assets.load_preview import preview_accounts, preview_services, preview_unit_counts
 from assets.push_signals import table_value
@@ -73,6 +73,12 @@ class GradientLoadConfig(GradientPreviewConfig):
         default=False,
         description="Push the month even when a partner already holds a newer month in Gradient "
         "(Gradient keeps only the latest value: this rolls the partner back).",
+    )
+    resend: bool = Field(
+        default=False,
+        description="Send every pair again whatever the ledger says was delivered: for when "
+        "Gradient lost counts in a way the pipeline cannot see (it cannot read counts back). "
+        "The run is tagged gbs/resend=true.",
     )
     # how long a partner's push waits for another run's push of the same partner, then stops
     lock_wait_seconds: float = DEFAULT_WAIT_SECONDS
@@ -283,6 +289,9 @@ def gradient_accounts(
         for company, reason in report.refused.items():
             context.log.error(f"{report.partner_id}: company {company[:80]!r} refused: {reason}")
         ledger.record_refusals(state, context.run_id, report.partner_id, report.refused)
+        ledger.record_gradient_changes(state, context.run_id, report.partner_id, report.gradient_changes)
+        for change in report.gradient_changes:
+            context.log.warning(f"{report.partner_id}: Gradient changed: {change}")
         if not report.error:
             own = accounts[accounts.partner_id == report.partner_id]
             valid, _ = split_companies([(r.company_id, r.company_name) for r in own.itertuples()])
@@ -294,6 +303,11 @@ def gradient_accounts(
             "partners_failed": sum(1 for r in reports if r.error),
             "accounts_created": sum(r.accounts_created for r in reports),
             "accounts_renamed": sum(r.accounts_renamed for r in reports),
+            "partners_with_gradient_changes": sum(1 for r in reports if r.gradient_changes),
+            # bounded: the first partners' changes; every one is in the log and the state DB
+            "gradient_changes": dg.MetadataValue.json(
+                dict(list({r.partner_id: r.gradient_changes for r in reports if r.gradient_changes}.items())[:50])
+            ),
             "per_partner": table_value(table),
         }
     )
@@ -337,6 +351,10 @@ def gradient_unit_counts(
             state, month.month, counts, companies, [t.partner_id for t in targets], config.force_superseded
         )
         return
+    timezone_change = guard_billing_timezone(context, state, month, billing_rules.timezone)
+    if config.resend:
+        context.instance.add_run_tags(context.run_id, {"gbs/resend": "true"})
+        context.log.warning(f"{month.label}: resend: every pair is sent again whatever the ledger says")
     service_ids = ledger.service_ids(state)
     accounts_failed = ledger.account_sync_failures_of(state, context.run_id)
     service_conflicts = ledger.service_conflicts(state)
@@ -358,6 +376,8 @@ def gradient_unit_counts(
                         service_conflicts=service_conflicts,
                         lock_wait_seconds=config.lock_wait_seconds,
                         log=context.log.info,
+                        resend=config.resend,
+                        billing_timezone=billing_rules.timezone,
                     )
                     for target in targets
                 )
@@ -370,6 +390,10 @@ def gradient_unit_counts(
         for report in reports:
             if report.partner_id == partner_id:
                 report.refused = {**refused, **report.refused}
+    for partner_id, changes in ledger.gradient_changes_of(state, context.run_id).items():
+        for report in reports:
+            if report.partner_id == partner_id:
+                report.gradient_changes = changes + report.gradient_changes
     totals = {o: sum(r.outcomes.get(o, 0) for r in reports) for o in ledger.OUTCOMES}
     pairs = ledger.run_pairs(state, month.month, context.run_id)
     partners = push_signals.fill_partner_table(
@@ -380,6 +404,11 @@ def gradient_unit_counts(
     push_signals.tag_outcome(context, outcome)
     metadata = push_signals.push_metadata(month.label, partners, totals, stats, outcome)
     metadata["gradient"] = dg.MetadataValue.url(gradient.base_url)
+    metadata["billing_timezone"] = billing_rules.timezone
+    if timezone_change:
+        metadata["timezone_change"] = timezone_change
+    if config.resend:
+        metadata["resend"] = True
     checks = push_signals.push_check_results(
         month.month,
         partners,

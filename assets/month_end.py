@@ -8,11 +8,13 @@ nothing staged), ``billable_counts`` counts again and reconciles with the valida
 """
 
 import dagster as dg
+import sqlalchemy as sa
 
 from assets import specs
 from assets.metadata_values import table_value
 from pipeline.billing.month import BillingMonth
 from pipeline.billing.counts import PREVIEW_ROWS, ReconciliationError, store_billable_counts
+from pipeline.gradient import ledger
 from pipeline.source.extract import extract_month
 from pipeline.validation.month import validate_month
 from pipeline.partitions import monthly_partitions
@@ -25,7 +27,7 @@ from pipeline.resources import (
     step_failure,
 )
 from pipeline.settings import redact_url
-from pipeline.store.months import load_month_computation, load_month_validation
+from pipeline.store.months import load_month_computation, load_month_validation, record_computation_timezone
 
 GROUP = "month_end"
 DB_RETRY = dg.RetryPolicy(max_retries=2, delay=10, backoff=dg.Backoff.EXPONENTIAL)
@@ -41,6 +43,23 @@ def no_retry(exc: Exception, context: dg.AssetExecutionContext | None = None) ->
     if context is not None:
         context.instance.add_run_tags(context.run_id, NO_RUN_RETRY_TAGS)
     return dg.Failure(description=str(exc), allow_retries=False)
+
+
+ALLOW_TIMEZONE_CHANGE_TAG = "gbs/allow_timezone_change"
+
+
+def guard_billing_timezone(
+    context: dg.AssetExecutionContext, state: sa.Engine, month: BillingMonth, billing_timezone: str
+) -> str | None:
+    """Refuse to count or push a month delivered under another billing time zone unless the run
+    is tagged ``gbs/allow_timezone_change=true``; a forced run logs what changed and returns it."""
+    change = ledger.timezone_change(state, month.month, billing_timezone)
+    if change is None:
+        return None
+    if context.run.tags.get(ALLOW_TIMEZONE_CHANGE_TAG) == "true":
+        context.log.warning(f"time zone change forced by the run's {ALLOW_TIMEZONE_CHANGE_TAG} tag: {change}")
+        return f"forced: counted in {billing_timezone}; {change.split(';')[0]}"
+    raise no_retry(ValueError(change), context)
 
 
 def check_gradient_settings(context: dg.AssetExecutionContext) -> None:
@@ -147,6 +166,7 @@ def validated_utilization(
     reasons (checked with pandera), the counts wait staged in the state database for
     billable_counts."""
     month = billing_month(context, billing_rules)
+    timezone_change = guard_billing_timezone(context, state_db.engine(), month, billing_rules.timezone)
     try:
         query = product_db.utilization_query()
         with product_db.connect() as conn:
@@ -193,6 +213,8 @@ def validated_utilization(
             "quarantine_by_reason": dg.MetadataValue.json(validation.reason_counts),
             "quarantine_sample": table_value(sample.astype(object).where(sample.notna(), "").astype(str), max_rows=20),
             "known_skus": ", ".join(validation.known_skus),
+            "billing_timezone": billing_rules.timezone,
+            **({"timezone_change": timezone_change} if timezone_change else {}),
             "groups_staged": validation.counts_staged or 0,
         },
         check_results=[
@@ -257,8 +279,10 @@ def billable_counts(
     except Exception as exc:
         raise step_failure(exc, context) from exc
     computation = counted.computation
+    record_computation_timezone(state, month.month, billing_rules.timezone)
     metadata: dict[str, object] = {
         "month": month.label,
+        "billing_timezone": billing_rules.timezone,
         "rows_in": computation.rows_in,
         "rows_quarantined": computation.rows_quarantined,
         "rows_counted": computation.rows_counted,

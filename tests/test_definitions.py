@@ -52,7 +52,7 @@ def test_every_job_sensor_and_schedule_is_in_the_code_location():
 
     repo = defs.get_repository_def()
     assert {j.name for j in repo.get_all_jobs()} >= {
-        "monthly_billing", "gradient_load", "account_sync", "partner_disconnect", "statements",
+        "monthly_billing", "gradient_load", "account_sync", "partner_disconnect", "statements", "explain_count",
     }
     assert {s.name for s in repo.sensor_defs} == {
         "partner_connected_sensor", "partner_disconnected_sensor", "sync_requests_sensor",
@@ -60,11 +60,16 @@ def test_every_job_sensor_and_schedule_is_in_the_code_location():
     }
     assert [s.name for s in repo.schedule_defs] == ["monthly_billing_schedule"]
     graph = defs.resolve_asset_graph()
-    keys = {k.to_user_string() for k in graph.get_all_asset_keys()}
+    keys = {k.to_user_string() for k in graph.materializable_asset_keys}
     assert keys == {
         "utilization_extract", "validated_utilization", "billable_counts",
         "gradient_services", "gradient_accounts", "gradient_unit_counts", "gradient_ledger",
         "partner_statements",
+    }
+    # the reference schema's tables, drawn from the queries (assets/source_tables.py), never materialized
+    assert {k.to_user_string() for k in graph.get_all_asset_keys()} - keys == {
+        f"product_database/{table}"
+        for table in ("companies", "gradient_connections", "partners", "service_enrollments", "services", "users")
     }
     for key in graph.get_all_asset_keys():
         assert graph.get(key).description, f"{key.to_user_string()} has no description"

@@ -41,12 +41,19 @@ ACCOUNT_SYNC_OPS = ("gradient_services", "gradient_accounts")
 
 
 def load_run_config(
-    job_name: str, partner_ids: Sequence[str] = (), force: bool = False, preview: bool = False
+    job_name: str,
+    partner_ids: Sequence[str] = (),
+    force: bool = False,
+    preview: bool = False,
+    resend: bool = False,
 ) -> dict:
     """Run config choosing partners (empty = all connected) for the load assets of a job;
     ``force`` pushes a month older than the newest delivered one; ``preview`` sends nothing
-    (``gradient_services`` is configured only then: it takes nothing else)."""
+    (``gradient_services`` is configured only then: it takes nothing else); ``resend`` sends
+    every pair whatever the ledger says."""
     load = {"partner_ids": list(partner_ids), "force_superseded": force, "preview": preview}
+    if resend:
+        load["resend"] = True
     ops = [op for op in (ACCOUNT_SYNC_OPS if job_name == "account_sync" else LOAD_OPS) if op != "gradient_services"]
     config = {"ops": {op: {"config": load} for op in ops}}
     if preview:

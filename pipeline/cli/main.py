@@ -116,16 +116,38 @@ def _seed(seed, partners, companies, users, end_month, history_months, bad_rows)
 
 
 def _materialize(
-    months: list[BillingMonth], force_superseded: bool = False, trigger: str = "cli"
+    months: list[BillingMonth],
+    force_superseded: bool = False,
+    trigger: str = "cli",
+    *,
+    job_name: str = "monthly_billing",
+    partner_ids: tuple[str, ...] = (),
+    resend: bool = False,
+    allow_timezone_change: bool = False,
 ) -> list[tuple[BillingMonth, bool, str]]:
-    """Run the monthly job for each month in order on the instance (through its daemon when
-    it has one: pipeline.cli.runs.run_months); one failure stops none. Each month's report is
-    printed as soon as that month finishes."""
+    """Run the monthly job (or ``job_name``) for each month in order on the instance (through
+    its daemon when it has one: pipeline.cli.runs.run_months); one failure stops none. Each
+    month's report is printed as soon as that month finishes."""
     from pipeline.cli.runs import run_months
 
     verbose = bool(click.get_current_context(silent=True) and click.get_current_context().meta.get("gbs.verbose"))
+    tags = {}
+    if resend:
+        tags["gbs/resend"] = "true"
+    if allow_timezone_change:
+        tags["gbs/allow_timezone_change"] = "true"
     with _instance() as instance:
-        return run_months(instance, months, force_superseded=force_superseded, trigger=trigger, verbose=verbose)
+        return run_months(
+            instance, months, force_superseded=force_superseded, trigger=trigger, verbose=verbose,
+            job_name=job_name, partner_ids=partner_ids, resend=resend, extra_tags=tags,
+        )
+
+
+ALLOW_TIMEZONE_CHANGE = click.option(
+    "--allow-timezone-change", is_flag=True,
+    help="Count and push a month that was delivered under another BILLING_TIMEZONE (users move "
+         "between months: check the previous and next month's bills too).",
+)
 
 
 @main.command("run")
@@ -133,9 +155,31 @@ def _materialize(
 @click.option("--last-closed", type=int, default=None, help="Run the N newest closed months.")
 @click.option("--force-superseded", is_flag=True,
               help="Push a month even when a newer one was already delivered (rolls Gradient back to it).")
-def run(months, last_closed, force_superseded) -> None:
+@ALLOW_TIMEZONE_CHANGE
+def run(months, last_closed, force_superseded, allow_timezone_change) -> None:
     """Materialize billing months on the configured instance; a report per month as it finishes."""
-    results = _materialize(_months(months, last_closed), force_superseded)
+    results = _materialize(
+        _months(months, last_closed), force_superseded, allow_timezone_change=allow_timezone_change
+    )
+    sys.exit(0 if all(ok for _, ok, _ in results) else 1)
+
+
+@main.command("push")
+@click.option("--month", "months", multiple=True, required=True, help="Month to push (YYYY-MM); repeatable.")
+@click.option("--partner", "partner_ids", multiple=True, help="Only this partner (repeatable); default every connected one.")
+@click.option("--resend", is_flag=True,
+              help="Send every pair again whatever the ledger says was delivered (for counts Gradient "
+                   "lost in a way the pipeline cannot see).")
+@click.option("--force-superseded", is_flag=True,
+              help="Push a month even when a newer one was already delivered (rolls Gradient back to it).")
+@ALLOW_TIMEZONE_CHANGE
+def push(months, partner_ids, resend, force_superseded, allow_timezone_change) -> None:
+    """Push a month's stored counts to Gradient (services, accounts, counts) without counting
+    it again. Without --resend only what the ledger does not hold as delivered is sent."""
+    results = _materialize(
+        _months(months, None), force_superseded, trigger="cli", job_name="gradient_load",
+        partner_ids=tuple(partner_ids), resend=resend, allow_timezone_change=allow_timezone_change,
+    )
     sys.exit(0 if all(ok for _, ok, _ in results) else 1)
 
 
@@ -148,7 +192,8 @@ def run(months, last_closed, force_superseded) -> None:
               help="Launch a Dagster asset backfill on this webserver (its daemon runs it) "
                    "instead of running the months here.")
 @click.option("--wait/--no-wait", default=True, show_default=True, help="With --webserver: wait for it.")
-def backfill(first, last, force_superseded, webserver, wait) -> None:
+@ALLOW_TIMEZONE_CHANGE
+def backfill(first, last, force_superseded, webserver, wait, allow_timezone_change) -> None:
     """Run a range of months in order, on the configured instance, and say per month what
     happened: counted, delivered, superseded (older than what Gradient holds) or failed.
     Safe to repeat: the ledger sends only what is not already delivered."""
@@ -165,7 +210,9 @@ def backfill(first, last, force_superseded, webserver, wait) -> None:
     if webserver:
         _launch_backfill(webserver, months, force_superseded, wait)
         return
-    results = _materialize(months, force_superseded, trigger="backfill")
+    results = _materialize(
+        months, force_superseded, trigger="backfill", allow_timezone_change=allow_timezone_change
+    )
     failed = [m.label for m, ok, _ in results if not ok]
     click.echo(f"backfill {first}..{last}: {len(results) - len(failed)} months succeeded"
                + (f", failed: {', '.join(failed)}" if failed else ""))

@@ -210,18 +210,28 @@ class progress:  # noqa: N801 - used like a function: ``with progress(months, "m
 
 
 def run_months(
-    instance, months: Sequence, *, force_superseded: bool = False, trigger: str = "cli", verbose: bool = False
+    instance,
+    months: Sequence,
+    *,
+    force_superseded: bool = False,
+    trigger: str = "cli",
+    verbose: bool = False,
+    job_name: str = "monthly_billing",
+    partner_ids: Sequence[str] = (),
+    resend: bool = False,
+    extra_tags: dict[str, str] | None = None,
 ) -> list[tuple]:
     """Run the monthly job for each month in order on ``instance``; one failure stops
     none; each month's report is printed as soon as it finishes. With a daemon on the
     instance, each run is submitted to it (queue, limits, retries, failure sensors) and
     followed to its end, retries included; without one, it runs in this process."""
     from pipeline import settings
-    from pipeline.automation.jobs import load_run_config, monthly_billing_job, run_tags
+    from pipeline.automation.jobs import load_run_config, run_tags
     from pipeline.cli import instance as cli_instance
     from pipeline.resources import StateDatabase
 
-    load_config = load_run_config(monthly_billing_job.name, [], force_superseded)
+    load_config = load_run_config(job_name, partner_ids, force_superseded, resend=resend)
+    partner = partner_ids[0] if len(partner_ids) == 1 else None
     state = StateDatabase(url=settings.state_db_url()).engine()
     results = []
     through_instance = cli_instance.daemon_backed(instance)
@@ -236,8 +246,8 @@ def run_months(
             runner = cli_instance.InProcessRuns(instance, verbose)
         with runner:
             for month in bar:
-                tags = run_tags(trigger, month_key=month.key)
-                outcome = runner.run(month, monthly_billing_job.name, load_config, tags, bar.step)
+                tags = {**run_tags(trigger, partner, month_key=month.key), **(extra_tags or {})}
+                outcome = runner.run(month, job_name, load_config, tags, bar.step)
                 if through_instance:
                     ran = month_run_on_instance(instance, month.month, outcome[-1], outcome[:-1])
                 else:

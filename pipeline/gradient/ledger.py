@@ -1,9 +1,12 @@
 """The ledger: what was sent to Gradient for each partner, month, account and service.
 
 Append-only entries with the outcome Gradient gave (delivered, unmapped, failed) or why
-nothing was sent (superseded). "Delivered" is written only after Gradient acknowledged the
-value. A partner's delivered state counts from ``delivered_since`` (moved forward when the
-partner disconnects: Gradient drops its accounts, so everything must be sent again).
+nothing was sent (superseded), and ``dropped`` when Gradient no longer has the account a value
+was delivered to. "Delivered" is written only after Gradient acknowledged the value with its
+documented answer. A partner's delivered state counts from ``delivered_since`` (moved forward
+when the partner disconnects or Gradient's side changed: see ``pipeline.gradient.identity``).
+Count calls sent but not answered yet are kept apart (``unanswered_count_calls``): after a
+crash they are values Gradient may hold.
 """
 
 from __future__ import annotations
@@ -15,13 +18,17 @@ from datetime import date, datetime, timezone
 import pandas as pd
 import sqlalchemy as sa
 
+from pipeline.gradient.identity import GradientSide
 from pipeline.store.schema import (
     account_sync_failures,
     gradient_refusals,
     gradient_service_conflicts,
     gradient_services,
+    gradient_side_changes,
     ledger_entries,
+    month_computations,
     partner_sync_state,
+    unanswered_count_calls,
     utcnow,
 )
 
@@ -30,6 +37,9 @@ UNMAPPED = "unmapped"
 FAILED = "failed"
 SUPERSEDED = "superseded"
 OUTCOMES = (DELIVERED, UNMAPPED, FAILED, SUPERSEDED)
+# Not an answer to a count call: Gradient no longer has the account the value was delivered to
+# (deleted in Gradient); the pair is no longer delivered and the next push sends it again.
+DROPPED = "dropped"
 
 EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 
@@ -46,15 +56,79 @@ class LedgerEntry:
     http_status: int | None
     detail: str | None
     run_id: str
+    # the billing time zone the month was counted in (set by ``record``'s caller)
+    billing_timezone: str | None = None
 
 
-def record(engine: sa.Engine, entries: Iterable[LedgerEntry]) -> int:
+def answers_call(entry: LedgerEntry) -> bool:
+    """Whether the entry says what Gradient holds for its pair after the call: it took the
+    value (delivered), has no mapping (unmapped), or refused the call (4xx). A transport error,
+    a 5xx or an answer that is not Gradient's leaves the call's effect unknown."""
+    if entry.outcome in (DELIVERED, UNMAPPED):
+        return True
+    status = entry.http_status
+    return entry.outcome == FAILED and status is not None and 400 <= status < 500 and status != 429
+
+
+def record(engine: sa.Engine, entries: Iterable[LedgerEntry], *, billing_timezone: str | None = None) -> int:
+    """Append the entries (with ``billing_timezone`` where they have none); the unanswered
+    calls they answer are removed in the same transaction."""
     now = utcnow()
-    rows = [{**e.__dict__, "recorded_at": now} for e in entries]
+    entries = list(entries)
+    rows = [
+        {**e.__dict__, "billing_timezone": e.billing_timezone or billing_timezone, "recorded_at": now}
+        for e in entries
+    ]
+    answered: dict[str, list[tuple[str, str]]] = {}
+    for e in entries:
+        if answers_call(e):
+            answered.setdefault(e.partner_id, []).append((e.account_id, e.sku))
     if rows:
         with engine.begin() as conn:
             conn.execute(ledger_entries.insert(), rows)
+            for partner_id, pairs in answered.items():
+                _forget_unanswered(conn, partner_id, pairs)
     return len(rows)
+
+
+def _forget_unanswered(conn: sa.Connection, partner_id: str, pairs: Sequence[tuple[str, str]]) -> None:
+    table = unanswered_count_calls
+    for i in range(0, len(pairs), 400):
+        conn.execute(
+            sa.delete(table).where(
+                table.c.partner_id == partner_id,
+                sa.tuple_(table.c.account_id, table.c.sku).in_(pairs[i : i + 400]),
+            )
+        )
+
+
+def record_unanswered(
+    engine: sa.Engine, partner_id: str, month: date, calls: Sequence[tuple[str, str, int]], run_id: str
+) -> None:
+    """Before a batch of count calls goes out: (account, sku, value) of each call."""
+    if not calls:
+        return
+    now = utcnow()
+    with engine.begin() as conn:
+        _forget_unanswered(conn, partner_id, [(a, s) for a, s, _ in calls])
+        conn.execute(
+            unanswered_count_calls.insert(),
+            [
+                {"partner_id": partner_id, "account_id": a, "sku": s, "month": month, "value": v,
+                 "run_id": run_id, "sent_at": now}
+                for a, s, v in calls
+            ],
+        )
+
+
+def unanswered_pairs(engine: sa.Engine, partner_id: str) -> dict[tuple[str, str], int]:
+    """(account, sku) -> value of the partner's count calls whose answer was never recorded."""
+    table = unanswered_count_calls
+    with engine.connect() as conn:
+        rows = conn.execute(
+            sa.select(table.c.account_id, table.c.sku, table.c.value).where(table.c.partner_id == partner_id)
+        ).all()
+    return {(r.account_id, r.sku): r.value for r in rows}
 
 
 @dataclass(frozen=True)
@@ -64,6 +138,10 @@ class PartnerState:
     last_error: str | None
     onboarded_connection_at: datetime | None
     delivered_since: datetime
+    organization_id: str | None = None
+    integration_id: str | None = None
+    key_fingerprint: str | None = None
+    gradient_status: str | None = None
 
 
 def partner_state(engine: sa.Engine, partner_id: str) -> PartnerState | None:
@@ -79,6 +157,10 @@ def partner_state(engine: sa.Engine, partner_id: str) -> PartnerState | None:
         last_error=row["last_error"],
         onboarded_connection_at=_aware(row["onboarded_connection_at"]),
         delivered_since=_aware(row["delivered_since"]),
+        organization_id=row["organization_id"],
+        integration_id=row["integration_id"],
+        key_fingerprint=row["key_fingerprint"],
+        gradient_status=row["gradient_status"],
     )
 
 
@@ -104,11 +186,14 @@ def set_partner_status(
     last_error: str | None = None,
     onboarded_connection_at: datetime | None = None,
     reset_delivered: bool = False,
+    gradient_side: GradientSide | None = None,
 ) -> None:
-    """Upsert the partner's sync state; ``reset_delivered`` forgets everything delivered so far."""
+    """Upsert the partner's sync state; ``reset_delivered`` forgets everything delivered so far
+    (and every unanswered call: Gradient holds none of it any more); ``gradient_side`` records
+    which Gradient organization, integration and key the state belongs to."""
     now = utcnow()
     current = partner_state(engine, partner_id)
-    values = {
+    values: dict[str, object] = {
         "status": status,
         "last_error": last_error,
         "run_id": run_id,
@@ -120,7 +205,11 @@ def set_partner_status(
     }
     if current is None and not reset_delivered:
         values["delivered_since"] = EPOCH
+    if gradient_side is not None:
+        values.update(_side_values(gradient_side))
     with engine.begin() as conn:
+        if reset_delivered:
+            conn.execute(sa.delete(unanswered_count_calls).where(unanswered_count_calls.c.partner_id == partner_id))
         if current is None:
             conn.execute(partner_sync_state.insert(), [{"partner_id": partner_id, **values}])
         else:
@@ -129,6 +218,34 @@ def set_partner_status(
                 .where(partner_sync_state.c.partner_id == partner_id)
                 .values(**values)
             )
+
+
+def _side_values(side: GradientSide) -> dict[str, object]:
+    return {
+        "organization_id": side.organization_id,
+        "integration_id": side.integration_id,
+        "key_fingerprint": side.key_fingerprint,
+        "gradient_status": side.status,
+    }
+
+
+def record_gradient_side(engine: sa.Engine, partner_id: str, side: GradientSide) -> None:
+    """What Gradient reported at this push (same organization: the delivered state holds)."""
+    with engine.begin() as conn:
+        conn.execute(
+            partner_sync_state.update()
+            .where(partner_sync_state.c.partner_id == partner_id)
+            .values(**_side_values(side))
+        )
+
+
+def set_gradient_status(engine: sa.Engine, partner_id: str, status: str) -> None:
+    with engine.begin() as conn:
+        conn.execute(
+            partner_sync_state.update()
+            .where(partner_sync_state.c.partner_id == partner_id)
+            .values(gradient_status=status)
+        )
 
 
 @dataclass(frozen=True)
@@ -140,14 +257,15 @@ class Delivered:
 
 
 def delivered_pairs(engine: sa.Engine, partner_id: str) -> dict[tuple[str, str], Delivered]:
-    """What Gradient holds for each (account, sku) of the partner: its latest delivered value."""
+    """What Gradient holds for each (account, sku) of the partner: its latest delivered value,
+    unless Gradient dropped the account since."""
     state = partner_state(engine, partner_id)
     since = state.delivered_since if state else EPOCH
     latest = (
         sa.select(sa.func.max(ledger_entries.c.entry_id))
         .where(
             ledger_entries.c.partner_id == partner_id,
-            ledger_entries.c.outcome == DELIVERED,
+            ledger_entries.c.outcome.in_([DELIVERED, DROPPED]),
             ledger_entries.c.recorded_at >= since,
         )
         .group_by(ledger_entries.c.account_id, ledger_entries.c.sku)
@@ -158,12 +276,50 @@ def delivered_pairs(engine: sa.Engine, partner_id: str) -> dict[tuple[str, str],
         ledger_entries.c.month,
         ledger_entries.c.value,
         ledger_entries.c.service_id,
-    ).where(ledger_entries.c.entry_id.in_(latest))
+    ).where(ledger_entries.c.entry_id.in_(latest), ledger_entries.c.outcome == DELIVERED)
     with engine.connect() as conn:
         return {
             (r.account_id, r.sku): Delivered(month=r.month, value=r.value, service_id=r.service_id)
             for r in conn.execute(query)
         }
+
+
+def record_dropped_accounts(
+    engine: sa.Engine, partner_id: str, account_ids: Iterable[str], run_id: str, detail: str
+) -> int:
+    """Gradient no longer has these accounts: their delivered pairs are no longer delivered
+    (a ``dropped`` entry each, in the month it was delivered for) and their unanswered calls are
+    forgotten. Returns the pairs dropped."""
+    accounts = set(account_ids)
+    held = {pair: d for pair, d in delivered_pairs(engine, partner_id).items() if pair[0] in accounts}
+    entries = [
+        LedgerEntry(partner_id, d.month, account, sku, d.service_id, d.value, DROPPED, None, detail, run_id)
+        for (account, sku), d in sorted(held.items())
+    ]
+    record(engine, entries)
+    with engine.begin() as conn:
+        conn.execute(
+            sa.delete(unanswered_count_calls).where(
+                unanswered_count_calls.c.partner_id == partner_id,
+                unanswered_count_calls.c.account_id.in_(sorted(accounts)),
+            )
+        )
+    return len(entries)
+
+
+def delivered_timezones(engine: sa.Engine, month: date) -> set[str]:
+    """The billing time zones the month's delivered values were counted in (recorded since 0006)."""
+    with engine.connect() as conn:
+        rows = conn.execute(
+            sa.select(ledger_entries.c.billing_timezone)
+            .where(
+                ledger_entries.c.month == month,
+                ledger_entries.c.outcome == DELIVERED,
+                ledger_entries.c.billing_timezone.is_not(None),
+            )
+            .distinct()
+        ).scalars().all()
+    return set(rows)
 
 
 def newest_delivered_month(engine: sa.Engine, partner_id: str) -> date | None:
@@ -177,6 +333,41 @@ def newest_delivered_month(engine: sa.Engine, partner_id: str) -> date | None:
                 ledger_entries.c.recorded_at >= since,
             )
         ).scalar_one_or_none()
+
+
+def month_timezone(engine: sa.Engine, month: date) -> str | None:
+    """The billing time zone the month's stored counts were made in, or (counted before it was
+    recorded) the one its delivered values were; None when unknown or never delivered."""
+    with engine.connect() as conn:
+        delivered = conn.execute(
+            sa.select(ledger_entries.c.entry_id)
+            .where(ledger_entries.c.month == month, ledger_entries.c.outcome == DELIVERED)
+            .limit(1)
+        ).first()
+        if delivered is None:
+            return None
+        counted = conn.execute(
+            sa.select(month_computations.c.billing_timezone).where(month_computations.c.month == month)
+        ).scalar_one_or_none()
+    if counted is not None:
+        return counted
+    zones = delivered_timezones(engine, month)
+    return zones.pop() if len(zones) == 1 else None
+
+
+def timezone_change(engine: sa.Engine, month: date, billing_timezone: str) -> str | None:
+    """Why counting or pushing ``month`` in ``billing_timezone`` would bill users twice or not
+    at all, or None: the month was delivered, counted in another zone."""
+    zone = month_timezone(engine, month)
+    if zone is None or zone == billing_timezone:
+        return None
+    return (
+        f"{month:%Y-%m} was delivered to Gradient counted in BILLING_TIMEZONE {zone}; it is now "
+        f"{billing_timezone}. Counting it again would move users between months (a user billed "
+        "in two months, or in none). Set BILLING_TIMEZONE back, or force the change (CLI: "
+        "--allow-timezone-change; run tag gbs/allow_timezone_change=true): the month is then "
+        "counted in the new zone and what changed is re-sent"
+    )
 
 
 def month_outcomes(engine: sa.Engine, month: date, run_id: str | None = None) -> dict[str, dict[str, int]]:
@@ -273,6 +464,31 @@ def record_refusals(engine: sa.Engine, run_id: str, partner_id: str, refused: di
                 for item, reason in refused.items()
             ],
         )
+
+
+def record_gradient_changes(engine: sa.Engine, run_id: str, partner_id: str, changes: Sequence[str]) -> None:
+    """What this run found changed on Gradient's side for the partner (replaces earlier ones)."""
+    table = gradient_side_changes
+    now = utcnow()
+    with engine.begin() as conn:
+        conn.execute(sa.delete(table).where(table.c.run_id == run_id, table.c.partner_id == partner_id))
+        if changes:
+            conn.execute(
+                table.insert(),
+                [{"run_id": run_id, "partner_id": partner_id, "seq": i, "change": c, "recorded_at": now}
+                 for i, c in enumerate(changes)],
+            )
+
+
+def gradient_changes_of(engine: sa.Engine, run_id: str) -> dict[str, list[str]]:
+    """partner -> what this run found changed on Gradient's side."""
+    table = gradient_side_changes
+    with engine.connect() as conn:
+        rows = conn.execute(sa.select(table).where(table.c.run_id == run_id).order_by(table.c.seq)).all()
+    out: dict[str, list[str]] = {}
+    for r in rows:
+        out.setdefault(r.partner_id, []).append(r.change)
+    return out
 
 
 def refusals_of(engine: sa.Engine, run_id: str) -> dict[str, dict[str, str]]:

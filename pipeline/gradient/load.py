@@ -10,7 +10,15 @@ Dagster assets in ``assets/gradient_load.py`` call them. The rules:
 * ``no_build=true`` on every call of a partner's batch but the last;
 * a month older than the newest month delivered to the partner is recorded as superseded,
   not pushed, unless forced (Gradient has no month: a push overwrites);
-* a re-run sends only what is not already delivered with the same value;
+* a re-run sends only what is not already delivered with the same value, once the ledger is
+  known to still describe Gradient: every push asks Gradient which organization and
+  integration the key reaches and which accounts it holds (``pipeline.gradient.identity``);
+  another organization or integration, or an integration Gradient reports neither active nor
+  pending, voids the partner's delivered state; an account Gradient no longer has voids its
+  pairs; either way they are sent again;
+* a call whose answer was never recorded (the crash window) counts as possibly held: sent
+  again, and sent as 0 when its pair has no users now;
+* ``resend`` sends every pair whatever the ledger says (for what Gradient lost unseen);
 * one push per partner at a time, whoever starts it (``pipeline.gradient.locks``): the
   superseded guard and the plan are decided inside the lock; services are synced under a
   vendor-wide lock and never created twice under one name;
@@ -34,6 +42,7 @@ import sqlalchemy as sa
 from pipeline.gradient import ledger, locks
 from pipeline.gradient.client import GradientClient, PartnerSession, Secret
 from pipeline.gradient.errors import GradientAuthError, GradientError
+from pipeline.gradient.identity import GradientSide, key_fingerprint, void_reason
 from pipeline.gradient.ids import account_id_problem, company_problem, name_problem, service_id_problem
 from pipeline.gradient.ledger import DELIVERED, FAILED, SUPERSEDED, Delivered, LedgerEntry
 from pipeline.source.partners import PartnerConnection, ServiceDefinition
@@ -177,12 +186,22 @@ class AccountSync:
     existing: int
     created: int
     renamed: int
+    # the account ids Gradient held before this sync created any
+    found: frozenset[str] = frozenset()
 
 
-async def sync_accounts(session: PartnerSession, companies: Sequence[tuple[str, str]]) -> AccountSync:
-    """Read the partner's accounts, bulk-create the missing in one call, rename the renamed."""
+async def sync_accounts(
+    session: PartnerSession,
+    companies: Sequence[tuple[str, str]],
+    accounts: Sequence[dict] | None = None,
+) -> AccountSync:
+    """Read the partner's accounts (unless ``accounts`` were just read), bulk-create the
+    missing in one call, rename the renamed."""
     wanted = dict(companies)
-    existing = {str(a["id"]): a for a in await session.get_accounts()}
+    if accounts is None:
+        accounts = await session.get_accounts()
+    existing = {str(a["id"]): a for a in accounts}
+    found = frozenset(existing)
     missing = [{"id": cid, "name": name} for cid, name in wanted.items() if cid not in existing]
     created = 0
     if missing:
@@ -201,7 +220,7 @@ async def sync_accounts(session: PartnerSession, companies: Sequence[tuple[str, 
         if cid in existing and existing[cid].get("name") != name
     ]
     await asyncio.gather(*(session.update_account(cid, name=name) for cid, name in renames))
-    return AccountSync(existing=len(existing), created=created, renamed=len(renames))
+    return AccountSync(existing=len(existing), created=created, renamed=len(renames), found=found)
 
 
 # --------------------------------------------------------------------------- counts
@@ -225,16 +244,22 @@ def plan_push(
     counts: pd.DataFrame,
     delivered: dict[tuple[str, str], Delivered],
     service_ids: dict[str, str] | None = None,
+    unanswered: dict[tuple[str, str], int] | None = None,
+    *,
+    resend: bool = False,
 ) -> PushPlan:
     """What to send for one partner's month.
 
     ``counts`` holds the partner's (company_id, sku, billable_users). Pairs already delivered
     for this month with the same value (to the service's current Gradient id, when
-    ``service_ids`` is given) are skipped; pairs Gradient holds with a non-zero value and that
-    have no count now are sent as 0. Pairs delivered before come last, so the final call (the
-    one that lets Gradient rebuild) is most likely a mapped one.
+    ``service_ids`` is given) are skipped, unless ``resend``; pairs Gradient holds with a
+    non-zero value and that have no count now are sent as 0. ``unanswered`` pairs (sent, answer
+    never recorded) may hold anything: never skipped, and sent as 0 when they have no count
+    now. Pairs delivered before come last, so the final call (the one that lets Gradient
+    rebuild) is most likely a mapped one.
     """
     service_ids = service_ids or {}
+    unanswered = unanswered or {}
     wanted = {
         (str(r.company_id), str(r.sku)): int(r.billable_users)
         for r in counts.itertuples(index=False)
@@ -242,16 +267,19 @@ def plan_push(
     for pair, held in delivered.items():
         if pair not in wanted and held.value != 0:
             wanted[pair] = 0
+    for pair in unanswered:
+        wanted.setdefault(pair, 0)
     to_send: list[CountCall] = []
     skipped = 0
     for (account_id, sku), value in sorted(wanted.items()):
         held = delivered.get((account_id, sku))
         same_service = sku not in service_ids or held is None or held.service_id == service_ids[sku]
-        if held is not None and held.month == month and held.value == value and same_service:
+        certain = not resend and (account_id, sku) not in unanswered
+        if certain and held is not None and held.month == month and held.value == value and same_service:
             skipped += 1
             continue
         to_send.append(CountCall(account_id, sku, value))
-    to_send.sort(key=lambda c: (c.account_id, c.sku) in delivered)
+    to_send.sort(key=lambda c: (c.account_id, c.sku) in delivered or (c.account_id, c.sku) in unanswered)
     return PushPlan(to_send=to_send, already_delivered=skipped)
 
 
@@ -270,6 +298,8 @@ class PartnerLoad:
     waited_seconds: float = 0.0
     # companies refused on the way to Gradient: company id -> reason
     refused: dict[str, str] = field(default_factory=dict)
+    # what Gradient reported that voided (part of) the delivered state, so it is sent again
+    gradient_changes: list[str] = field(default_factory=list)
 
     def count(self, outcome: str, n: int = 1) -> None:
         self.outcomes[outcome] = self.outcomes.get(outcome, 0) + n
@@ -285,6 +315,7 @@ class PartnerLoad:
         parts += [f"{o} {n}" for o, n in sorted(self.outcomes.items())]
         if self.refused:
             parts.append(f"{len(self.refused)} compan{'y' if len(self.refused) == 1 else 'ies'} refused")
+        parts += [f"Gradient changed: {change}" for change in self.gradient_changes]
         if self.error:
             parts.append(f"error: {self.error}")
         return "; ".join(parts) or "nothing to send"
@@ -313,8 +344,10 @@ class _PartnerPush:
         report: PartnerLoad,
         service_conflicts: dict[str, str] | None = None,
         lock: locks.HeldLock | None = None,
+        billing_timezone: str | None = None,
     ) -> None:
         self.session = session
+        self.billing_timezone = billing_timezone
         self.month = month
         self.service_ids = service_ids
         self.service_conflicts = service_conflicts or {}
@@ -398,12 +431,23 @@ class _PartnerPush:
             self.flushed_at = time.monotonic()
             if batch:
                 try:
-                    await loop.run_in_executor(_LEDGER_WRITER, ledger.record, self.state, batch)
+                    await loop.run_in_executor(_LEDGER_WRITER, self._record, batch)
                 except BaseException as exc:
                     self.write_error = exc if isinstance(exc, Exception) else None
                     raise
             if self.closing and not self.pending:
                 return
+
+    def _record(self, batch: list[LedgerEntry]) -> None:
+        ledger.record(self.state, batch, billing_timezone=self.billing_timezone)
+
+    async def _note_unanswered(self, calls: Sequence[CountCall]) -> None:
+        """Record the calls about to go out (through the ledger writer, so after every answer
+        already pending): until their answers are written they count as possibly held."""
+        rows = [(c.account_id, c.sku, c.value) for c in calls]
+        await asyncio.get_running_loop().run_in_executor(
+            _LEDGER_WRITER, ledger.record_unanswered, self.state, self.report.partner_id, self.month, rows, self.run_id
+        )
 
     async def _flush_every_interval(self) -> None:
         while True:
@@ -433,9 +477,10 @@ class _PartnerPush:
         ticker = asyncio.create_task(self._flush_every_interval())
         try:
             for i in range(0, len(head), SEND_CHUNK):
-                await asyncio.gather(
-                    *(self._send_and_keep(c, no_build=True) for c in head[i : i + SEND_CHUNK])
-                )
+                chunk = head[i : i + SEND_CHUNK]
+                await self._note_unanswered(chunk)
+                await asyncio.gather(*(self._send_and_keep(c, no_build=True) for c in chunk))
+            await self._note_unanswered(last)
             final = [await self._send_and_keep(c, no_build=False) for c in last]
             if final and final[0].outcome != DELIVERED and self.last_delivered and not self.auth_error:
                 # The last call was not accepted, so Gradient was never told to rebuild:
@@ -485,11 +530,20 @@ def needs_onboarding(target: PartnerTarget, state: ledger.PartnerState | None) -
     )
 
 
-async def onboard_partner(session: PartnerSession, target: PartnerTarget, state_db: sa.Engine, run_id: str) -> None:
-    """Verify the key, tell Gradient the integration is pending, forget stale deliveries."""
+async def onboard_partner(
+    session: PartnerSession,
+    target: PartnerTarget,
+    state_db: sa.Engine,
+    run_id: str,
+    side: GradientSide | None = None,
+) -> GradientSide:
+    """Verify the key (``side``: what ``GET /organization`` already answered), tell Gradient the
+    integration is pending, forget stale deliveries, record which Gradient they now belong to."""
     previous = ledger.partner_state(state_db, target.partner_id)
-    await session.get_organization()
+    if side is None:
+        side = await gradient_side(session, target)
     await session.set_integration_status(PENDING)
+    side = replace(side, status=PENDING)
     ledger.set_partner_status(
         state_db,
         target.partner_id,
@@ -497,7 +551,60 @@ async def onboard_partner(session: PartnerSession, target: PartnerTarget, state_
         run_id=run_id,
         onboarded_connection_at=target.connection.connected_at,
         reset_delivered=previous is not None,
+        gradient_side=side,
     )
+    return side
+
+
+async def gradient_side(session: PartnerSession, target: PartnerTarget) -> GradientSide:
+    """Which Gradient organization and integration the partner's key reaches, and its status."""
+    organization = await session.get_organization()
+    return GradientSide.from_organization(organization, key_fingerprint(target.api_key.get_secret_value()))
+
+
+def _held_accounts(state_db: sa.Engine, partner_id: str) -> set[str]:
+    """Accounts the ledger believes hold a value of the partner (delivered or unanswered)."""
+    held = {account for account, _ in ledger.delivered_pairs(state_db, partner_id)}
+    return held | {account for account, _ in ledger.unanswered_pairs(state_db, partner_id)}
+
+
+async def _check_gradient_side(
+    session: PartnerSession,
+    target: PartnerTarget,
+    state_db: sa.Engine,
+    run_id: str,
+    report: PartnerLoad,
+    log: Log,
+    *,
+    accounts_missing: bool = False,
+) -> bool:
+    """Onboard a new or reconnected partner. Otherwise, when the key is not the one the
+    delivered state was recorded with (or ``accounts_missing``: Gradient lacks accounts the
+    ledger believes hold counts), ask Gradient which organization and integration the key
+    reaches and in which status, and onboard again when the delivered state no longer
+    describes it (``identity.void_reason``). Returns whether the delivered state was voided.
+
+    An unchanged key with every believed account present costs no request here: Gradient
+    drops an integration's accounts when it goes inactive, so the accounts read (one request,
+    made anyway) is what reveals it.
+    """
+    state = ledger.partner_state(state_db, target.partner_id)
+    fingerprint = key_fingerprint(target.api_key.get_secret_value())
+    onboarding = needs_onboarding(target, state)
+    if not onboarding and not accounts_missing and state is not None and state.key_fingerprint == fingerprint:
+        return False
+    side = await gradient_side(session, target)
+    reason = None if onboarding or state is None else void_reason(state, side)
+    if reason is not None:
+        report.gradient_changes.append(f"{reason}; every pair is sent again")
+        log(f"{target.partner_id}: {reason}; its delivered state is void and every pair is sent again")
+    if onboarding or reason is not None:
+        await onboard_partner(session, target, state_db, run_id, side)
+        report.status = PENDING
+        log(f"{target.partner_id}: key verified, integration set to pending")
+        return reason is not None
+    ledger.record_gradient_side(state_db, target.partner_id, side)
+    return False
 
 
 NULL_COMPANY_FIX = (
@@ -554,11 +661,24 @@ async def sync_partner_accounts(
             state_db, locks.partner_lock_name(target.partner_id), run_id, wait_seconds=lock_wait_seconds
         ) as held:
             report.waited_seconds = held.waited_seconds
-            if needs_onboarding(target, ledger.partner_state(state_db, target.partner_id)):
-                await onboard_partner(session, target, state_db, run_id)
-                report.status = PENDING
-                log(f"{target.partner_id}: key verified, integration set to pending")
-            synced = await sync_accounts(session, valid)
+            await _check_gradient_side(session, target, state_db, run_id, report, log)
+            believed = _held_accounts(state_db, target.partner_id)
+            accounts = await session.get_accounts()
+            gone = sorted(believed - {str(a["id"]) for a in accounts})
+            if gone and await _check_gradient_side(
+                session, target, state_db, run_id, report, log, accounts_missing=True
+            ):
+                gone = []  # the whole delivered state is void: everything is sent again
+            if gone:
+                detail = (
+                    "Gradient no longer has this account (deleted in Gradient): its value is no "
+                    "longer delivered; the account is created again and the value re-sent"
+                )
+                pairs = ledger.record_dropped_accounts(state_db, target.partner_id, gone, run_id, detail)
+                change = f"{len(gone)} account(s) with delivered counts missing in Gradient ({pairs} pair(s)); re-created and re-sent"
+                report.gradient_changes.append(change)
+                log(f"{target.partner_id}: {change}: {', '.join(repr(a[:64]) for a in gone[:10])}")
+            synced = await sync_accounts(session, valid, accounts)
     except locks.LockTimeout as exc:
         return _lock_timeout(report, exc, "accounts not synced;", log)
     except GradientError as exc:
@@ -602,8 +722,13 @@ async def push_partner_month(
     service_conflicts: dict[str, str] | None = None,
     lock_wait_seconds: float = locks.DEFAULT_WAIT_SECONDS,
     log: Log = _quiet,
+    resend: bool = False,
+    billing_timezone: str | None = None,
 ) -> PartnerLoad:
     """Push one partner's counts for the month, under the partner's push lock.
+
+    ``resend`` sends every pair whatever the ledger says; ``billing_timezone`` (the zone the
+    counts were made in) is recorded with every entry.
 
     Only one push of a partner runs at a time, whoever starts it: a second one waits up to
     ``lock_wait_seconds`` (``report.waited_seconds``) and then decides the superseded guard and
@@ -627,6 +752,7 @@ async def push_partner_month(
                 client, target, month, counts, service_ids, state_db, run_id, report, held,
                 force=force, accounts_error=accounts_error,
                 service_conflicts=service_conflicts or {}, log=log,
+                resend=resend, billing_timezone=billing_timezone,
             )
     except locks.LockTimeout as exc:
         return _lock_timeout(report, exc, f"{month:%Y-%m} not pushed;", log)
@@ -647,11 +773,13 @@ async def _push_locked(
     accounts_error: str | None,
     service_conflicts: dict[str, str],
     log: Log,
+    resend: bool = False,
+    billing_timezone: str | None = None,
 ) -> PartnerLoad:
     newest = ledger.newest_delivered_month(state_db, target.partner_id)
     if newest is not None and month < newest and not force:
         entries = superseded_entries(target.partner_id, month, counts, newest, run_id)
-        ledger.record(state_db, entries)
+        ledger.record(state_db, entries, billing_timezone=billing_timezone)
         report.count(SUPERSEDED, len(entries))
         log(f"{target.partner_id}: {month:%Y-%m} superseded by {newest:%Y-%m}; recorded, not pushed")
         return report
@@ -664,7 +792,7 @@ async def _push_locked(
                         int(r.billable_users), FAILED, None, refused[str(r.company_id)], run_id)
             for r in refused_rows.itertuples(index=False)
         ]
-        ledger.record(state_db, entries)
+        ledger.record(state_db, entries, billing_timezone=billing_timezone)
         report.count(FAILED, len(entries))
         for company, reason in refused.items():
             log(f"{target.partner_id}: company {company[:80]!r} {reason}")
@@ -674,7 +802,12 @@ async def _push_locked(
         for pair, held_value in ledger.delivered_pairs(state_db, target.partner_id).items()
         if pair[0] not in refused
     }
-    plan = plan_push(month, counts, delivered, service_ids)
+    unanswered = {
+        pair: value
+        for pair, value in ledger.unanswered_pairs(state_db, target.partner_id).items()
+        if pair[0] not in refused
+    }
+    plan = plan_push(month, counts, delivered, service_ids, unanswered, resend=resend)
     report.skipped = plan.already_delivered
     if accounts_error is not None:
         detail = f"not sent: the partner's accounts could not be synced in this run ({accounts_error})"
@@ -683,24 +816,28 @@ async def _push_locked(
                         c.value, FAILED, None, detail, run_id)
             for c in plan.to_send
         ]
-        ledger.record(state_db, entries)
+        ledger.record(state_db, entries, billing_timezone=billing_timezone)
         report.count(FAILED, len(entries))
         report.error = detail
         log(f"{target.partner_id}: {detail}")
         return report
     session = client.partner(target.partner_id, target.api_key)
-    push = _PartnerPush(session, month, service_ids, state_db, run_id, report, service_conflicts, held)
+    push = _PartnerPush(
+        session, month, service_ids, state_db, run_id, report, service_conflicts, held, billing_timezone
+    )
     if plan.to_send:
         await push.run(plan)
     if push.auth_error is not None:
         return _partner_failed(report, push.auth_error, state_db, run_id, log)
     current = ledger.partner_state(state_db, target.partner_id)
-    if not report.failed and (current is None or current.status != ACTIVE):
+    stale = current is None or current.status != ACTIVE or current.gradient_status not in (None, ACTIVE)
+    if not report.failed and stale:
         try:
             await session.set_integration_status(ACTIVE)
         except GradientError as exc:
             return _partner_failed(report, exc, state_db, run_id, log)
         ledger.set_partner_status(state_db, target.partner_id, ACTIVE, run_id=run_id)
+        ledger.set_gradient_status(state_db, target.partner_id, ACTIVE)
         report.status = ACTIVE
     return report
 

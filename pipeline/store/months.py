@@ -304,6 +304,8 @@ class MonthComputation:
     query_sha256: str
     run_id: str
     computed_at: datetime
+    # the billing time zone the month was counted in (None: counted before it was recorded)
+    billing_timezone: str | None = None
 
 
 def replace_billable_counts(
@@ -619,3 +621,13 @@ def record_month_load(engine: sa.Engine, month: date, run_id: str, partners: int
 def loaded_months(engine: sa.Engine) -> set[date]:
     with engine.connect() as conn:
         return set(conn.execute(sa.select(month_loads.c.month)).scalars())
+
+
+def record_computation_timezone(engine: sa.Engine, month: date, billing_timezone: str) -> None:
+    """The billing time zone the month's stored counts were made in."""
+    with engine.begin() as conn:
+        conn.execute(
+            month_computations.update()
+            .where(month_computations.c.month == month)
+            .values(billing_timezone=billing_timezone)
+        )

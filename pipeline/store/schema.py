@@ -87,6 +87,8 @@ month_computations = sa.Table(
     sa.Column("query_sha256", sa.Text, nullable=False),
     sa.Column("run_id", sa.Text, nullable=False),
     sa.Column("computed_at", sa.DateTime(timezone=True), nullable=False),
+    # the billing time zone the month was counted in (NULL: counted before 0006)
+    sa.Column("billing_timezone", sa.Text, nullable=True),
 )
 
 
@@ -139,6 +141,8 @@ ledger_entries = sa.Table(
     sa.Column("detail", sa.Text, nullable=True),
     sa.Column("run_id", sa.Text, nullable=False),
     sa.Column("recorded_at", sa.DateTime(timezone=True), nullable=False),
+    # the billing time zone the month was counted in when this value was sent (NULL: before 0006)
+    sa.Column("billing_timezone", sa.Text, nullable=True),
     sa.Index("ix_ledger_partner_pair", "partner_id", "account_id", "sku", "outcome"),
     sa.Index("ix_ledger_month", "month", "partner_id"),
 )
@@ -156,6 +160,44 @@ partner_sync_state = sa.Table(
     sa.Column("delivered_since", sa.DateTime(timezone=True), nullable=False),
     sa.Column("run_id", sa.Text, nullable=True),
     sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+    # The Gradient side the delivered state belongs to, as GET /organization last reported it,
+    # and a fingerprint of the partner key it was delivered with (never the key). NULL: not
+    # seen yet (a partner last pushed before 0006 is identified at its next push).
+    sa.Column("organization_id", sa.Text, nullable=True),
+    sa.Column("integration_id", sa.Text, nullable=True),
+    sa.Column("key_fingerprint", sa.Text, nullable=True),
+    # the integration status Gradient last reported (``status`` is what the pipeline set)
+    sa.Column("gradient_status", sa.Text, nullable=True),
+)
+
+
+# What a run found changed on Gradient's side for a partner (another organization, an
+# integration not active, accounts deleted) and so sent again: shown with the run's outcome.
+gradient_side_changes = sa.Table(
+    "gradient_side_changes",
+    metadata,
+    sa.Column("run_id", sa.Text, primary_key=True),
+    sa.Column("partner_id", sa.Text, primary_key=True),
+    sa.Column("seq", sa.Integer, primary_key=True),
+    sa.Column("change", sa.Text, nullable=False),
+    sa.Column("recorded_at", sa.DateTime(timezone=True), nullable=False),
+)
+
+
+# Count calls sent whose answer is not recorded yet: written before each batch goes out and
+# removed with the answers' ledger entries. What is left after a crash (or a lost answer) is
+# a value Gradient may hold: the next push treats it as held (a pair with no users now is
+# zeroed) and sends it again.
+unanswered_count_calls = sa.Table(
+    "unanswered_count_calls",
+    metadata,
+    sa.Column("partner_id", sa.Text, primary_key=True),
+    sa.Column("account_id", sa.Text, primary_key=True),
+    sa.Column("sku", sa.Text, primary_key=True),
+    sa.Column("month", sa.Date, nullable=False),
+    sa.Column("value", sa.Integer, nullable=False),
+    sa.Column("run_id", sa.Text, nullable=False),
+    sa.Column("sent_at", sa.DateTime(timezone=True), nullable=False),
 )
 
 
