@@ -209,6 +209,9 @@ class progress:  # noqa: N801 - used like a function: ``with progress(months, "m
             click.echo(text)
 
 
+DEMO = "demo"
+
+
 def run_months(
     instance,
     months: Sequence,
@@ -224,7 +227,8 @@ def run_months(
     """Run the monthly job for each month in order on ``instance``; one failure stops
     none; each month's report is printed as soon as it finishes. With a daemon on the
     instance, each run is submitted to it (queue, limits, retries, failure sensors) and
-    followed to its end, retries included; without one, it runs in this process."""
+    followed to its end, retries included: it runs with the code location's settings, the
+    daemon's environment. Without one, and for the demo, it runs in this process."""
     from pipeline import settings
     from pipeline.automation.jobs import load_run_config, run_tags
     from pipeline.cli import instance as cli_instance
@@ -234,8 +238,10 @@ def run_months(
     partner = partner_ids[0] if len(partner_ids) == 1 else None
     state = StateDatabase(url=settings.state_db_url()).engine()
     results = []
-    through_instance = cli_instance.daemon_backed(instance)
-    if not through_instance:
+    # The demo's settings (its emulator, its databases) live in this process only: its runs
+    # stay here whatever the instance has.
+    through_instance = trigger != DEMO and cli_instance.daemon_backed(instance)
+    if not through_instance and trigger != DEMO:
         note = cli_instance.in_process_note(instance)
         if note:
             click_echo_err(note)
