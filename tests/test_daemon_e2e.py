@@ -195,6 +195,38 @@ class Process:
             pass
 
 
+class WebhookReceiver:
+    """A Slack-compatible webhook on localhost: keeps every JSON body posted to it."""
+
+    def __init__(self) -> None:
+        import json
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        posts: list[dict] = []
+        self.posts = posts
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802 - http.server's name
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                posts.append(json.loads(body or b"{}"))
+                self.send_response(200)
+                self.end_headers()
+                self.wfile.write(b"ok")
+
+            def log_message(self, *args) -> None:
+                return None
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hooks/T000/B000/secret-token"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
 @dataclass
 class Deployment:
     tmp: Path
@@ -207,6 +239,7 @@ class Deployment:
     env: dict[str, str]
     processes: list[Process] = field(default_factory=list)
     dagster: DagsterGraphQLClient | None = None
+    webhook: WebhookReceiver | None = None
 
     def start(self, name: str, args: list[str]) -> Process:
         log = self.tmp / f"{name}.log"
@@ -356,6 +389,7 @@ def deployment(tmp_path: Path, postgres_url: str) -> Iterator[Deployment]:
 
     emulator = EmulatorServer(VENDOR_KEY).start()
     admin = EmulatorAdmin(emulator.base_url)
+    webhook = WebhookReceiver()
 
     # the pipeline's settings come from this test only, never from the caller's environment
     env = {
@@ -382,9 +416,11 @@ def deployment(tmp_path: Path, postgres_url: str) -> Iterator[Deployment]:
             "QUARANTINE_THRESHOLD": "0.5",
             "PYTHONPATH": str(REPO_ROOT),
             "PYTHONUNBUFFERED": "1",
+            # failure alerts to a local webhook (its sensor starts stopped, like every sensor)
+            "ALERT_WEBHOOK_URL": webhook.url,
         }
     )
-    world = Deployment(tmp_path, dagster_home, product, state, fernet_key, emulator, admin, env)
+    world = Deployment(tmp_path, dagster_home, product, state, fernet_key, emulator, admin, env, webhook=webhook)
     try:
         assert register_demo_partners(admin, product) == CONNECTED
         port = free_port()
@@ -402,6 +438,7 @@ def deployment(tmp_path: Path, postgres_url: str) -> Iterator[Deployment]:
             process.stop()
         admin.close()
         emulator.stop()
+        webhook.stop()
         product.dispose()
         state.dispose()
 
@@ -627,8 +664,9 @@ def test_a_cli_run_that_fails_in_the_push_is_retried_and_recorded_like_a_ui_run(
     """Gradient is down. `gradient-billing-sync run` on the daemon-backed instance submits its
     run to the queue (it executes nothing itself), follows it and the daemon's retries
     (deploy/dagster.yaml: max_retries 2) to the end, and reports the last; the failure sensor
-    records every attempt in run_failures, as for a run launched from the UI. A run launched
-    from the UI for one partner, failing in the same step, is tagged at submission."""
+    records every attempt in run_failures and the webhook alert posts each one, as for a run
+    launched from the UI. A run launched from the UI for one partner, failing in the same step,
+    is tagged at submission."""
     world = deployment
     dagster = world.dagster
     assert dagster is not None
@@ -642,16 +680,16 @@ def test_a_cli_run_that_fails_in_the_push_is_retried_and_recorded_like_a_ui_run(
 def _cli_run_through_the_daemon(world: Deployment, dagster: DagsterGraphQLClient) -> None:
     from pipeline.automation.failures import recorded_failures
 
-    # the failure sensor's first tick sets its cursor: failures after it are recorded
-    sensor_name = "billing_failure_sensor"
-    turned_on_at = time.time()
-    assert dagster_api.start_sensor(dagster, sensor_name)["status"] == "RUNNING"
-    world.wait(
-        "the failure sensor's first tick",
-        lambda: [t for t in dagster_api.sensor(dagster, sensor_name)["ticks"]
-                 if t["status"] != "STARTED" and t["timestamp"] > turned_on_at - 1],
-        bool, len, cap=SENSOR_CAP,
-    )
+    # each failure sensor's first tick sets its cursor: failures after it are recorded / posted
+    for sensor_name in ("billing_failure_sensor", "failure_webhook_alert_sensor"):
+        turned_on_at = time.time()
+        assert dagster_api.start_sensor(dagster, sensor_name)["status"] == "RUNNING"
+        world.wait(
+            f"{sensor_name}'s first tick",
+            lambda: [t for t in dagster_api.sensor(dagster, sensor_name)["ticks"]
+                     if t["status"] != "STARTED" and t["timestamp"] > turned_on_at - 1],
+            bool, len, cap=SENSOR_CAP,
+        )
 
     world.emulator.stop()  # Gradient is down for the daemon's runs and the CLI alike
 
@@ -714,6 +752,19 @@ def _cli_run_through_the_daemon(world: Deployment, dagster: DagsterGraphQLClient
         assert recorded[run_id]["partition_key"] == OCT.isoformat()
         assert "gradient_services" in recorded[run_id]["message"], recorded[run_id]
     assert recorded[ui_run_id]["partners"] == "p-002"
+
+    # ---- and alerted: one webhook post per failed attempt, naming its run
+    assert world.webhook is not None
+    posted = world.wait(
+        "the webhook alerts",
+        lambda: [post.get("text", "") for post in list(world.webhook.posts)],
+        lambda texts: all(any(f"(run {run_id})" in t for t in texts) for run_id in expected),
+        len,
+        cap=SENSOR_CAP,
+    )
+    for run_id in expected:
+        [text] = [t for t in posted if f"(run {run_id})" in t]
+        assert "FAILED" in text and "gradient_services" in text, text
 
 
 def _load_config_for(partner_id: str) -> dict:
