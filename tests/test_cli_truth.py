@@ -299,6 +299,7 @@ def test_each_month_is_reported_as_it_finishes_and_its_run_is_in_the_instance(en
                 arrivals[label] = datetime.now(timezone.utc)
     assert process.wait() == 0, "".join(lines)
     assert "\r" not in "".join(lines)  # no progress bar when stdout is not a terminal
+    assert "\x1b" not in "".join(lines)  # and no escape codes
 
     from dagster import DagsterInstance, DagsterRunStatus, RunsFilter
     from dagster._core.instance.ref import InstanceRef
@@ -308,6 +309,10 @@ def test_each_month_is_reported_as_it_finishes_and_its_run_is_in_the_instance(en
         by_month = {r.tags.get("dagster/partition"): r for r in finished}
         assert set(by_month) >= {"2026-09-01", "2026-10-01"}
         october = instance.get_run_record_by_id(by_month["2026-10-01"].run_id)
+    # no daemon on this instance: run here, tagged as a backfill of its month
+    for key in ("2026-09-01", "2026-10-01"):
+        tags = by_month[key].tags
+        assert (tags["gbs/trigger"], tags["gbs/month"], tags["gbs/partner"]) == ("backfill", key[:7], "all")
     # September's report was on stdout before October's run had even finished
     assert arrivals["2026-09"].timestamp() < october.end_time
 

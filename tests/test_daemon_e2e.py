@@ -9,8 +9,10 @@ emulator in this process. Everything is driven through the webserver's GraphQL A
    run queue: every partition succeeds; Gradient ends on October's numbers (the newest month)
    whatever order the runs took; the ledger has all three months;
 2. ``partner_connected_sensor`` turned on, then a partner presses Connect in the product: the
-   daemon's sensor launches a ``gbs/trigger=connect`` run for that partner only, which creates
-   its accounts and pushes its latest closed month.
+   daemon's sensor launches a ``gbs/trigger=sensor``, ``gbs/request=connect`` run for that
+   partner only, which creates its accounts and pushes its latest closed month;
+3. a CLI ``run`` while Gradient is down: submitted to the daemon's queue, retried by the
+   daemon, every attempt recorded by the failure sensor, as a run launched from the UI.
 
 Rules under test: the design notes' "Automation", "Instances" and "The target: Gradient".
 
@@ -140,7 +142,8 @@ def instance_config(poll_seconds: int = 1) -> dict:
     only the polling is made faster for a test."""
     config = production_config()
     assert config["storage"]["postgres"]["postgres_url"] == {"env": "DAGSTER_POSTGRES_URL"}
-    assert config["run_coordinator"]["class"] == "QueuedRunCoordinator"
+    # Dagster's run queue, tagging each run as it is submitted
+    assert config["run_coordinator"]["class"] == "BillingRunCoordinator"
     assert config["concurrency"]["pools"]["default_limit"] == 1
     assert config["concurrency"]["runs"]["tag_concurrency_limits"][0]["key"] == "gbs/partner"
     queue = config["run_coordinator"].setdefault("config", {})
@@ -192,6 +195,38 @@ class Process:
             pass
 
 
+class WebhookReceiver:
+    """A Slack-compatible webhook on localhost: keeps every JSON body posted to it."""
+
+    def __init__(self) -> None:
+        import json
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        posts: list[dict] = []
+        self.posts = posts
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802 - http.server's name
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                posts.append(json.loads(body or b"{}"))
+                self.send_response(200)
+                self.end_headers()
+                self.wfile.write(b"ok")
+
+            def log_message(self, *args) -> None:
+                return None
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hooks/T000/B000/secret-token"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
 @dataclass
 class Deployment:
     tmp: Path
@@ -204,6 +239,7 @@ class Deployment:
     env: dict[str, str]
     processes: list[Process] = field(default_factory=list)
     dagster: DagsterGraphQLClient | None = None
+    webhook: WebhookReceiver | None = None
 
     def start(self, name: str, args: list[str]) -> Process:
         log = self.tmp / f"{name}.log"
@@ -353,6 +389,7 @@ def deployment(tmp_path: Path, postgres_url: str) -> Iterator[Deployment]:
 
     emulator = EmulatorServer(VENDOR_KEY).start()
     admin = EmulatorAdmin(emulator.base_url)
+    webhook = WebhookReceiver()
 
     # the pipeline's settings come from this test only, never from the caller's environment
     env = {
@@ -379,9 +416,11 @@ def deployment(tmp_path: Path, postgres_url: str) -> Iterator[Deployment]:
             "QUARANTINE_THRESHOLD": "0.5",
             "PYTHONPATH": str(REPO_ROOT),
             "PYTHONUNBUFFERED": "1",
+            # failure alerts to a local webhook (its sensor starts stopped, like every sensor)
+            "ALERT_WEBHOOK_URL": webhook.url,
         }
     )
-    world = Deployment(tmp_path, dagster_home, product, state, fernet_key, emulator, admin, env)
+    world = Deployment(tmp_path, dagster_home, product, state, fernet_key, emulator, admin, env, webhook=webhook)
     try:
         assert register_demo_partners(admin, product) == CONNECTED
         port = free_port()
@@ -399,6 +438,7 @@ def deployment(tmp_path: Path, postgres_url: str) -> Iterator[Deployment]:
             process.stop()
         admin.close()
         emulator.stop()
+        webhook.stop()
         product.dispose()
         state.dispose()
 
@@ -564,7 +604,7 @@ def _partner_connects(world: Deployment, dagster: DagsterGraphQLClient) -> None:
             connection_rows([NEW_PARTNER], world.fernet_key, connected_at, world.product.dialect.name),
         )
 
-    connect_tags = {"gbs/trigger": "connect", "gbs/partner": NEW_PARTNER}
+    connect_tags = {"gbs/trigger": "sensor", "gbs/request": "connect", "gbs/partner": NEW_PARTNER}
     found = world.wait(
         "the sensor's connect run",
         lambda: dagster_api.runs(dagster, connect_tags, limit=1),
@@ -579,7 +619,7 @@ def _partner_connects(world: Deployment, dagster: DagsterGraphQLClient) -> None:
     if latest.month == OCT:  # October's counts exist: only the load job runs
         assert run["jobName"] == "gradient_load"
     # one run, for the new partner only
-    connect_runs = dagster_api.runs(dagster, {"gbs/trigger": "connect"})
+    connect_runs = dagster_api.runs(dagster, {"gbs/request": "connect"})
     assert [r["runId"] for r in connect_runs] == [run["runId"]], connect_runs
 
     # ---- Gradient: the new partner's accounts and its latest closed month's counts
@@ -613,3 +653,121 @@ def _partner_connects(world: Deployment, dagster: DagsterGraphQLClient) -> None:
 
     assert dagster_api.stop_sensor(dagster, sensor_name) == "STOPPED"
     assert dagster_api.sensor(dagster, sensor_name)["status"] == "STOPPED"
+
+
+# =========================================================================== CLI runs on the daemon
+
+CLI_CAP = 2400  # a CLI run and the daemon's two retries, each queued, started, failed
+
+
+def test_a_cli_run_that_fails_in_the_push_is_retried_and_recorded_like_a_ui_run(deployment: Deployment) -> None:
+    """Gradient is down. `gradient-billing-sync run` on the daemon-backed instance submits its
+    run to the queue (it executes nothing itself), follows it and the daemon's retries
+    (deploy/dagster.yaml: max_retries 2) to the end, and reports the last; the failure sensor
+    records every attempt in run_failures and the webhook alert posts each one, as for a run
+    launched from the UI. A run launched from the UI for one partner, failing in the same step,
+    is tagged at submission."""
+    world = deployment
+    dagster = world.dagster
+    assert dagster is not None
+    try:
+        _cli_run_through_the_daemon(world, dagster)
+    except BaseException:
+        print(world.logs())
+        raise
+
+
+def _cli_run_through_the_daemon(world: Deployment, dagster: DagsterGraphQLClient) -> None:
+    from pipeline.automation.failures import recorded_failures
+
+    # each failure sensor's first tick sets its cursor: failures after it are recorded / posted
+    for sensor_name in ("billing_failure_sensor", "failure_webhook_alert_sensor"):
+        turned_on_at = time.time()
+        assert dagster_api.start_sensor(dagster, sensor_name)["status"] == "RUNNING"
+        world.wait(
+            f"{sensor_name}'s first tick",
+            lambda: [t for t in dagster_api.sensor(dagster, sensor_name)["ticks"]
+                     if t["status"] != "STARTED" and t["timestamp"] > turned_on_at - 1],
+            bool, len, cap=SENSOR_CAP,
+        )
+
+    world.emulator.stop()  # Gradient is down for the daemon's runs and the CLI alike
+
+    # ---- a run launched from the UI (the launchpad's GraphQL call) for one partner: tagged as
+    # it is submitted, although it fails in its first step
+    ui_run_id = dagster.submit_job_execution(
+        "gradient_load",
+        repository_location_name=LOCATION,
+        run_config=_load_config_for("p-002"),
+        tags={"dagster/partition": OCT.isoformat(), "dagster/max_retries": "0"},
+    )
+
+    cli = subprocess.run(
+        [dagster_command("gradient-billing-sync"), "run", "--month", "2026-10"],
+        cwd=world.tmp, env=world.env, capture_output=True, text=True, timeout=CLI_CAP,
+    )
+    output = cli.stdout + cli.stderr
+    assert cli.returncode == 1, output
+    assert "2026-10: FAILED (run " in output, output
+    assert "retried by dagster-daemon after run " in output, output
+    assert "\x1b[" not in output  # not a terminal: no progress bar, no escape codes
+
+    # ---- the CLI's run and the daemon's two retries of it, all through the instance
+    cli_runs = dagster_api.runs(dagster, {"gbs/trigger": "cli"})
+    assert len(cli_runs) == 3, [(r["runId"], r["status"]) for r in cli_runs]
+    first, *retries = sorted(cli_runs, key=lambda r: r["startTime"] or 0)
+    assert all(r["status"] == "FAILURE" for r in cli_runs), cli_runs
+    assert first["tags"].get("dagster/will_retry") == "true"
+    assert first["tags"].get("dagster/auto_retry_run_id") == retries[0]["runId"]
+    assert [r["tags"].get("dagster/parent_run_id") for r in retries] == [first["runId"], retries[0]["runId"]]
+    final = retries[-1]["runId"]
+    assert f"2026-10: FAILED (run {final})" in output
+    assert f"retried by dagster-daemon after run {first['runId']}, run {retries[0]['runId']} failed" in output
+    for run in cli_runs:
+        tags = run["tags"]
+        assert (tags.get("gbs/month"), tags.get("gbs/partner"), tags.get("dagster/partition")) == (
+            "2026-10", "all", OCT.isoformat()
+        ), tags
+        # no host/pid noise: a submitted run is the daemon's to watch
+        assert not any(key.startswith(("gbs/host", "gbs/pid")) for key in tags), tags
+    cause = "gradient_services: "
+    assert cause in output, output
+
+    # ---- the UI's run: tagged at submission with its trigger, month and partner
+    [ui_run] = dagster_api.runs(dagster, {"gbs/trigger": "ui"})
+    assert ui_run["runId"] == ui_run_id
+    assert ui_run["status"] == "FAILURE"
+    assert (ui_run["tags"].get("gbs/month"), ui_run["tags"].get("gbs/partner")) == ("2026-10", "p-002")
+
+    # ---- the failure sensor recorded every failed attempt, the CLI's as the UI's
+    expected = {r["runId"] for r in cli_runs} | {ui_run_id}
+    recorded = world.wait(
+        "the failure sensor's records",
+        lambda: {f["run_id"]: f for f in recorded_failures(world.state)},
+        lambda found: expected <= set(found),
+        lambda found: tuple(sorted(found)),
+        cap=SENSOR_CAP,
+    )
+    for run_id in expected:
+        assert recorded[run_id]["partition_key"] == OCT.isoformat()
+        assert "gradient_services" in recorded[run_id]["message"], recorded[run_id]
+    assert recorded[ui_run_id]["partners"] == "p-002"
+
+    # ---- and alerted: one webhook post per failed attempt, naming its run
+    assert world.webhook is not None
+    posted = world.wait(
+        "the webhook alerts",
+        lambda: [post.get("text", "") for post in list(world.webhook.posts)],
+        lambda texts: all(any(f"(run {run_id})" in t for t in texts) for run_id in expected),
+        len,
+        cap=SENSOR_CAP,
+    )
+    for run_id in expected:
+        [text] = [t for t in posted if f"(run {run_id})" in t]
+        assert "FAILED" in text and "gradient_services" in text, text
+
+
+def _load_config_for(partner_id: str) -> dict:
+    from pipeline.automation.jobs import load_run_config
+
+    return load_run_config("gradient_load", [partner_id])

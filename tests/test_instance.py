@@ -18,7 +18,10 @@ from dagster._core.instance.ref import InstanceRef
 from dagster._core.utils import make_new_run_id
 
 from pipeline.cli import instance as cli_instance_module
-from pipeline.cli.instance import TAG_HOST, TAG_PID, cli_instance, process_tags, sweep_orphaned_runs
+from dagster._core.storage.tags import TagType, get_tag_type
+
+from pipeline.automation.jobs import load_run_config, submission_tags
+from pipeline.cli.instance import TAG_HOST, TAG_PID, cli_instance, daemon_backed, process_tags, sweep_orphaned_runs
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -186,4 +189,87 @@ def test_runs_the_cli_launches_carry_its_host_and_pid(tmp_path, monkeypatch):
     with DagsterInstance.from_ref(InstanceRef.from_dir(str(home))) as instance:
         [run] = instance.get_runs()
     assert {k: run.tags.get(k) for k in process_tags()} == process_tags()
+    # bookkeeping, hidden from the runs list; what the run is, shown
+    assert all(get_tag_type(key) == TagType.HIDDEN for key in process_tags())
+    assert not any(key.startswith(("gbs/host", "gbs/pid")) for key in run.tags)
+    assert (run.tags["gbs/trigger"], run.tags["gbs/month"], run.tags["gbs/partner"]) == ("cli", "2026-10", "all")
     engine_for.cache_clear()
+
+
+def test_a_run_of_an_earlier_release_is_still_swept(instance):
+    """Runs tagged with the visible gbs/host, gbs/pid of earlier releases."""
+    orphan = _in_progress_run(instance, {"gbs/host": process_tags()[TAG_HOST], "gbs/pid": str(_dead_pid())})
+    assert sweep_orphaned_runs(instance) == [orphan]
+
+
+# =========================================================================== through the instance
+
+
+def test_a_run_is_tagged_with_its_trigger_month_and_partner_as_it_is_submitted(instance):
+    """The instance's run coordinator (the CLI's embedded instance and deploy/dagster.yaml):
+    a launchpad run for one partner, an asset backfill's, a sensor's, the schedule's."""
+    from dagster._core.storage.tags import BACKFILL_ID_TAG
+
+    one_partner = load_run_config("gradient_load", ["p-002"])
+    launchpad = {"gbs/trigger": "ui", "gbs/partner": "all", "dagster/partition": "2026-10-01"}
+    cases = [
+        # the job's UI defaults corrected: the one partner its config names
+        (launchpad, one_partner, {"gbs/trigger": "ui", "gbs/partner": "p-002", "gbs/month": "2026-10"}),
+        # an asset-graph materialization: no job tags at all
+        ({"dagster/partition": "2026-09-01"}, None, {"gbs/trigger": "ui", "gbs/partner": "all", "gbs/month": "2026-09"}),
+        ({BACKFILL_ID_TAG: "abc", "dagster/partition": "2026-09-01"}, None,
+         {"gbs/trigger": "backfill", "gbs/partner": "all", "gbs/month": "2026-09"}),
+        # what the sensors and the CLI set stays
+        ({"gbs/trigger": "sensor", "gbs/request": "connect", "gbs/partner": "p-004", "dagster/sensor_name": "x"},
+         load_run_config("gradient_load", ["p-004"]), {"gbs/trigger": "sensor", "gbs/partner": "p-004"}),
+        ({"gbs/trigger": "ui", "dagster/schedule_name": "monthly_billing_schedule", "gbs/partner": "all"}, None,
+         {"gbs/trigger": "schedule", "gbs/partner": "all"}),
+    ]
+    for tags, run_config, expected in cases:
+        assert {**tags, **submission_tags(tags, run_config)}.items() >= expected.items(), (tags, expected)
+
+    from dagster._core.remote_origin import InProcessCodeLocationOrigin, RemoteJobOrigin, RemoteRepositoryOrigin
+    from dagster._core.types.loadable_target_origin import LoadableTargetOrigin
+
+    location = InProcessCodeLocationOrigin(
+        LoadableTargetOrigin(executable_path=sys.executable, module_name="pipeline.definitions"),
+        location_name="gradient_billing_sync",
+    )
+    origin = RemoteJobOrigin(RemoteRepositoryOrigin(location, "__repository__"), "gradient_load")
+    from dagster._core.code_pointer import ModuleCodePointer
+    from dagster._core.origin import JobPythonOrigin, RepositoryPythonOrigin
+
+    python_origin = JobPythonOrigin(
+        "gradient_load", RepositoryPythonOrigin(sys.executable, ModuleCodePointer("pipeline.definitions", "defs", None))
+    )
+    run = DagsterRun(job_name="gradient_load", run_id=make_new_run_id(), run_config=one_partner, tags=launchpad,
+                     remote_job_origin=origin, job_code_origin=python_origin)
+    instance.add_run(run)
+    instance.submit_run(run.run_id, workspace=None)
+    submitted = instance.get_run_by_id(run.run_id)
+    assert submitted.status == DagsterRunStatus.QUEUED
+    assert {k: submitted.tags.get(k) for k in ("gbs/trigger", "gbs/partner", "gbs/month")} == {
+        "gbs/trigger": "ui", "gbs/partner": "p-002", "gbs/month": "2026-10"
+    }
+
+
+def test_the_cli_goes_through_the_instance_only_while_its_daemon_heartbeats(instance, tmp_path):
+    from dagster._daemon.types import DaemonHeartbeat
+
+    assert not daemon_backed(instance)  # no daemon ever ran: the embedded demo runs in process
+    now = time.time()
+    instance.add_daemon_heartbeat(DaemonHeartbeat(now - 600, "QUEUED_RUN_COORDINATOR", None, None))
+    assert not daemon_backed(instance)  # a daemon that stopped ten minutes ago
+    instance.add_daemon_heartbeat(DaemonHeartbeat(now, "QUEUED_RUN_COORDINATOR", None, None))
+    assert daemon_backed(instance)
+
+    # an instance that runs each run at once (no queue) never waits on a daemon
+    home = tmp_path / "immediate"
+    home.mkdir()
+    (home / "dagster.yaml").write_text(
+        "run_coordinator:\n  module: dagster._core.run_coordinator\n  class: DefaultRunCoordinator\n"
+        "telemetry:\n  enabled: false\n"
+    )
+    with DagsterInstance.from_ref(InstanceRef.from_dir(str(home))) as immediate:
+        immediate.add_daemon_heartbeat(DaemonHeartbeat(now, "QUEUED_RUN_COORDINATOR", None, None))
+        assert not daemon_backed(immediate)

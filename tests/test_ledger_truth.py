@@ -262,7 +262,7 @@ def test_a_2xx_that_is_not_gradients_answer_is_failed_and_a_healthy_rerun_delive
     entries = world.entries(OCT, faulty.run_id)
     assert entries and not [e for e in entries if e["outcome"] == ledger.DELIVERED]
     assert {e["outcome"] for e in entries} == {ledger.FAILED}
-    assert "not Gradient's answer" in entries[0]["detail"] and len(entries[0]["detail"]) < 1000
+    assert "was not its documented JSON" in entries[0]["detail"] and len(entries[0]["detail"]) < 1000
     assert world.admin.counts() == []  # Gradient stored nothing
 
     world.admin.clear_faults()

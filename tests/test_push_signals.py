@@ -239,7 +239,7 @@ def test_the_ledger_asset_shows_what_was_sent_what_gradient_answered_and_when(bi
 
 def test_runs_from_the_ui_carry_gbs_tags_and_the_launchpad_is_prefilled(billing):
     job = billing.defs.resolve_job_def("monthly_billing")
-    assert job.run_tags[TAG_TRIGGER] == "manual"
+    assert job.run_tags[TAG_TRIGGER] == "ui"
     prefilled = job.partitioned_config.get_run_config_for_partition_key(OCT_KEY)
     for op in ("gradient_accounts", "gradient_unit_counts"):
         assert prefilled["ops"][op]["config"] == {"partner_ids": [], "force_superseded": False, "preview": False}
@@ -248,7 +248,7 @@ def test_runs_from_the_ui_carry_gbs_tags_and_the_launchpad_is_prefilled(billing)
     assert all(fields[name].description for name in ("partner_ids", "force_superseded", "preview"))
 
     manual = billing.run(OCT_KEY)
-    assert billing.tags(manual)[TAG_TRIGGER] == "manual"
+    assert billing.tags(manual)[TAG_TRIGGER] == "ui"
     scheduled = billing.run(OCT_KEY, tags=run_tags("schedule"))
     assert billing.tags(scheduled)[TAG_TRIGGER] == "schedule"
 
@@ -257,7 +257,7 @@ def test_a_materialization_launched_from_the_asset_graph_is_tagged_too(billing):
     result = dg.materialize(ASSETS, partition_key=OCT_KEY, resources=billing.resources(), instance=billing.instance)
     assert result.success
     tags = billing.tags(result)
-    assert (tags[TAG_TRIGGER], tags["gbs/partner"], tags[TAG_OUTCOME]) == ("manual", "all", "delivered")
+    assert (tags[TAG_TRIGGER], tags["gbs/partner"], tags[TAG_OUTCOME]) == ("ui", "all", "delivered")
 
 
 def test_the_first_partition_is_configurable_and_defaults_to_a_year_back(monkeypatch):

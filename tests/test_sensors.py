@@ -392,7 +392,7 @@ def test_connect_new_connection_asks_once_for_the_latest_closed_month(make_world
     assert request.run_config == load_run_config("monthly_billing", ["p-003"])
     assert partner_filter(request) == {("gradient_accounts", ("p-003",)), ("gradient_unit_counts", ("p-003",))}
     assert request.run_key == f"connected:p-003:{connected_at.isoformat()}"
-    assert request.tags[TAG_TRIGGER] == "connect"
+    assert (request.tags[TAG_TRIGGER], request.tags["gbs/request"]) == ("sensor", "connect")
     assert request.tags[TAG_PARTNER] == "p-003"
     assert connected_at.isoformat() in request.tags[TAG_REASON]
 
@@ -450,7 +450,7 @@ def test_disconnect_asks_only_for_onboarded_partners(make_world):
     assert request.job_name in (None, "partner_disconnect")
     assert request.run_config == {"ops": {"disconnect_gradient_partner": {"config": {"partner_id": "p-001"}}}}
     assert request.run_key == f"disconnected:p-001:{at.isoformat()}"
-    assert request.tags[TAG_TRIGGER] == "disconnect"
+    assert (request.tags[TAG_TRIGGER], request.tags["gbs/request"]) == ("sensor", "disconnect")
     assert request.tags[TAG_PARTNER] == "p-001"
     assert request.partition_key is None
 
@@ -493,7 +493,8 @@ def test_sync_requests_one_run_per_click_and_the_cursor_advances(make_world):
     assert partner_filter(two) == {("gradient_accounts", ("p-002",))}
     assert one.run_config == three.run_config
     assert one.run_key != three.run_key
-    assert (one.tags[TAG_TRIGGER], two.tags[TAG_TRIGGER]) == ("update_counts", "sync_accounts")
+    assert (one.tags["gbs/request"], two.tags["gbs/request"]) == ("update_counts", "sync_accounts")
+    assert one.tags[TAG_TRIGGER] == two.tags[TAG_TRIGGER] == "sensor"
     assert result.cursor == "5"
 
     # nothing new: nothing asked; a new click: just that one
@@ -529,7 +530,7 @@ def test_missed_months_are_requested_within_the_lookback(make_world, monkeypatch
     assert [r.partition_key for r in result.run_requests] == ["2026-08-01", "2026-09-01", OCT_KEY]
     for request in result.run_requests:
         assert request.run_key == f"missed:{request.partition_key}:2026-11-21"
-        assert request.tags[TAG_TRIGGER] == "missed"
+        assert (request.tags[TAG_TRIGGER], request.tags["gbs/request"]) == ("sensor", "missed")
         assert request.tags[TAG_REASON].startswith("missed:")
         assert request.tags[TAG_PARTNER] == "all"
         assert request.job_name in (None, "monthly_billing")
@@ -763,7 +764,7 @@ def test_late_data_after_a_load_asks_again_with_the_new_fingerprint(make_world, 
 
     # the month was missed: the sensor asks for it, and the run loads it
     missed = late_request(world)
-    assert missed.tags[TAG_TRIGGER] == "missed"
+    assert (missed.tags[TAG_TRIGGER], missed.tags["gbs/request"]) == ("sensor", "missed")
     run = world.run(missed, missed_or_late_months_sensor)
     assert run.success, failure_text(run)
     assert world.evaluate(missed_or_late_months_sensor).run_requests == []  # loaded, unchanged
@@ -775,7 +776,7 @@ def test_late_data_after_a_load_asks_again_with_the_new_fingerprint(make_world, 
     world.add_billable_user(company, sku, utc(2026, 10, 10, 12))
     request = late_request(world)
     assert request.partition_key == OCT_KEY
-    assert request.tags[TAG_TRIGGER] == "late"
+    assert (request.tags[TAG_TRIGGER], request.tags["gbs/request"]) == ("sensor", "late")
     assert request.tags[TAG_REASON].startswith("late:")
     assert request.run_key.startswith(f"late:{OCT_KEY}:")
     assert not request.run_config  # every partner
@@ -811,7 +812,7 @@ def test_late_data_returning_to_an_earlier_state_is_not_swallowed(make_world, mo
     world.add_billable_user("c-001-0001", "SAT", utc(2026, 10, 10, 12))  # B again
 
     again = late_request(world)
-    assert again.tags[TAG_TRIGGER] == "late"
+    assert (again.tags[TAG_TRIGGER], again.tags["gbs/request"]) == ("sensor", "late")
     assert again.run_key != back.run_key
     # Gradient holds A's counts while the product says B: the re-run must not be deduplicated
     assert not world.would_dedupe(missed_or_late_months_sensor, again.run_key), (

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import dagster as dg
 
@@ -12,11 +12,30 @@ MONTH_END = "month_end"
 GRADIENT_LOAD = "gradient_load"
 
 TAG_TRIGGER = "gbs/trigger"
+TAG_REQUEST = "gbs/request"
 TAG_PARTNER = "gbs/partner"
+TAG_MONTH = "gbs/month"
 TAG_REASON = "gbs/reason"
 TAG_OUTCOME = "gbs/outcome"
 ALL_PARTNERS = "all"
-MANUAL = "manual"
+PARTITION_TAG = "dagster/partition"
+
+# What started a run (gbs/trigger): one of five, so the runs list can be filtered by it.
+SCHEDULE, SENSOR, BACKFILL, CLI, UI = "schedule", "sensor", "backfill", "cli", "ui"
+TRIGGERS = (SCHEDULE, SENSOR, BACKFILL, CLI, UI)
+MANUAL = UI  # the jobs' default: a run launched from the UI's launchpad
+# What asked for a run (gbs/request), for triggers that ask for different things.
+REQUEST_TRIGGER = {
+    "connect": SENSOR,
+    "disconnect": SENSOR,
+    "update_counts": SENSOR,
+    "sync_accounts": SENSOR,
+    "missed": SENSOR,
+    "late": SENSOR,
+    "statements": SENSOR,
+    "demo": CLI,
+    "preview": CLI,
+}
 LOAD_OPS = ("gradient_services", "gradient_accounts", "gradient_unit_counts")
 ACCOUNT_SYNC_OPS = ("gradient_services", "gradient_accounts")
 
@@ -49,15 +68,68 @@ def launchpad_config(job_name: str) -> dict:
     return config
 
 
-def run_tags(trigger: str, partner_id: str | None = None, reason: str | None = None) -> dict[str, str]:
-    tags = {TAG_TRIGGER: trigger, TAG_PARTNER: partner_id or ALL_PARTNERS}
+def run_tags(
+    trigger: str, partner_id: str | None = None, reason: str | None = None, month_key: str | None = None
+) -> dict[str, str]:
+    """A run's tags: ``trigger`` is one of TRIGGERS or a request of REQUEST_TRIGGER (``connect``
+    gives ``gbs/trigger=sensor``, ``gbs/request=connect``)."""
+    tags = {TAG_TRIGGER: REQUEST_TRIGGER.get(trigger, trigger), TAG_PARTNER: partner_id or ALL_PARTNERS}
+    if trigger in REQUEST_TRIGGER:
+        tags[TAG_REQUEST] = trigger
+    if month_key:
+        tags[TAG_MONTH] = month_key[:7]
     if reason:
         tags[TAG_REASON] = reason[:250]
     return tags
 
 
-# Runs launched from the UI carry these; sensors, the schedule and the CLI override them. The
-# default run config pre-fills the launchpad with every load option.
+def submission_tags(tags: Mapping[str, str], run_config: Mapping[str, object] | None) -> dict[str, str]:
+    """The gbs/* tags a run submitted to the instance lacks, from what Dagster knows at
+    submission: its trigger (Dagster's schedule / sensor / backfill tags, else the UI), its
+    month (the partition) and the one partner its load config names. Tags the run already
+    carries win, except the jobs' UI defaults where Dagster's own tags say otherwise."""
+    added: dict[str, str] = {}
+    trigger = tags.get(TAG_TRIGGER)
+    if trigger in (None, UI):
+        if "dagster/backfill" in tags:
+            derived = BACKFILL
+        elif "dagster/schedule_name" in tags:
+            derived = SCHEDULE
+        elif "dagster/sensor_name" in tags:
+            derived = SENSOR
+        else:
+            derived = UI
+        if derived != trigger:
+            added[TAG_TRIGGER] = derived
+    partition = tags.get(PARTITION_TAG)
+    if partition and TAG_MONTH not in tags:
+        added[TAG_MONTH] = partition[:7]
+    if tags.get(TAG_PARTNER) in (None, ALL_PARTNERS):
+        partners = configured_partners(run_config)
+        partner = partners[0] if len(partners) == 1 else ALL_PARTNERS
+        if tags.get(TAG_PARTNER) != partner:
+            added[TAG_PARTNER] = partner
+    return added
+
+
+def configured_partners(run_config: Mapping[str, object] | None) -> list[str]:
+    """The partners a run's load config names (none: every connected partner)."""
+    ops = (run_config or {}).get("ops")
+    found: set[str] = set()
+    if isinstance(ops, Mapping):
+        for op in LOAD_OPS:
+            config = ops.get(op)
+            config = config.get("config") if isinstance(config, Mapping) else None
+            partner_ids = config.get("partner_ids") if isinstance(config, Mapping) else None
+            if isinstance(partner_ids, (list, tuple)):
+                found.update(str(p) for p in partner_ids)
+    return sorted(found)
+
+
+# Runs launched from the UI carry these (gbs/trigger=ui); sensors, the schedule and the CLI
+# override them, and the instance's run coordinator (pipeline.automation.coordinator) corrects
+# them from what Dagster knows at submission. The default run config pre-fills the launchpad
+# with every load option.
 monthly_billing_job = dg.define_asset_job(
     name="monthly_billing",
     selection=dg.AssetSelection.groups(MONTH_END, GRADIENT_LOAD),

@@ -145,46 +145,22 @@ def _materialize(
     resend: bool = False,
     allow_timezone_change: bool = False,
 ) -> list[tuple[BillingMonth, bool, str]]:
-    """Run the monthly job (or ``job_name``) for each month in order on the instance; one
-    failure stops none. Each month's report is printed as soon as that month finishes."""
-    import uuid
-
-    from pipeline import settings
-    from pipeline.automation.jobs import load_run_config, run_tags
-    from pipeline.cli.instance import process_tags
-    from pipeline.cli.runs import month_report, month_run, progress
-    from pipeline.definitions import build_defs
-    from pipeline.resources import StateDatabase
+    """Run the monthly job (or ``job_name``) for each month in order on the instance (through
+    its daemon when it has one: pipeline.cli.runs.run_months); one failure stops none. Each
+    month's report is printed as soon as that month finishes."""
+    from pipeline.cli.runs import run_months
 
     verbose = bool(click.get_current_context(silent=True) and click.get_current_context().meta.get("gbs.verbose"))
-    job = build_defs().resolve_job_def(job_name)
-    quiet = QUIET_RUN_CONFIG if verbose else {"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}}
-    run_config = {**quiet, **load_run_config(job.name, partner_ids, force_superseded, resend=resend)}
-    tags = {**run_tags(trigger, partner_ids[0] if len(partner_ids) == 1 else None), **process_tags()}
+    tags = {}
     if resend:
         tags["gbs/resend"] = "true"
     if allow_timezone_change:
         tags["gbs/allow_timezone_change"] = "true"
-    state = StateDatabase(url=settings.state_db_url()).engine()
-    results = []
-    with _instance() as instance, progress(months, "months") as bar:
-        for month in bar:
-            run_id = str(uuid.uuid4())  # known before it starts, so the bar can follow its steps
-            with bar.watch(instance, run_id):
-                result = job.execute_in_process(
-                    partition_key=month.key,
-                    instance=instance,
-                    raise_on_error=False,
-                    run_config=run_config,
-                    tags=tags,
-                    run_id=run_id,
-                )
-            ran = month_run(month.month, result)
-            bar.echo(month_report(state, ran))
-            if verbose and ran.trace:
-                bar.echo(ran.trace)
-            results.append((month, result.success, result.run_id))
-    return results
+    with _instance() as instance:
+        return run_months(
+            instance, months, force_superseded=force_superseded, trigger=trigger, verbose=verbose,
+            job_name=job_name, partner_ids=partner_ids, resend=resend, extra_tags=tags,
+        )
 
 
 ALLOW_TIMEZONE_CHANGE = click.option(

@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
@@ -38,13 +39,14 @@ def where_runs_are() -> str:
 
 @dataclass(frozen=True)
 class MonthRun:
-    """One month's run as the CLI saw it."""
+    """One month's run as the CLI saw it; ``attempts``: the runs the daemon retried before it."""
 
     month: date
     run_id: str
     success: bool
     causes: list[str] = field(default_factory=list)
     trace: str = ""
+    attempts: tuple[str, ...] = ()
 
     @property
     def label(self) -> str:
@@ -54,10 +56,27 @@ class MonthRun:
 def month_run(month: date, result) -> MonthRun:
     """From an ``ExecuteInProcessResult``: each failed step's cause (first line) and, for
     ``--verbose``, the full error text."""
+    failure = result.get_run_failure_event() if not result.success else None
+    return _month_run(month, result.run_id, result.success, result.all_events, failure)
+
+
+def month_run_on_instance(instance, month: date, run_id: str, attempts: Sequence[str] = ()) -> MonthRun:
+    """The same, for a run the instance ran (read back from its event log)."""
+    from dagster import DagsterEventType, DagsterRunStatus
+
+    run = instance.get_run_by_id(run_id)
+    success = run is not None and run.status == DagsterRunStatus.SUCCESS
+    events = [e.dagster_event for e in instance.all_logs(run_id, of_type=DagsterEventType.STEP_FAILURE)]
+    failures = [e.dagster_event for e in instance.all_logs(run_id, of_type=DagsterEventType.RUN_FAILURE)]
+    found = _month_run(month, run_id, success, [e for e in events if e is not None], failures[-1] if failures else None)
+    return MonthRun(found.month, run_id, success, found.causes, found.trace, tuple(attempts))
+
+
+def _month_run(month: date, run_id: str, success: bool, events, run_failure) -> MonthRun:
     from pipeline.automation.alerts import first_paragraph
 
     causes, traces = [], []
-    for event in result.all_events:
+    for event in events:
         if event.event_type_value != "STEP_FAILURE":
             continue
         data = event.step_failure_data
@@ -73,10 +92,9 @@ def month_run(month: date, result) -> MonthRun:
             traces.append(f"--- {event.step_key}\n{data.error.to_string()}")
         elif text:
             traces.append(f"--- {event.step_key}\n{text}")
-    if not result.success and not causes:
-        event = result.get_run_failure_event()
-        causes.append(event.message if event is not None and event.message else "the run failed")
-    return MonthRun(month, result.run_id, result.success, causes, "\n".join(traces))
+    if not success and not causes:
+        causes.append(run_failure.message if run_failure is not None and run_failure.message else "the run failed")
+    return MonthRun(month, run_id, success, causes, "\n".join(traces))
 
 
 def month_report(state: sa.Engine, run: MonthRun) -> str:
@@ -95,9 +113,11 @@ def month_report(state: sa.Engine, run: MonthRun) -> str:
             return report  # the statements step itself failed then, and says why
         if statements.is_dir():
             report += f"\n  partner statements: {statements}"
-        return report
+        return report + _attempts_line(run)
     lines = [f"{run.label}: FAILED (run {run.run_id})"]
     lines.extend(f"  cause: {cause}" for cause in run.causes)
+    if run.attempts:
+        lines.append(_attempts_line(run).strip("\n"))
     computation = load_month_computation(state, run.month)
     if computation is not None and computation.run_id == run.run_id:
         lines.append(
@@ -117,6 +137,12 @@ def month_report(state: sa.Engine, run: MonthRun) -> str:
     return "\n".join(lines)
 
 
+def _attempts_line(run: MonthRun) -> str:
+    if not run.attempts:
+        return ""
+    return f"\n  retried by dagster-daemon after run {', run '.join(run.attempts)} failed"
+
+
 def one_line_error(exc: BaseException) -> str:
     """The cause of an unexpected error in one line. The project's own errors already name the
     fix; anything else is prefixed with its type."""
@@ -128,112 +154,122 @@ def one_line_error(exc: BaseException) -> str:
     return text if own and text else f"{type(exc).__name__}: {text or 'no message'}"
 
 
-class _Lines:
-    """Not a terminal: items as they are, lines printed as they come."""
-
-    def __init__(self, items) -> None:
-        self.items = items
-
-    def __iter__(self):
-        return iter(self.items)
-
-    @staticmethod
-    def watch(instance, run_id: str):
-        import contextlib
-
-        return contextlib.nullcontext()
-
-    @staticmethod
-    def echo(text: str) -> None:
-        import click
-
-        click.echo(text)
-
-
-class _Bar:
-    """A terminal: click's progress bar; a line printed clears the bar first (it redraws).
-    While a month runs, the bar shows the step it is at (read from the run's event log)."""
-
-    POLL_SECONDS = 0.5
-
-    def __init__(self, bar) -> None:
-        self.bar = bar
-        self.step = ""
-
-    def __iter__(self):
-        for item in self.bar:
-            self.step = ""
-            yield item
-
-    def describe(self, item) -> str | None:
-        if item is None:
-            return None
-        label = getattr(item, "label", str(item))
-        return f"{label} {self.step}".strip()
-
-    def watch(self, instance, run_id: str):
-        """Follow the run's STEP_START events in a thread until the block ends."""
-        import contextlib
-        import threading
-
-        from dagster import DagsterEventType
-
-        stop = threading.Event()
-
-        def follow() -> None:
-            while not stop.wait(self.POLL_SECONDS):
-                try:
-                    started = instance.all_logs(run_id, of_type=DagsterEventType.STEP_START)
-                except Exception:
-                    continue
-                if started and started[-1].step_key != self.step:
-                    self.step = started[-1].step_key or ""
-                    self.bar.render_progress()
-
-        @contextlib.contextmanager
-        def following():
-            thread = threading.Thread(target=follow, daemon=True)
-            thread.start()
-            try:
-                yield
-            finally:
-                stop.set()
-                thread.join()
-
-        return following()
-
-    @staticmethod
-    def echo(text: str) -> None:
-        import click
-
-        click.echo("\r\033[K" + text)
-
-
 class progress:
-    """A progress bar over ``items`` on a TTY; plain lines elsewhere (pipes, CI, tests)."""
+    """rich's progress bar over ``items`` on a terminal, showing the step the current item is
+    at; elsewhere (pipes, CI, tests) no bar and no escape codes, only the lines printed."""
 
     def __init__(self, items, label: str) -> None:
+        from rich.console import Console
+
         self.items, self.label = list(items), label
+        self.console = Console(highlight=False)
+        self.live = self.console.is_terminal
         self._bar = None
+        self._task = None
 
-    def __enter__(self):
-        import sys
+    def __enter__(self) -> progress:
+        if self.live:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-        import click
-
-        if sys.stdout.isatty():
-            shown: list[_Bar] = []
-            self._bar = click.progressbar(
-                self.items, label=self.label, show_pos=True,
-                item_show_func=lambda item: shown[0].describe(item) if shown else None,
+            self._bar = Progress(
+                TextColumn("{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeElapsedColumn(),
+                TextColumn("{task.fields[step]}"),
+                console=self.console,
+                transient=True,
             )
-            shown.append(_Bar(self._bar.__enter__()))
-            return shown[0]
-        return _Lines(self.items)
+            self._bar.__enter__()
+            self._task = self._bar.add_task(self.label, total=len(self.items), step="")
+        return self
 
     def __exit__(self, *exc) -> None:
         if self._bar is not None:
             self._bar.__exit__(*exc)
+
+    def __iter__(self):
+        for item in self.items:
+            self.step(getattr(item, "label", str(item)))
+            yield item
+            if self._bar is not None:
+                self._bar.advance(self._task)
+
+    def step(self, text: str) -> None:
+        """What the current item is doing (shown next to the bar)."""
+        if self._bar is not None:
+            self._bar.update(self._task, step=text)
+
+    def echo(self, text: str) -> None:
+        """A line of the report, printed above the bar."""
+        if self._bar is not None:
+            self.console.print(text, markup=False, emoji=False, soft_wrap=True)
+        else:
+            import click
+
+            click.echo(text)
+
+
+DEMO = "demo"
+
+
+def run_months(
+    instance,
+    months: Sequence,
+    *,
+    force_superseded: bool = False,
+    trigger: str = "cli",
+    verbose: bool = False,
+    job_name: str = "monthly_billing",
+    partner_ids: Sequence[str] = (),
+    resend: bool = False,
+    extra_tags: dict[str, str] | None = None,
+) -> list[tuple]:
+    """Run the monthly job for each month in order on ``instance``; one failure stops
+    none; each month's report is printed as soon as it finishes. With a daemon on the
+    instance, each run is submitted to it (queue, limits, retries, failure sensors) and
+    followed to its end, retries included: it runs with the code location's settings, the
+    daemon's environment. Without one, and for the demo, it runs in this process."""
+    from pipeline import settings
+    from pipeline.automation.jobs import load_run_config, run_tags
+    from pipeline.cli import instance as cli_instance
+    from pipeline.resources import StateDatabase
+
+    load_config = load_run_config(job_name, partner_ids, force_superseded, resend=resend)
+    partner = partner_ids[0] if len(partner_ids) == 1 else None
+    state = StateDatabase(url=settings.state_db_url()).engine()
+    results = []
+    # The demo's settings (its emulator, its databases) live in this process only: its runs
+    # stay here whatever the instance has.
+    through_instance = trigger != DEMO and cli_instance.daemon_backed(instance)
+    if not through_instance and trigger != DEMO:
+        note = cli_instance.in_process_note(instance)
+        if note:
+            click_echo_err(note)
+    with progress(months, "months") as bar:
+        if through_instance:
+            runner = cli_instance.InstanceRuns(instance)
+        else:
+            runner = cli_instance.InProcessRuns(instance, verbose)
+        with runner:
+            for month in bar:
+                tags = {**run_tags(trigger, partner, month_key=month.key), **(extra_tags or {})}
+                outcome = runner.run(month, job_name, load_config, tags, bar.step)
+                if through_instance:
+                    ran = month_run_on_instance(instance, month.month, outcome[-1], outcome[:-1])
+                else:
+                    ran = month_run(month.month, outcome)
+                bar.echo(month_report(state, ran))
+                if verbose and ran.trace:
+                    bar.echo(ran.trace)
+                results.append((month, ran.success, ran.run_id))
+    return results
+
+
+def click_echo_err(text: str) -> None:
+    import click
+
+    click.echo(text, err=True)
 
 
 def product_database():
