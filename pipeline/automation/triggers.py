@@ -121,6 +121,114 @@ def load_sync_requests(
     ]
 
 
+@dataclass(frozen=True)
+class WaitingRequests:
+    """The requests of one partner and kind not served yet: ids ``first``..``last``, ``count`` of them."""
+
+    partner_id: str
+    kind: str
+    first: int
+    last: int
+    count: int
+
+    @property
+    def run_key(self) -> str:
+        """The newest request's: unique (each request waits in one group) and new after every
+        run, so a request made once a run finished always gets a run of its own."""
+        return f"sync-request:{self.last}"
+
+    @property
+    def served(self) -> str:
+        if self.count == 1:
+            return f"request {self.last}"
+        return f"{self.count} requests {self.first}..{self.last}"
+
+    def merged(self, request: SyncRequest) -> WaitingRequests:
+        return WaitingRequests(
+            self.partner_id, self.kind, min(self.first, request.request_id),
+            max(self.last, request.request_id), self.count + 1,
+        )
+
+
+@dataclass(frozen=True)
+class SyncRequestsCursor:
+    """The sync-requests sensor's cursor: the last request id read, and the requests read but
+    waiting for a run of their partner and kind to finish. An old cursor (an id alone) reads
+    as that id with nothing waiting."""
+
+    after: int = 0
+    waiting: tuple[WaitingRequests, ...] = ()
+
+    @classmethod
+    def parse(cls, text: str | None) -> SyncRequestsCursor:
+        if not text:
+            return cls()
+        if text.strip().isdigit():
+            return cls(after=int(text))
+        data = json.loads(text)
+        return cls(after=int(data["after"]), waiting=tuple(WaitingRequests(*w) for w in data.get("waiting", [])))
+
+    def dumps(self) -> str:
+        waiting = [[w.partner_id, w.kind, w.first, w.last, w.count] for w in self.waiting]
+        return json.dumps({"after": self.after, "waiting": waiting}, sort_keys=True)
+
+
+@dataclass(frozen=True)
+class SyncRequestPlan:
+    """What one tick of the sync-requests sensor does: the groups to run now, the groups
+    served by a run already queued (it starts after them, so it serves them), the requests
+    ignored and why, and the next cursor."""
+
+    to_run: list[WaitingRequests]
+    served_by_queued: list[tuple[WaitingRequests, str]]
+    ignored: list[str]
+    cursor: SyncRequestsCursor
+
+
+def plan_sync_requests(
+    cursor: SyncRequestsCursor,
+    new_requests: Sequence[SyncRequest],
+    connected: set[str],
+    queued_runs: dict[tuple[str, str], str],
+    running: set[tuple[str, str]],
+) -> SyncRequestPlan:
+    """Coalesce the product's button presses: one run per partner and kind at a time.
+
+    ``queued_runs``: (partner, kind) -> the id of a run of theirs that has not started yet;
+    it serves every request made before it starts. ``running``: (partner, kind) with a run
+    started: it may have read the product already, so requests made meanwhile wait (in the
+    cursor) and get one run of their own once it has finished. Otherwise the waiting requests
+    of a partner and kind become one run. Nothing is dropped but a request of a partner that
+    is not connected or of an unknown kind."""
+    groups = {(w.partner_id, w.kind): w for w in cursor.waiting}
+    after = cursor.after
+    ignored = []
+    for request in new_requests:
+        after = max(after, request.request_id)
+        if request.partner_id not in connected:
+            ignored.append(f"request {request.request_id}: {request.partner_id} is not connected; ignored")
+            continue
+        if request.kind not in (UPDATE_COUNTS, SYNC_ACCOUNTS):
+            ignored.append(f"request {request.request_id}: unknown kind {request.kind!r}; ignored")
+            continue
+        key = (request.partner_id, request.kind)
+        group = groups.get(key)
+        groups[key] = group.merged(request) if group else WaitingRequests(
+            request.partner_id, request.kind, request.request_id, request.request_id, 1
+        )
+    to_run, served, waiting = [], [], []
+    for key, group in sorted(groups.items(), key=lambda item: item[1].last):
+        if group.partner_id not in connected:  # disconnected while its requests waited
+            ignored.append(f"{group.served} of {group.partner_id}: no longer connected; ignored")
+        elif key in queued_runs:
+            served.append((group, queued_runs[key]))
+        elif key in running:
+            waiting.append(group)
+        else:
+            to_run.append(group)
+    return SyncRequestPlan(to_run, served, ignored, SyncRequestsCursor(after, tuple(waiting)))
+
+
 # --------------------------------------------------------------------------- months
 
 
