@@ -17,6 +17,11 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 
+# A deployment must fix its first billing month (settings refuse a PRODUCT_DB_URL without it);
+# the tests' product databases are deployments of that kind, their data after 2024-01. Set
+# before any pipeline module is imported, and inherited by the processes tests start.
+os.environ.setdefault("FIRST_BILLING_MONTH", "2024-01")
+
 POSTGRES_ADMIN_URL = os.environ.get(
     "TEST_POSTGRES_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres"
 )

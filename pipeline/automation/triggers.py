@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import date, datetime, time, timedelta
+from datetime import date, datetime, timedelta
 from zoneinfo import ZoneInfo
 
 import sqlalchemy as sa
@@ -18,11 +18,8 @@ import sqlalchemy as sa
 from pipeline.gradient import ledger
 from pipeline.billing.month import BillingMonth, add_months, last_closed_month
 from pipeline.source.partners import CONNECTED, DISCONNECTED, PartnerConnection, as_utc
-from pipeline.settings import reference_sql
+from pipeline.settings import load_settings, reference_sql
 from pipeline.source.utilization import SourceQuery
-
-SCHEDULE_TIMEZONE = "America/New_York"
-SCHEDULE_TIME = time(8, 0)
 
 
 # --------------------------------------------------------------------------- connections
@@ -233,9 +230,11 @@ def plan_sync_requests(
 
 
 def scheduled_load_time(month: BillingMonth) -> datetime:
-    """When the schedule loads ``month``: the next month's 1st, 08:00 America/New_York."""
-    nxt = add_months(month.month, 1)
-    return datetime.combine(nxt, SCHEDULE_TIME, tzinfo=ZoneInfo(SCHEDULE_TIMEZONE))
+    """When the schedule loads ``month``: in the next month, on the schedule's day and time
+    (BILLING_SCHEDULE_DAY / _TIME / _TIMEZONE; by default the 1st, 08:00 America/New_York)."""
+    settings = load_settings()
+    nxt = add_months(month.month, 1).replace(day=settings.billing_schedule_day)
+    return datetime.combine(nxt, settings.schedule_time, tzinfo=ZoneInfo(settings.schedule_timezone))
 
 
 def watched_months(now: datetime, tz_name: str, lookback: int, first_month: date) -> list[BillingMonth]:
