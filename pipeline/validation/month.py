@@ -42,6 +42,7 @@ from pipeline.store.months import (
 from pipeline.validation.rows import COUNT_TEXT_DTYPE, QUARANTINE_COLUMNS, checked_counts, checked_quarantine, describe
 from pipeline.validation.rules import (
     MASK,
+    MAX_SHOWN_CHARS,
     billable_true,
     bind_known_skus,
     codes_of,
@@ -51,6 +52,7 @@ from pipeline.validation.rules import (
     ident,
     overlap_sql,
     prepare_connection,
+    shown_longer,
     split_reason_mask_sql,
     text_of,
 )
@@ -117,11 +119,14 @@ def _postgresql_month_pass_sql(query: SourceQuery) -> str:
     dialect = "postgresql"
     key_mask, row_mask = split_reason_mask_sql(dialect, GROUP_KEYS)
     keys = ", ".join(f'{c} COLLATE "C" AS {c}' for c in GROUP_KEYS)
+    # a key longer than a rule allows (only in a group breaking one) comes back cut, as its
+    # rows are fetched (``display``): a huge id never reaches Python whole
+    shown_keys = ", ".join(f"{display(c, dialect)} AS {c}" for c in GROUP_KEYS)
     return f"""
 SELECT
-    {', '.join(GROUP_KEYS)},
+    {shown_keys},
     row_mask | {key_mask} AS {MASK},
-    company_name,
+    {display('company_name', dialect)} AS company_name,
     CASE WHEN in_month THEN billable_users ELSE 0 END AS billable_users,
     CASE WHEN in_month THEN row_count ELSE 0 END AS rows_in_month,
     row_count
@@ -141,19 +146,25 @@ FROM (
 ) AS placed
 GROUP BY 1, 2, 3, row_mask, in_month
 ) AS grouped
-ORDER BY 1, 2, 3
+ORDER BY {', '.join(f'grouped.{c}' for c in GROUP_KEYS)}
 """
 
 
-def _postgresql_quarantined_rows_sql(query: SourceQuery, narrowed: Collection[str]) -> str:
+def _postgresql_quarantined_rows_sql(
+    query: SourceQuery, narrowed: Collection[str], cut: Collection[str] = ()
+) -> str:
     """PostgreSQL: the rows breaking a rule, each with its mask and its values as text, in a
     stable order. ``narrowed``: the group keys restricted to ``:bad_<key>`` (the keys of the
     groups the pass found breaking a rule; ``''`` stands for NULL too, as ``COPY`` CSV read
-    back), so the database can skip the rest before the rules run."""
+    back), so the database can skip the rest before the rules run. ``cut``: the narrowed keys
+    some of whose failing values came back cut (``display``): those are asked for by length."""
     shown = ", ".join(f"{display(c, 'postgresql')} AS {c}" for c in CONTRACT_COLUMNS)
     where = [f"{MASK} <> 0"]
     for key in narrowed:
-        where.append(f"({key} IN :bad_{key} OR ({key} IS NULL AND '' IN :bad_{key}))")
+        either = [f"{key} IN :bad_{key}", f"({key} IS NULL AND '' IN :bad_{key})"]
+        if key in cut:
+            either.append(shown_longer(key, "postgresql"))
+        where.append(f"({' OR '.join(either)})")
     order = ", ".join(f'{c} COLLATE "C"' if c in ID_COLUMNS else c for c in CONTRACT_COLUMNS)
     return f"""
 SELECT {shown}, {MASK}
@@ -333,13 +344,18 @@ def _postgresql_quarantined_chunks(
     """The failing groups' rows as quarantine records, ``chunk_rows`` at a time, numbered in
     the fetch's order; checked, at the end, to be exactly the rows the pass counted per
     failing group (the two statements read one snapshot, see ``_pass_connection``)."""
-    narrowed, bind = [], dict(params)
+    narrowed, cut, bind = [], [], dict(params)
     for i, key in enumerate(GROUP_KEYS):
-        values = sorted({group[i] for group in tally.failing_groups})
+        every = {group[i] for group in tally.failing_groups}
+        # a value longer than MAX_SHOWN_CHARS came back cut: it is not the column's value
+        values = sorted(v for v in every if len(v) <= MAX_SHOWN_CHARS)
         if len(values) <= NARROWING_KEY_VALUES:
             narrowed.append(key)
-            bind[f"bad_{key}"] = values
-    statement = sa.text(_postgresql_quarantined_rows_sql(query, narrowed)).bindparams(
+            # an empty list would be typed as integers by SQLAlchemy: '' matches what NULL does
+            bind[f"bad_{key}"] = values or [""]
+            if len(values) < len(every):
+                cut.append(key)
+    statement = sa.text(_postgresql_quarantined_rows_sql(query, narrowed, cut)).bindparams(
         sa.bindparam("known_skus", expanding=True), *(sa.bindparam(f"bad_{key}", expanding=True) for key in narrowed)
     ).execution_options(yield_per=chunk_rows)
     fetched: dict[tuple[str, str, str, int], int] = {}
