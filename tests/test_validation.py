@@ -980,3 +980,25 @@ def test_huge_quarantined_values_are_stored_cut_with_their_length_and_hash(produ
     assert all(len(reasons) < 2_000 for reasons in quarantine["reasons"])
     # a value the rules accept is kept whole
     assert shown_value("c" * MAX_SHOWN_CHARS) == b"c" * MAX_SHOWN_CHARS
+
+
+def test_the_quarantine_sample_shown_in_dagster_is_bounded(sqlite_url, state_engine):
+    from pipeline.validation.month import QUARANTINE_SAMPLE_CHARS, QUARANTINE_SAMPLE_ROWS
+
+    engine = sa.create_engine(sqlite_url)
+    rows = ProductRows(engine).basic()
+    for i in range(QUARANTINE_SAMPLE_ROWS + 5):
+        company = f"c-{i:03d}-" + "x" * 20_000
+        rows.company(company, "p1", "N" * 20_000)
+        rows.users(f"u{i}")
+        rows.enroll(f"u{i}", company, "SAT", ALWAYS, None)
+    query = reference_query(engine)
+    month = BillingMonth.from_partition_key(MARCH, NY)
+    with engine.connect() as conn:
+        outcome = validate_month(conn, state_engine, query, month, known_skus(engine), "sample-run")
+    assert outcome.validation.rows_quarantined == QUARANTINE_SAMPLE_ROWS + 5
+    assert len(outcome.sample) == QUARANTINE_SAMPLE_ROWS
+    longest = max(len(str(v)) for v in outcome.sample.to_numpy().ravel())
+    assert QUARANTINE_SAMPLE_CHARS < longest < QUARANTINE_SAMPLE_CHARS + 60
+    assert outcome.sample["company_id"].str.contains("whole in the quarantine table").all()
+    engine.dispose()

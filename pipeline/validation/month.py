@@ -58,6 +58,9 @@ from pipeline.validation.rules import (
 )
 
 QUARANTINE_SAMPLE_ROWS = 20
+# The sample goes into a Dagster event: each of its values at most this long (the stored row
+# has the value as quarantined, itself cut past 255 characters with its length and hash).
+QUARANTINE_SAMPLE_CHARS = 160
 GROUP_KEYS = ("partner_id", "company_id", "sku")
 # what the PostgreSQL pass returns per group (``_postgresql_month_pass_sql``)
 PASS_COLUMNS = (*GROUP_KEYS, "reason_mask", "company_name", "billable_users", "rows_in_month", "row_count")
@@ -211,6 +214,16 @@ def _quarantine_records(group: tuple, first_row_number: int) -> list[dict]:
             {"row_number": first_row_number + i, **raw, "reason_codes": ",".join(codes), "reasons": reasons}
         )
     return records
+
+
+def _sample_row(record: dict) -> dict:
+    """A quarantined row for the sample shown in Dagster: long texts cut, saying by how much."""
+    limit = QUARANTINE_SAMPLE_CHARS
+    return {
+        k: f"{v[:limit]}…(+{len(v) - limit} chars, whole in the quarantine table)"
+        if isinstance(v, str) and len(v) > limit else v
+        for k, v in record.items()
+    }
 
 
 class _CopiedGroups:
@@ -457,7 +470,7 @@ def validate_month(
     def quarantine(records: list[dict]) -> None:
         if records:
             writer.write(checked_quarantine(pd.DataFrame.from_records(records, columns=QUARANTINE_COLUMNS)))
-            tally.sample.extend(records[: QUARANTINE_SAMPLE_ROWS - len(tally.sample)])
+            tally.sample.extend(map(_sample_row, records[: QUARANTINE_SAMPLE_ROWS - len(tally.sample)]))
 
     with state.begin() as state_conn, _pass_connection(product) as pass_conn:
         writer = QuarantineWriter(state_conn, month.month, run_id)
