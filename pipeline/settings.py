@@ -168,6 +168,15 @@ class Settings(BaseSettings):
         None, "SQL file returning 'Update Counts' / 'Sync Company Accounts' requests after :after_id.",
         "/etc/gradient-billing-sync/sync_requests.sql",
     )
+    source_watermark_sql: str | None = _setting(
+        None,
+        "SQL file returning one row that changes when a month's source data changes, for "
+        ":month_start / :month_end (cheap: counts and newest timestamps over indexed columns). "
+        "Recorded when the month is counted and compared by the late-months sensor, which never "
+        "aggregates a month. Unset: the reference schema's, or none (no late-data detection) "
+        "when UTILIZATION_SQL is the vendor's own.",
+        "/etc/gradient-billing-sync/watermark.sql",
+    )
     gradient_base_url: str = _setting(
         DEFAULT_GRADIENT_BASE_URL,
         "Gradient's API; the default is the local emulator.",
@@ -304,7 +313,7 @@ class Settings(BaseSettings):
         return share
 
     @field_validator("utilization_sql", "services_sql", "connections_sql", "companies_sql",
-                     "sync_requests_sql", mode="before")
+                     "sync_requests_sql", "source_watermark_sql", mode="before")
     @classmethod
     def _check_sql_file(cls, value: Any, info: ValidationInfo) -> Any:
         return _sql_file(str(info.field_name).upper(), value)

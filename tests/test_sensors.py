@@ -36,7 +36,8 @@ from pipeline.automation.sensors import (
     partner_disconnected_sensor,
     sync_requests_sensor,
 )
-from pipeline.store.months import load_billable_counts, load_month_computation
+from pipeline.source.watermark import watermark_digest
+from pipeline.store.months import load_billable_counts, load_month_computation, load_month_validation
 
 pytestmark = pytest.mark.slow
 
@@ -834,16 +835,18 @@ def test_late_data_after_a_load_asks_again_with_the_new_fingerprint(make_world, 
     assert request.tags[TAG_REASON].startswith("late:")
     assert request.run_key.startswith(f"late:{OCT_KEY}:")
     assert not request.run_config  # every partner
-    stored_before = load_month_computation(world.state, OCT).counts_fingerprint
-    assert not request.run_key.endswith(stored_before[:16])
+    recorded_before = load_month_validation(world.state, OCT).source_watermark
+    assert recorded_before is not None
+    assert not request.run_key.endswith(watermark_digest(recorded_before)[:16])
 
     # without changes: the same key again (Dagster would not launch it twice)
     assert late_request(world).run_key == request.run_key
 
     run = world.run(request, missed_or_late_months_sensor)
     assert run.success, failure_text(run)
-    # the key carried the fingerprint the run then stored, and Gradient has the new count
-    assert request.run_key.endswith(f":{load_month_computation(world.state, OCT).counts_fingerprint[:16]}")
+    # the key carried the watermark the run then recorded, and Gradient has the new count
+    recorded = load_month_validation(world.state, OCT).source_watermark
+    assert request.run_key.endswith(f":{watermark_digest(recorded)[:16]}")
     assert world.billable("p-001")[(company, sku)] == old + 1
     assert world.gradient_counts("p-001")[(company, sku)] == old + 1
     assert world.evaluate(missed_or_late_months_sensor).run_requests == []
@@ -1020,3 +1023,21 @@ def test_failed_disconnect_is_recorded_for_the_tagged_partner(make_world):
     recorded = json.dumps(row, default=str)
     for secret in SECRETS_OF(world):
         assert secret not in recorded
+
+
+def test_the_late_months_tick_reads_the_watermark_never_the_month(make_world, monkeypatch, request):
+    """A tick over loaded months runs the watermark query per month, and never the month's
+    utilization query (no aggregate in a tick)."""
+    world = make_world(connected=3)
+    monkeypatch.setenv("MONTH_WATCH_LOOKBACK_MONTHS", "1")
+    assert world.run(late_request(world), missed_or_late_months_sensor).success
+    statements: list[str] = []
+
+    def record(conn, cursor, statement, parameters, context, executemany):
+        statements.append(statement)
+
+    sa.event.listen(sa.engine.Engine, "before_cursor_execute", record)
+    request.addfinalizer(lambda: sa.event.remove(sa.engine.Engine, "before_cursor_execute", record))
+    assert world.evaluate(missed_or_late_months_sensor).run_requests == []
+    assert sum("newest_enrollment" in s for s in statements) == 1
+    assert not any("service_enrollments AS e" in s for s in statements)  # the utilization query

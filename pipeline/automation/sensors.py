@@ -37,13 +37,12 @@ from pipeline.gradient.partner_keys import PartnerKeyError
 from pipeline.source.partners import CONNECTED, DISCONNECTED, load_connections
 from pipeline.resources import BillingRules, PartnerSources, ProductDatabase, StateDatabase
 from pipeline.settings import load_settings
+from pipeline.source.watermark import read_source_watermark, source_watermark_query, watermark_digest
 from pipeline.store.months import (
-    counts_fingerprint,
     load_month_computations,
     load_month_validation,
     loaded_months,
 )
-from pipeline.billing.counts import aggregate_billable_users
 
 # Requests read per tick: they are coalesced per partner and kind, so a tick holds only
 # one group per partner and kind whatever arrives (a flood of presses is read in a few ticks).
@@ -212,7 +211,8 @@ def sync_requests_sensor(
     minimum_interval_seconds=load_settings().month_watch_interval_seconds,
     default_status=default_sensor_status(),
     description="Missed or late months: a closed month with no successful load, or whose source "
-    "data changed after it was counted, is requested again (bounded lookback).",
+    "watermark (SOURCE_WATERMARK_SQL) changed since it was counted, is requested again "
+    "(bounded lookback). The tick reads the watermark only; the run does the counting.",
 )
 def missed_or_late_months_sensor(
     context: dg.SensorEvaluationContext,
@@ -232,18 +232,23 @@ def missed_or_late_months_sensor(
         run.tags.get("dagster/partition")
         for run in context.instance.get_runs(filters=dg.RunsFilter(statuses=IN_PROGRESS), limit=200)
     }
-    computations = load_month_computations(state, [m.month for m in months])
-    stored = {c.month: c.counts_fingerprint for c in computations}
-    stored_runs = {c.month: c.run_id for c in computations}
-    current = {}
-    query = product_db.utilization_query()
-    with product_db.connect() as conn:
-        for month in months:
-            validation = load_month_validation(state, month.month)
-            if month.key in loaded and validation is not None and month.month in stored:
-                aggregate = aggregate_billable_users(conn, query, month, validation.known_skus)
-                current[month.month] = counts_fingerprint(aggregate.counts)
-    decisions = decide_months(months, loaded, in_progress, stored, current, now.date(), stored_runs)
+    recorded, recorded_runs, current = {}, {}, {}
+    validations = {m.month: load_month_validation(state, m.month) for m in months if m.key in loaded}
+    watched = {m: v for m, v in validations.items() if v is not None and v.source_watermark is not None}
+    if watched:
+        with product_db.connect() as conn:
+            query = source_watermark_query(conn.dialect.name)
+            if query is None:
+                context.log.info("no SOURCE_WATERMARK_SQL for the vendor's UTILIZATION_SQL: late data is not watched")
+            else:
+                for month in months:
+                    validation = watched.get(month.month)
+                    if validation is None:
+                        continue
+                    recorded[month.month] = watermark_digest(validation.source_watermark)
+                    recorded_runs[month.month] = validation.run_id
+                    current[month.month] = watermark_digest(read_source_watermark(conn, query, month))
+    decisions = decide_months(months, loaded, in_progress, recorded, current, now.date(), recorded_runs)
     requests = [
         dg.RunRequest(
             run_key=d.run_key,

@@ -269,9 +269,11 @@ def decide_months(
 ) -> list[MonthDecision]:
     """Months to request again: never successfully loaded, or source changed since counted.
 
-    A missed month is asked for at most once a day (the run key carries the day); a late
-    month once per change: the run key carries the run that stored the current counts and
-    the new fingerprint, so a source that goes A -> B -> A -> B is re-run every time.
+    ``stored_fingerprints`` / ``current_fingerprints``: digests of the month's source
+    watermark as recorded when it was counted and as read now; ``stored_runs``: the run that
+    recorded it. A missed month is asked for at most once a day (the run key carries the day);
+    a late month once per change: the run key carries the run that recorded the watermark and
+    the new one, so a source that goes A -> B -> A -> B is re-run every time.
     """
     stored_runs = stored_runs or {}
     decisions = []
@@ -294,7 +296,7 @@ def decide_months(
                 MonthDecision(
                     month,
                     f"late: {month.label}'s source data changed after it was loaded "
-                    f"(counts {stored[:12]} -> {current[:12]})",
+                    f"(source watermark {stored[:12]} -> {current[:12]})",
                     f"late:{month.key}:{stored_runs.get(month.month, stored[:16])}:{current[:16]}",
                 )
             )

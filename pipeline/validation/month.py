@@ -31,7 +31,9 @@ import sqlalchemy as sa
 from pipeline.billing.counts import COUNT_COLUMNS
 from pipeline.billing.month import BillingMonth
 from pipeline.source.contract import ContractViolation, check_source_contract
+from pipeline.settings import ConfigurationError
 from pipeline.source.utilization import CONTRACT_COLUMNS, ID_COLUMNS, SourceQuery, month_parameters
+from pipeline.source.watermark import read_source_watermark, source_watermark_query
 from pipeline.store.months import (
     MonthValidation,
     QuarantineWriter,
@@ -435,6 +437,26 @@ def _chunk_garbage_collected(every: int = COLLECT_EVERY_CHUNKS) -> Iterator[Call
         gc.unfreeze()
 
 
+class _Default:
+    """``validate_month``'s watermark query when none is given: the configured one."""
+
+
+DEFAULT = _Default()
+
+
+def _source_watermark(conn: sa.Connection, query: SourceQuery | None, month: BillingMonth) -> str | None:
+    if query is None:
+        return None
+    try:
+        return read_source_watermark(conn, query, month)
+    except sa.exc.DBAPIError as exc:
+        raise ConfigurationError(
+            f"the source watermark query {query.path} failed on the product database "
+            f"({type(exc.orig).__name__}: {str(exc.orig).strip()[:300]}); fix SOURCE_WATERMARK_SQL "
+            "(one row for :month_start / :month_end) or point it at the reference schema's."
+        ) from None
+
+
 def validate_month(
     product: sa.Connection,
     state: sa.Engine,
@@ -443,6 +465,7 @@ def validate_month(
     known_skus: list[str],
     run_id: str,
     chunk_rows: int = 50_000,
+    watermark_query: SourceQuery | None | _Default = DEFAULT,
 ) -> ValidationOutcome:
     """Check the contract, then flag, quarantine and count the month in one database pass.
 
@@ -451,13 +474,17 @@ def validate_month(
     """
     dialect = product.dialect.name
     skus = sorted(set(known_skus))
+    if isinstance(watermark_query, _Default):
+        watermark_query = source_watermark_query(dialect)
+
+    watermark: str | None = None
 
     def record(tally: _Tally) -> MonthValidation:
         return MonthValidation(
             month=month.month, rows_in=tally.rows, rows_valid=tally.valid,
             rows_quarantined=tally.rows - tally.valid,
             reason_counts=dict(sorted(tally.reason_counts.items())), known_skus=skus,
-            query_sha256=query.sha256, run_id=run_id, validated_at=utcnow(),
+            query_sha256=query.sha256, run_id=run_id, validated_at=utcnow(), source_watermark=watermark,
         )
 
     _, _, violations = check_source_contract(product, query, month)
@@ -475,6 +502,9 @@ def validate_month(
     with state.begin() as state_conn, _pass_connection(product) as pass_conn:
         writer = QuarantineWriter(state_conn, month.month, run_id)
         staged = StagedCountsWriter(state_conn, month.month, run_id)
+        # first: on PostgreSQL it opens the snapshot the pass reads; elsewhere a change during
+        # the pass makes the recorded watermark older than the rows, so the month is asked again
+        watermark = _source_watermark(pass_conn, watermark_query, month)
         statement = bind_known_skus(month_pass_sql(query, dialect))
         with _chunk_garbage_collected() as after_chunk:
 
