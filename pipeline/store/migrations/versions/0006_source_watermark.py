@@ -1,6 +1,6 @@
 """The source watermark recorded with a month's validation.
 
-Revision ID: 0007
+Revision ID: 0006
 Revises: 0005
 Create Date: 2026-12-07 00:00:00.000000
 
@@ -9,8 +9,7 @@ read in the validation's snapshot, which the missed/late months sensor compares 
 current one instead of aggregating the month in its tick. NULL (months validated before, or no
 watermark query): late data of that month is detected after its next run.
 
-(Numbered 0007 because 0006 is being written on another branch; on merge, point
-``down_revision`` at '0006'.)
+(Another branch adds a 0006 too: on merge, renumber this one 0007 revising that 0006.)
 """
 from typing import Sequence, Union
 
@@ -19,7 +18,7 @@ import sqlalchemy as sa
 
 
 # revision identifiers, used by Alembic.
-revision: str = '0007'
+revision: str = '0006'
 down_revision: Union[str, Sequence[str], None] = '0005'
 branch_labels: Union[str, Sequence[str], None] = None
 depends_on: Union[str, Sequence[str], None] = None
