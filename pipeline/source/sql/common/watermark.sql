@@ -14,6 +14,5 @@ SELECT
     (SELECT COUNT(*) FROM companies) AS companies,
     (SELECT MAX(updated_at) FROM companies) AS companies_updated,
     (SELECT MAX(deleted_at) FROM companies) AS companies_deleted,
-    (SELECT COUNT(*) FROM users WHERE is_billable = TRUE) AS billable_users,
-    (SELECT COUNT(*) FROM users) AS users,
+    (SELECT SUM(CASE WHEN is_billable = TRUE THEN 1 ELSE 0 END) FROM users) AS billable_users,
     (SELECT COUNT(*) FROM partners) AS partners
