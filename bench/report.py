@@ -20,6 +20,13 @@ def _grid(header: list[str], rows: list[list[str]]) -> list[str]:
     return [_row(header, widths), _row(["-" * w for w in widths], widths)] + [_row(r, widths) for r in rows]
 
 
+def _tick(tick: dict | None) -> str:
+    """The late-months sensor's tick: median seconds (its product-DB reads of the watched months)."""
+    if not tick:
+        return "-"
+    return f"{_s(tick['seconds'])} ({tick['months']} months; {', '.join(_s(v) for v in tick['seconds_all'])})"
+
+
 def table(results: dict) -> str:
     """Markdown-style tables of one run's figures (ratios against this run's bare aggregate)."""
     base = results["bare_aggregate"]
@@ -58,12 +65,12 @@ def table(results: dict) -> str:
     lines += ["", "growth (pipeline month-end run as Dagster runs it):"]
     lines += _grid(
         ["multiple", "rows in month", "bare s", "pipeline s", "x bare", "peak RSS", "success", "bare runs s",
-         "pipeline runs s"],
+         "pipeline runs s", "late-months sensor tick s"],
         [
             [f"{g['multiple']}x", f"{g['month_rows']:,}", _s(g["bare_aggregate_seconds"]), _s(g["seconds"]),
              f"{g['seconds'] / g['bare_aggregate_seconds']:.2f}" if g["bare_aggregate_seconds"] else "-",
              _mb(g["rss_mb"]), str(g["success"]), ", ".join(_s(v) for v in g.get("bare_aggregate_seconds_all", [])),
-             ", ".join(_s(v) for v in g.get("seconds_all", []))]
+             ", ".join(_s(v) for v in g.get("seconds_all", [])), _tick(g.get("late_months_tick"))]
             for g in results["growth"]
         ],
     )

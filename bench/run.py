@@ -35,8 +35,9 @@ from sqlalchemy.engine import make_url
 
 from bench.load import gradient_units, register_partners, start_emulator, summarize
 from bench.scales import MONTH, SCALES, Scale, slice_spec
+from pipeline.source.watermark import read_source_watermark, source_watermark_query
 from pipeline import settings
-from pipeline.billing.month import BillingMonth
+from pipeline.billing.month import BillingMonth, add_months
 from pipeline.demo.data import connection_rows, load_demo_data
 from pipeline.source import product_schema as ps
 from pipeline.source.utilization import month_parameters, utilization_query
@@ -50,8 +51,12 @@ INSTANCE_YAML = "telemetry:\n  enabled: false\n"
 # Settings that would point the child runs at something other than the benchmark's data.
 CLEARED_ENV = (
     "UTILIZATION_SQL", "SERVICES_SQL", "CONNECTIONS_SQL", "COMPANIES_SQL", "SYNC_REQUESTS_SQL",
-    "BILLING_TIMEZONE", "QUARANTINE_THRESHOLD",
+    "BILLING_TIMEZONE", "QUARANTINE_THRESHOLD", "SOURCE_WATERMARK_SQL", "BILLING_SCHEDULE_TIMEZONE",
 )
+# The bench's partitions start at its demo history (a deployment must fix its first month).
+FIRST_MONTH = "2026-01"
+# Ticks of the late-months sensor timed at each growth multiple (the median is shown).
+TICK_REPEATS = 3
 
 Echo = Callable[[str], None]
 
@@ -145,6 +150,7 @@ class Bench:
         env = {k: v for k, v in os.environ.items() if k not in CLEARED_ENV}
         env.update(
             PRODUCT_DB_URL=self.product_url,
+            FIRST_BILLING_MONTH=FIRST_MONTH,
             STATE_DB_URL=state_db,
             DAGSTER_HOME=str(self.workdir / "dagster"),
             GBS_DATA_DIR=str(self.workdir),
@@ -170,6 +176,25 @@ class Bench:
         result = json.loads(out.read_text())
         result["process_seconds"] = round(wall, 3)
         return result
+
+    def late_months_tick(self) -> dict:
+        """What the missed/late months sensor's tick asks of the product database: the source
+        watermark of each watched month (the measured month and the ones before it, as many as
+        the default lookback), timed ``TICK_REPEATS`` times after one unmeasured tick."""
+        query = source_watermark_query(self.product.dialect.name)
+        months = [BillingMonth(add_months(MONTH, -back), self.month.tz_name)
+                  for back in range(settings.DEFAULT_MONTH_WATCH_LOOKBACK_MONTHS)]
+        timings = []
+        with self.product.connect() as conn:
+            for repeat in range(TICK_REPEATS + 1):
+                started = time.perf_counter()
+                for month in months:
+                    read_source_watermark(conn, query, month)
+                conn.rollback()
+                if repeat:
+                    timings.append(time.perf_counter() - started)
+        return {"seconds": round(statistics.median(timings), 3), "seconds_all": [round(t, 3) for t in timings],
+                "months": len(months)}
 
     def dagster_run(self, job: str, group: str, env: dict[str, str], out_name: str) -> dict:
         return self.child(
@@ -363,6 +388,7 @@ def growth(bench: Bench, results: dict) -> list[dict]:
         "state_db": pipeline["state_db"],
         "seconds_all": pipeline["seconds_all"],
         "bare_aggregate_seconds_all": results["bare_aggregate"]["seconds_all"],
+        "late_months_tick": bench.late_months_tick(),
     }]
     slices = 1
     for multiple in bench.scale.growth:
@@ -383,8 +409,10 @@ def growth(bench: Bench, results: dict) -> list[dict]:
             "steps": run["steps"],
             "seconds_all": run["seconds_all"],
             "bare_aggregate_seconds_all": base["seconds_all"],
+            "late_months_tick": bench.late_months_tick(),
         })
-        bench.echo(f"  growth {multiple}x: {base['month_rows']:,} rows, {run['seconds']} s")
+        bench.echo(f"  growth {multiple}x: {base['month_rows']:,} rows, {run['seconds']} s, "
+                   f"late-months sensor tick {rows[-1]['late_months_tick']['seconds']} s")
     return rows
 
 

@@ -1,8 +1,9 @@
 """The monthly partitions every billing asset shares: key = the month's first day.
 
-The first partition is ``FIRST_BILLING_MONTH`` (YYYY-MM) when set, else 12 months before the
-current month: the months the data has, so the UI's partition bars and metadata plots stay
-readable. Months before it cannot be run or backfilled.
+The first partition is ``FIRST_BILLING_MONTH`` (YYYY-MM). A deployment must set it (settings
+refuse a ``PRODUCT_DB_URL`` without it), so the partition set is fixed and never slides; only
+the embedded demo, whose data is generated relative to today, defaults to 12 months before the
+current month. Months before it cannot be run or backfilled.
 """
 
 from __future__ import annotations
@@ -19,7 +20,8 @@ DEFAULT_HISTORY_MONTHS = 12
 
 
 def first_billing_month(now: datetime | None = None) -> date:
-    """``FIRST_BILLING_MONTH`` (YYYY-MM), or 12 months before the current billing month."""
+    """``FIRST_BILLING_MONTH`` (YYYY-MM), or (embedded demo only) 12 months before the current
+    billing month."""
     raw = load_settings().first_billing_month or ""
     if raw:
         try:

@@ -14,14 +14,14 @@ from __future__ import annotations
 import functools
 import math
 import os
-from datetime import date
+from datetime import date, datetime, time, timedelta
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import httpx
-from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_validator
+from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from sqlalchemy.engine import make_url
 
@@ -31,6 +31,10 @@ DEFAULT_QUARANTINE_THRESHOLD = 0.01
 DEFAULT_MAX_REQUESTS_PER_SECOND = 100.0
 DEFAULT_MONTH_WATCH_LOOKBACK_MONTHS = 3
 DEFAULT_MONTH_WATCH_INTERVAL_SECONDS = 3600
+DEFAULT_BILLING_SCHEDULE_DAY = 1
+DEFAULT_BILLING_SCHEDULE_TIME = "08:00"
+# The schedule's day is at most the 28th: every month has one.
+MAX_BILLING_SCHEDULE_DAY = 28
 PACKAGE_SQL_DIR = Path(__file__).resolve().parent / "source" / "sql"
 
 
@@ -168,6 +172,15 @@ class Settings(BaseSettings):
         None, "SQL file returning 'Update Counts' / 'Sync Company Accounts' requests after :after_id.",
         "/etc/gradient-billing-sync/sync_requests.sql",
     )
+    source_watermark_sql: str | None = _setting(
+        None,
+        "SQL file returning one row that changes when a month's source data changes, for "
+        ":month_start / :month_end (cheap: counts and newest timestamps over indexed columns). "
+        "Recorded when the month is counted and compared by the late-months sensor, which never "
+        "aggregates a month. Unset: the reference schema's, or none (no late-data detection) "
+        "when UTILIZATION_SQL is the vendor's own.",
+        "/etc/gradient-billing-sync/watermark.sql",
+    )
     gradient_base_url: str = _setting(
         DEFAULT_GRADIENT_BASE_URL,
         "Gradient's API; the default is the local emulator.",
@@ -204,9 +217,27 @@ class Settings(BaseSettings):
     )
     first_billing_month: str | None = _setting(
         None,
-        "The first month partition (YYYY-MM); months before it cannot be run. Unset: 12 months "
-        "before the current month.",
+        "The first month partition (YYYY-MM); months before it cannot be run or backfilled. "
+        "Required when PRODUCT_DB_URL is set (a deployment), so the partition set never slides; "
+        "only the embedded demo (PRODUCT_DB_URL unset) defaults to 12 months before the current month.",
         "2025-01",
+    )
+    billing_schedule_day: int = _setting(
+        DEFAULT_BILLING_SCHEDULE_DAY,
+        "Day of the month (1-28) on which the monthly schedule bills the month that just closed.",
+        "1",
+    )
+    billing_schedule_time: str = _setting(
+        DEFAULT_BILLING_SCHEDULE_TIME,
+        "Time of day (HH:MM, 24 h) of the monthly schedule, in BILLING_SCHEDULE_TIMEZONE.",
+        "08:00",
+    )
+    billing_schedule_timezone: str | None = _setting(
+        None,
+        "IANA time zone of the schedule's clock. Unset: BILLING_TIMEZONE (so by default the 1st, "
+        "08:00 America/New_York). Another zone is accepted only when the schedule's time always "
+        "falls after the billing month has closed in BILLING_TIMEZONE.",
+        "America/New_York",
     )
     dagster_home: str | None = _setting(
         None,
@@ -286,7 +317,7 @@ class Settings(BaseSettings):
         return share
 
     @field_validator("utilization_sql", "services_sql", "connections_sql", "companies_sql",
-                     "partners_sql", "sync_requests_sql", mode="before")
+                     "partners_sql", "sync_requests_sql", "source_watermark_sql", mode="before")
     @classmethod
     def _check_sql_file(cls, value: Any, info: ValidationInfo) -> Any:
         return _sql_file(str(info.field_name).upper(), value)
@@ -370,6 +401,55 @@ class Settings(BaseSettings):
             raise ValueError(f"FIRST_BILLING_MONTH={value!r} is not a month; use YYYY-MM, e.g. 2025-01.") from None
         return text
 
+    @field_validator("billing_schedule_day", mode="before")
+    @classmethod
+    def _check_schedule_day(cls, value: Any) -> Any:
+        text = str(value).strip()
+        if not text.isdigit() or not 1 <= int(text) <= MAX_BILLING_SCHEDULE_DAY:
+            raise ValueError(
+                f"BILLING_SCHEDULE_DAY={value!r} is not a day between 1 and {MAX_BILLING_SCHEDULE_DAY} "
+                "(every month has it); give one such as 1."
+            )
+        return int(text)
+
+    @field_validator("billing_schedule_time", mode="before")
+    @classmethod
+    def _check_schedule_time(cls, value: Any) -> Any:
+        text = str(value).strip()
+        try:
+            parsed = datetime.strptime(text, "%H:%M").time()
+        except ValueError:
+            raise ValueError(f"BILLING_SCHEDULE_TIME={value!r} is not a time of day; use HH:MM (24 h), e.g. 08:00.") from None
+        return parsed.strftime("%H:%M")
+
+    @field_validator("billing_schedule_timezone", mode="before")
+    @classmethod
+    def _check_schedule_timezone(cls, value: Any) -> Any:
+        if value is None:
+            return None
+        try:
+            ZoneInfo(str(value))
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(
+                f"BILLING_SCHEDULE_TIMEZONE={value!r} is not an IANA time zone; use a name such as "
+                "'America/New_York', or unset it to use BILLING_TIMEZONE."
+            ) from None
+        return str(value)
+
+    @model_validator(mode="after")
+    def _check_schedule_and_first_month(self) -> Settings:
+        problem = schedule_problem(self.schedule_timezone, self.billing_schedule_day,
+                                   self.schedule_time, self.billing_timezone)
+        if problem:
+            raise ValueError(problem)
+        if self.product_db_url is not None and self.first_billing_month is None:
+            raise ValueError(
+                "FIRST_BILLING_MONTH is not set but PRODUCT_DB_URL is (a deployment): set it to the "
+                "first month to bill, e.g. FIRST_BILLING_MONTH=2025-01, so the month partitions "
+                "start there and never slide (only the embedded demo defaults to a year back)."
+            )
+        return self
+
     @field_validator("statements_smtp_url", "alert_smtp_url", mode="before")
     @classmethod
     def _check_smtp_url(cls, value: Any, info: ValidationInfo) -> Any:
@@ -429,6 +509,21 @@ class Settings(BaseSettings):
         return self.state_db_url or f"sqlite:///{self.data_dir / 'state.db'}"
 
     @property
+    def schedule_timezone(self) -> str:
+        """The schedule's zone: BILLING_SCHEDULE_TIMEZONE, else BILLING_TIMEZONE."""
+        return self.billing_schedule_timezone or self.billing_timezone
+
+    @property
+    def schedule_time(self) -> time:
+        return datetime.strptime(self.billing_schedule_time, "%H:%M").time()
+
+    @property
+    def schedule_cron(self) -> str:
+        """The schedule as cron, in ``schedule_timezone``."""
+        at = self.schedule_time
+        return f"{at.minute} {at.hour} {self.billing_schedule_day} * *"
+
+    @property
     def vendor_api_key(self) -> str:
         """The configured vendor key, or the demo key the local emulator accepts."""
         key = self.gradient_vendor_api_key
@@ -467,8 +562,12 @@ def configuration_error(exc: ValidationError) -> ConfigurationError:
     """One error listing every bad variable with its own message (validators name the variable)."""
     problems: dict[str, str] = {}
     for error in exc.errors(include_input=False, include_url=False):
-        name = str(error["loc"][0]).upper() if error["loc"] else "configuration"
         cause = (error.get("ctx") or {}).get("error")
+        if error["loc"]:
+            name = str(error["loc"][0]).upper()
+        else:  # a check across settings: its message starts with the variable to change
+            first = str(cause or "").split("=")[0].split(" ")[0]
+            name = first if first in ENV_NAMES else "configuration"
         problems[name] = str(cause) if cause is not None else f"{name}: {error['msg']}"
     count = len(problems)
     header = f"{count} setting{'s are' if count > 1 else ' is'} wrong; fix and start again:"
@@ -525,6 +624,32 @@ def validate_base_url(value: str) -> str:
     if url.scheme not in ("http", "https") or not url.host:
         raise ConfigurationError(problem)
     return value.strip().rstrip("/")
+
+
+def schedule_problem(schedule_zone: str, day: int, at: time, billing_zone: str) -> str | None:
+    """Why a schedule clock (day and time in ``schedule_zone``) can fire before the month it
+    bills has closed in ``billing_zone``, or None. In the billing zone itself it never can;
+    in another, the fire time is checked against each month's close over a 28-year cycle
+    of days of the week and daylight saving rules (every month of 2024-2051)."""
+    if schedule_zone == billing_zone:
+        return None
+    try:
+        fire_zone, close_zone = ZoneInfo(schedule_zone), ZoneInfo(billing_zone)
+    except (ZoneInfoNotFoundError, ValueError):
+        return None  # the zone's own validator names it
+    for year in range(2024, 2052):
+        for month in range(1, 13):
+            closed = datetime(year, month, 1, tzinfo=close_zone)
+            fires = datetime(year, month, day, at.hour, at.minute, tzinfo=fire_zone)
+            if fires < closed + timedelta(minutes=1):
+                return (
+                    f"BILLING_SCHEDULE_TIMEZONE={schedule_zone!r} with BILLING_SCHEDULE_DAY={day} and "
+                    f"BILLING_SCHEDULE_TIME={at.strftime('%H:%M')} fires at {fires.isoformat()}, before "
+                    f"{year}-{month:02d} has begun in BILLING_TIMEZONE={billing_zone!r}, so it would bill the "
+                    "wrong month; unset BILLING_SCHEDULE_TIMEZONE (the schedule then follows "
+                    "BILLING_TIMEZONE) or pick a later day or time."
+                )
+    return None
 
 
 def is_loopback_url(value: str) -> bool:

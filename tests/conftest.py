@@ -22,6 +22,10 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 
+# A deployment must fix its first billing month (settings refuse a PRODUCT_DB_URL without it);
+# the tests' product databases are deployments of that kind, their data after 2024-01. Set
+# before any pipeline module is imported, and inherited by the processes tests start.
+os.environ.setdefault("FIRST_BILLING_MONTH", "2024-01")
 @pytest.fixture(scope="session", autouse=True)
 def own_data_dir(tmp_path_factory) -> Iterator[None]:
     """Each test process gets its own ``GBS_DATA_DIR`` unless the caller set one, so no two

@@ -71,6 +71,9 @@ def test_small_bench_runs_and_its_counts_are_exact(postgres_url, tmp_path):
     assert results["pipeline"]["success"], results["pipeline"]["metadata"]
     assert [g["multiple"] for g in results["growth"]] == [1, 2, 4]
     assert all(g["success"] for g in results["growth"])
+    # the late-months sensor's tick is timed at each multiple (its watermark reads of 3 months)
+    assert all(g["late_months_tick"]["months"] == 3 and g["late_months_tick"]["seconds"] >= 0
+               for g in results["growth"])
 
     product = sa.create_engine(postgres_url)
     month = BillingMonth(MONTH, "America/New_York")
@@ -98,7 +101,7 @@ def test_small_bench_runs_and_its_counts_are_exact(postgres_url, tmp_path):
     assert written["scale"] == "small" and written["pipeline"]["steps"]
     text = "\n".join(printed)
     for label in ("bare aggregate", "naive pandas", "pipeline: month-end run", "limit raised",
-                  "unchanged re-run", "growth"):
+                  "unchanged re-run", "growth", "late-months sensor tick"):
         assert label in text
 
 

@@ -261,7 +261,9 @@ def test_a_materialization_launched_from_the_asset_graph_is_tagged_too(billing):
 
 
 def test_the_first_partition_is_configurable_and_defaults_to_a_year_back(monkeypatch):
+    # the embedded demo's default: a deployment (PRODUCT_DB_URL set) must set it
     monkeypatch.delenv("FIRST_BILLING_MONTH", raising=False)
+    monkeypatch.delenv("PRODUCT_DB_URL", raising=False)
     now = datetime(2026, 11, 21, 12, tzinfo=timezone.utc)
     assert partitions.first_billing_month(now) == date(2025, 11, 1)
     monkeypatch.setenv("FIRST_BILLING_MONTH", "2025-06")

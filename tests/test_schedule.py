@@ -16,7 +16,10 @@ from dagster._utils.schedules import cron_string_iterator
 from pipeline.definitions import defs
 from pipeline.automation.jobs import TAG_PARTNER, TAG_REASON, TAG_TRIGGER, monthly_billing_job
 from pipeline.partitions import monthly_partitions
-from pipeline.automation.schedules import monthly_billing_schedule
+from pipeline.automation.schedules import build_monthly_billing_schedule, monthly_billing_schedule
+from pipeline.automation.triggers import scheduled_load_time
+from pipeline.billing.month import BillingMonth
+from pipeline.settings import load_settings
 
 NY = ZoneInfo("America/New_York")
 UTC = timezone.utc
@@ -24,7 +27,8 @@ UTC = timezone.utc
 
 @pytest.fixture(autouse=True)
 def _default_billing_timezone(monkeypatch):
-    monkeypatch.delenv("BILLING_TIMEZONE", raising=False)
+    for name in ("BILLING_TIMEZONE", "BILLING_SCHEDULE_DAY", "BILLING_SCHEDULE_TIME", "BILLING_SCHEDULE_TIMEZONE"):
+        monkeypatch.delenv(name, raising=False)
 
 
 def tick(when: datetime) -> dg.RunRequest:
@@ -53,6 +57,24 @@ def test_schedule_definition_cron_timezone_job_and_default_status():
     # it is the one schedule of the code location
     assert defs.resolve_schedule_def("monthly_billing_schedule") is not None
     assert [s.name for s in defs.schedules] == ["monthly_billing_schedule"]
+
+
+def test_the_clock_is_a_setting_and_follows_the_billing_timezone(monkeypatch):
+    monkeypatch.setenv("BILLING_TIMEZONE", "Asia/Tokyo")
+    monkeypatch.setenv("BILLING_SCHEDULE_DAY", "3")
+    monkeypatch.setenv("BILLING_SCHEDULE_TIME", "06:30")
+    schedule = build_monthly_billing_schedule(load_settings())
+    assert (schedule.cron_schedule, schedule.execution_timezone) == ("30 6 3 * *", "Asia/Tokyo")
+    assert schedule.name == "monthly_billing_schedule"
+    tokyo = ZoneInfo("Asia/Tokyo")
+    ticks = cron_string_iterator(datetime(2026, 10, 15, tzinfo=tokyo).timestamp(), schedule.cron_schedule,
+                                 schedule.execution_timezone)
+    first = next(ticks)
+    assert first.isoformat() == "2026-11-03T06:30:00+09:00"
+    request = schedule(dg.build_schedule_context(scheduled_execution_time=first))
+    assert request.partition_key == "2026-10-01"
+    # the late-months sensor waits for the same clock before calling a month missed
+    assert scheduled_load_time(BillingMonth(datetime(2026, 10, 1).date(), "Asia/Tokyo")) == first
 
 
 # =========================================================================== one tick

@@ -30,14 +30,14 @@ from pipeline.automation.jobs import TAG_PARTNER, TAG_REASON, TAG_TRIGGER, load_
 from pipeline.resources import StateDatabase, default_resources, engine_for
 from pipeline.automation.schedules import monthly_billing_schedule
 from pipeline.automation.sensors import (
-    MAX_REQUESTS_PER_TICK,
     billing_failure_sensor,
     missed_or_late_months_sensor,
     partner_connected_sensor,
     partner_disconnected_sensor,
     sync_requests_sensor,
 )
-from pipeline.store.months import load_billable_counts, load_month_computation
+from pipeline.source.watermark import watermark_digest
+from pipeline.store.months import load_billable_counts, load_month_computation, load_month_validation
 
 pytestmark = pytest.mark.slow
 
@@ -463,13 +463,13 @@ def test_disconnect_asks_only_for_onboarded_partners(make_world):
 # =========================================================================== sync requests (decisions)
 
 
-def test_sync_requests_one_run_per_click_and_the_cursor_advances(make_world):
+def test_sync_requests_one_run_per_partner_and_kind_and_the_cursor_advances(make_world):
     world = make_world(connected=3)
     world.disconnect("p-003", utc(2026, 11, 20))
     ids = [
         world.click("p-001", "update_counts"),
         world.click("p-002", "sync_accounts"),
-        world.click("p-001", "update_counts"),  # the same button twice: not swallowed
+        world.click("p-001", "update_counts"),  # the same button twice: one run serves both
         world.click("p-003", "update_counts"),  # disconnected partner: ignored
         world.click("p-001", "no_such_button"),  # unknown kind: ignored
     ]
@@ -477,48 +477,104 @@ def test_sync_requests_one_run_per_click_and_the_cursor_advances(make_world):
 
     # before the month was counted, every click needs the whole monthly job
     before = world.evaluate(sync_requests_sensor)
-    assert [r.run_key for r in before.run_requests] == ["sync-request:1", "sync-request:2", "sync-request:3"]
+    assert [r.run_key for r in before.run_requests] == ["sync-request:2", "sync-request:3"]
     assert {r.job_name for r in before.run_requests} == {"monthly_billing"}
-    assert before.cursor == "5"
+    assert json.loads(before.cursor) == {"after": 5, "waiting": []}
 
     # count October for real (the schedule's run), then the same clicks map to the load jobs
     world.run_schedule_tick()
     result = world.evaluate(sync_requests_sensor)
     requests = {r.run_key: r for r in result.run_requests}
-    assert list(requests) == ["sync-request:1", "sync-request:2", "sync-request:3"]
-    one, two, three = requests.values()
-    assert (one.job_name, two.job_name, three.job_name) == ("gradient_load", "account_sync", "gradient_load")
+    assert list(requests) == ["sync-request:2", "sync-request:3"]
+    two, one = requests.values()
+    assert (one.job_name, two.job_name) == ("gradient_load", "account_sync")
     assert {r.partition_key for r in requests.values()} == {OCT_KEY}
     assert partner_filter(one) == {("gradient_accounts", ("p-001",)), ("gradient_unit_counts", ("p-001",))}
     assert partner_filter(two) == {("gradient_accounts", ("p-002",))}
-    assert one.run_config == three.run_config
-    assert one.run_key != three.run_key
     assert (one.tags["gbs/request"], two.tags["gbs/request"]) == ("update_counts", "sync_accounts")
     assert one.tags[TAG_TRIGGER] == two.tags[TAG_TRIGGER] == "sensor"
-    assert result.cursor == "5"
+    assert one.tags[sensors.TAG_SYNC_REQUESTS] == "1..3 (2)"
+    assert one.tags[TAG_REASON].startswith("2 requests 1..3")
 
     # nothing new: nothing asked; a new click: just that one
     assert world.evaluate(sync_requests_sensor, result.cursor).run_requests == []
     six = world.click("p-002", "update_counts")
     later = world.evaluate(sync_requests_sensor, result.cursor)
     assert [r.run_key for r in later.run_requests] == [f"sync-request:{six}"]
-    assert later.cursor == str(six)
+    assert json.loads(later.cursor)["after"] == six
 
 
-def test_sync_requests_are_paged_per_tick(make_world):
+def test_an_old_cursor_of_a_request_id_is_read_on(make_world):
     world = make_world(connected=3, register=False)
-    total = MAX_REQUESTS_PER_TICK + 5
-    for _ in range(total):
-        world.click("p-001", "update_counts")
+    world.click("p-001", "update_counts")
+    second = world.click("p-001", "update_counts")
+    result = world.evaluate(sync_requests_sensor, "1")
+    assert [r.run_key for r in result.run_requests] == [f"sync-request:{second}"]
+
+
+def add_run(world: World, partner_id: str, kind: str, status: dg.DagsterRunStatus, run_id: str | None = None) -> str:
+    run_id = run_id or str(uuid.uuid4())
+    world.instance.add_run(
+        dg.DagsterRun(job_name="gradient_load", run_id=run_id, status=status,
+                      tags={TAG_TRIGGER: kind, TAG_PARTNER: partner_id, "dagster/partition": OCT_KEY})
+    )
+    return run_id
+
+
+def set_status(world: World, run_id: str, status: dg.DagsterRunStatus) -> None:
+    """The run as the instance would record it a moment later (same id and tags)."""
+    run = world.instance.get_run_by_id(run_id)
+    world.instance.delete_run(run_id)
+    add_run(world, run.tags[TAG_PARTNER], run.tags[TAG_TRIGGER], status, run_id)
+
+
+def test_a_flood_of_update_counts_is_one_run_and_a_later_press_gets_its_own(make_world):
+    world = make_world(connected=3)
+    world.run_schedule_tick()
+    with world.product.begin() as conn:
+        conn.execute(ps.gradient_sync_requests.insert(), [
+            {"partner_id": "p-001", "kind": "update_counts", "requested_at": NOW} for _ in range(4096)
+        ])
     first = world.evaluate(sync_requests_sensor)
-    assert len(first.run_requests) == MAX_REQUESTS_PER_TICK
-    assert first.cursor == str(MAX_REQUESTS_PER_TICK)
-    second = world.evaluate(sync_requests_sensor, first.cursor)
-    assert [r.run_key for r in second.run_requests] == [
-        f"sync-request:{i}" for i in range(MAX_REQUESTS_PER_TICK + 1, total + 1)
-    ]
-    assert second.cursor == str(total)
-    assert len({r.run_key for r in first.run_requests + second.run_requests}) == total
+    request = only(first.run_requests)
+    assert (request.job_name, request.run_key) == ("gradient_load", "sync-request:4096")
+    assert request.tags[sensors.TAG_SYNC_REQUESTS] == "1..4096 (4096)"
+    assert json.loads(first.cursor) == {"after": 4096, "waiting": []}
+    run = world.run(request, sync_requests_sensor)
+    assert run.success, failure_text(run)
+    assert world.evaluate(sync_requests_sensor, first.cursor).run_requests == []
+
+    # pressed again after that run finished: a run of its own, not deduplicated by Dagster
+    again = world.click("p-001", "update_counts")
+    second = only(world.evaluate(sync_requests_sensor, first.cursor).run_requests)
+    assert second.run_key == f"sync-request:{again}"
+    assert not world.would_dedupe(sync_requests_sensor, second.run_key)
+
+
+def test_presses_while_a_run_is_queued_are_served_by_it_and_while_running_wait_for_it(make_world):
+    world = make_world(connected=3, register=False)
+    # a run not started yet (QUEUED behaves alike; the instance wants a code location origin for it)
+    queued = add_run(world, "p-001", "update_counts", dg.DagsterRunStatus.NOT_STARTED)
+    for _ in range(3):
+        world.click("p-001", "update_counts")
+    sync = world.click("p-001", "sync_accounts")  # another kind: its own run
+    served = world.evaluate(sync_requests_sensor)
+    assert [r.run_key for r in served.run_requests] == [f"sync-request:{sync}"]
+    assert json.loads(served.cursor) == {"after": sync, "waiting": []}
+
+    # the queued run starts: it may have read the product already, so later presses wait
+    set_status(world, queued, dg.DagsterRunStatus.STARTED)
+    late = [world.click("p-001", "update_counts") for _ in range(2)]
+    waiting = world.evaluate(sync_requests_sensor, served.cursor)
+    assert waiting.run_requests == []
+    assert json.loads(waiting.cursor)["waiting"] == [["p-001", "update_counts", late[0], late[1], 2]]
+    assert world.evaluate(sync_requests_sensor, waiting.cursor).run_requests == []
+
+    # once it has finished, one run serves them
+    set_status(world, queued, dg.DagsterRunStatus.SUCCESS)
+    after = world.evaluate(sync_requests_sensor, waiting.cursor)
+    assert [r.run_key for r in after.run_requests] == [f"sync-request:{late[1]}"]
+    assert json.loads(after.cursor) == {"after": late[1], "waiting": []}
 
 
 # =========================================================================== missed months (decisions)
@@ -780,16 +836,18 @@ def test_late_data_after_a_load_asks_again_with_the_new_fingerprint(make_world, 
     assert request.tags[TAG_REASON].startswith("late:")
     assert request.run_key.startswith(f"late:{OCT_KEY}:")
     assert not request.run_config  # every partner
-    stored_before = load_month_computation(world.state, OCT).counts_fingerprint
-    assert not request.run_key.endswith(stored_before[:16])
+    recorded_before = load_month_validation(world.state, OCT).source_watermark
+    assert recorded_before is not None
+    assert not request.run_key.endswith(watermark_digest(recorded_before)[:16])
 
     # without changes: the same key again (Dagster would not launch it twice)
     assert late_request(world).run_key == request.run_key
 
     run = world.run(request, missed_or_late_months_sensor)
     assert run.success, failure_text(run)
-    # the key carried the fingerprint the run then stored, and Gradient has the new count
-    assert request.run_key.endswith(f":{load_month_computation(world.state, OCT).counts_fingerprint[:16]}")
+    # the key carried the watermark the run then recorded, and Gradient has the new count
+    recorded = load_month_validation(world.state, OCT).source_watermark
+    assert request.run_key.endswith(f":{watermark_digest(recorded)[:16]}")
     assert world.billable("p-001")[(company, sku)] == old + 1
     assert world.gradient_counts("p-001")[(company, sku)] == old + 1
     assert world.evaluate(missed_or_late_months_sensor).run_requests == []
@@ -966,3 +1024,21 @@ def test_failed_disconnect_is_recorded_for_the_tagged_partner(make_world):
     recorded = json.dumps(row, default=str)
     for secret in SECRETS_OF(world):
         assert secret not in recorded
+
+
+def test_the_late_months_tick_reads_the_watermark_never_the_month(make_world, monkeypatch, request):
+    """A tick over loaded months runs the watermark query per month, and never the month's
+    utilization query (no aggregate in a tick)."""
+    world = make_world(connected=3)
+    monkeypatch.setenv("MONTH_WATCH_LOOKBACK_MONTHS", "1")
+    assert world.run(late_request(world), missed_or_late_months_sensor).success
+    statements: list[str] = []
+
+    def record(conn, cursor, statement, parameters, context, executemany):
+        statements.append(statement)
+
+    sa.event.listen(sa.engine.Engine, "before_cursor_execute", record)
+    request.addfinalizer(lambda: sa.event.remove(sa.engine.Engine, "before_cursor_execute", record))
+    assert world.evaluate(missed_or_late_months_sensor).run_requests == []
+    assert sum("newest_enrollment" in s for s in statements) == 1
+    assert not any("service_enrollments AS e" in s for s in statements)  # the utilization query

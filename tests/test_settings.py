@@ -64,6 +64,7 @@ def env(tmp_path, monkeypatch, emulator):
         "GRADIENT_VENDOR_API_KEY": VENDOR_KEY,
         "GRADIENT_KEY_ENCRYPTION_KEYS": fernet,
         "QUARANTINE_THRESHOLD": "0.5",
+        "FIRST_BILLING_MONTH": "2024-01",
     }
     for name in settings.ENV_NAMES:
         monkeypatch.delenv(name, raising=False)
@@ -137,6 +138,11 @@ BAD_CONFIGURATION = [
     ("MONTH_WATCH_INTERVAL_SECONDS", "0", "positive"),
     ("GBS_SENSORS_DEFAULT_STATUS", "paused", "stopped"),
     ("FIRST_BILLING_MONTH", "last year", "YYYY-MM"),
+    ("BILLING_SCHEDULE_DAY", "31", "between 1 and 28"),
+    ("BILLING_SCHEDULE_DAY", "first", "between 1 and 28"),
+    ("BILLING_SCHEDULE_TIME", "8am", "HH:MM"),
+    ("BILLING_SCHEDULE_TIME", "25:00", "HH:MM"),
+    ("BILLING_SCHEDULE_TIMEZONE", "Mars/Olympus", "IANA time zone"),
     ("DAGSTER_HOME", "relative/home", "absolute"),
     ("DAGSTER_HOME", __file__, "not a directory"),
     ("STATEMENTS_SMTP_URL", "mail.example.com", "smtps://"),
@@ -144,6 +150,40 @@ BAD_CONFIGURATION = [
     ("ALERT_SMTP_URL", "http://mail.example.com", "smtps://"),
     ("ALERT_WEBHOOK_URL", "hooks.slack.com/services/T0/B0/X", "http(s) URL"),
 ]
+
+
+def test_a_deployment_must_fix_its_first_billing_month(env, monkeypatch):
+    monkeypatch.delenv("FIRST_BILLING_MONTH")
+    with pytest.raises(ConfigurationError) as raised:
+        load_settings()
+    assert list(raised.value.problems) == ["FIRST_BILLING_MONTH"]
+    assert "FIRST_BILLING_MONTH is not set but PRODUCT_DB_URL is" in str(raised.value)
+    assert "FIRST_BILLING_MONTH=2025-01" in str(raised.value)
+    # the embedded demo (no PRODUCT_DB_URL) keeps its year-back default
+    monkeypatch.delenv("PRODUCT_DB_URL")
+    assert load_settings().first_billing_month is None
+
+
+def test_the_schedule_clock_follows_the_billing_timezone_unless_given(env, monkeypatch):
+    config = load_settings()
+    assert (config.schedule_cron, config.schedule_timezone) == ("0 8 1 * *", "America/New_York")
+    monkeypatch.setenv("BILLING_TIMEZONE", "Asia/Tokyo")
+    monkeypatch.setenv("BILLING_SCHEDULE_DAY", "2")
+    monkeypatch.setenv("BILLING_SCHEDULE_TIME", "6:30")
+    config = load_settings()
+    assert (config.schedule_cron, config.schedule_timezone) == ("30 6 2 * *", "Asia/Tokyo")
+    # another zone is fine when its clock always comes after the month closed in the billing zone
+    monkeypatch.setenv("BILLING_SCHEDULE_TIMEZONE", "America/New_York")
+    monkeypatch.setenv("BILLING_SCHEDULE_DAY", "1")
+    monkeypatch.setenv("BILLING_SCHEDULE_TIME", "08:00")
+    assert load_settings().schedule_timezone == "America/New_York"
+    # ... and refused when it can fire before: 00:30 New York is still the last day in Honolulu
+    monkeypatch.setenv("BILLING_TIMEZONE", "Pacific/Honolulu")
+    monkeypatch.setenv("BILLING_SCHEDULE_TIME", "00:30")
+    with pytest.raises(ConfigurationError) as raised:
+        load_settings()
+    assert list(raised.value.problems) == ["BILLING_SCHEDULE_TIMEZONE"]
+    assert "would bill the wrong month" in str(raised.value)
 
 
 @pytest.mark.parametrize(("name", "value", "words"), BAD_CONFIGURATION,

@@ -904,7 +904,7 @@ def test_postgresql_fetched_rows_disagreeing_with_the_pass_raise_and_store_nothi
     real_sql = month_pass._postgresql_quarantined_rows_sql
     monkeypatch.setattr(
         month_pass, "_postgresql_quarantined_rows_sql",
-        lambda query, narrowed: real_sql(query, narrowed).replace("WHERE reason_mask", "WHERE user_id <> 'u4' AND reason_mask"),
+        lambda query, narrowed, cut=(): real_sql(query, narrowed, cut).replace("WHERE reason_mask", "WHERE user_id <> 'u4' AND reason_mask"),
     )
     with pytest.raises(month_pass.ValidationDriftError, match="counted 6 rows breaking a rule in 5 groups.*found 5 rows"):
         run_month(rows.engine, state, MARCH, run_id="drifted")
@@ -944,3 +944,61 @@ def test_the_pass_sums_up_the_counts_it_stages_in_key_order(product_engine, stat
     with state_engine.connect() as conn:
         assert computation.counts_fingerprint == stored_counts_fingerprint(conn, date(2026, 3, 1)) == counts_fingerprint(counts)
     assert (computation.partners, computation.companies, computation.billable_users) == (4, 16, 32)
+
+
+def test_huge_quarantined_values_are_stored_cut_with_their_length_and_hash(product_engine, state_engine):
+    """20,000-character ids and names are quarantined (value_too_long) and stored as their first
+    255 characters and a note of their length and SHA-256, cut by the database; two long values
+    sharing those characters stay two rows, told apart by their hash."""
+    import hashlib
+
+    from pipeline.validation.rules import MAX_SHOWN_CHARS, shown_value
+
+    rows = ProductRows(product_engine).basic()
+    rows.users("u_ok")
+    rows.enroll("u_ok", "c1", "SAT", at(2026, 1, 1), None)
+    mysql = product_engine.dialect.name in ("mysql", "mariadb")
+    # the reference schema keeps ids in VARCHAR(191) on MySQL/MariaDB: only the name is long there
+    long_ids = ["c1-long", "c2-long"] if mysql else ["C" * 19_999 + "1", "C" * 19_999 + "2"]
+    long_name = "Ä" * 20_000  # 2 bytes a character: the cut counts characters
+    for company_id in long_ids:
+        rows.company(company_id, "p1", long_name)
+        user = f"u_{long_ids.index(company_id) + 1}"
+        rows.users(user)
+        rows.enroll(user, company_id, "SAT", ALWAYS, None)
+    counts, validation = run_month(product_engine, state_engine, MARCH, chunk_rows=2)
+    assert as_dict(counts) == GOOD
+    assert validation.reason_counts == {"value_too_long": 2}
+    quarantine = load_quarantine(state_engine, date(2026, 3, 1)).sort_values("user_id")
+    assert quarantine["user_id"].tolist() == ["u_1", "u_2"]
+    for company_id, stored, name in zip(long_ids, quarantine["company_id"], quarantine["company_name"]):
+        digest = hashlib.sha256(company_id.encode()).hexdigest()[:16]
+        assert stored == (company_id if mysql else "C" * MAX_SHOWN_CHARS + f"…(20000 chars, sha256 {digest})")
+        assert stored == shown_value(company_id).decode()
+        name_digest = hashlib.sha256(long_name.encode()).hexdigest()[:16]
+        assert name == "Ä" * MAX_SHOWN_CHARS + f"…(20000 chars, sha256 {name_digest})"
+    assert all(len(reasons) < 2_000 for reasons in quarantine["reasons"])
+    # a value the rules accept is kept whole
+    assert shown_value("c" * MAX_SHOWN_CHARS) == b"c" * MAX_SHOWN_CHARS
+
+
+def test_the_quarantine_sample_shown_in_dagster_is_bounded(sqlite_url, state_engine):
+    from pipeline.validation.month import QUARANTINE_SAMPLE_CHARS, QUARANTINE_SAMPLE_ROWS
+
+    engine = sa.create_engine(sqlite_url)
+    rows = ProductRows(engine).basic()
+    for i in range(QUARANTINE_SAMPLE_ROWS + 5):
+        company = f"c-{i:03d}-" + "x" * 20_000
+        rows.company(company, "p1", "N" * 20_000)
+        rows.users(f"u{i}")
+        rows.enroll(f"u{i}", company, "SAT", ALWAYS, None)
+    query = reference_query(engine)
+    month = BillingMonth.from_partition_key(MARCH, NY)
+    with engine.connect() as conn:
+        outcome = validate_month(conn, state_engine, query, month, known_skus(engine), "sample-run")
+    assert outcome.validation.rows_quarantined == QUARANTINE_SAMPLE_ROWS + 5
+    assert len(outcome.sample) == QUARANTINE_SAMPLE_ROWS
+    longest = max(len(str(v)) for v in outcome.sample.to_numpy().ravel())
+    assert QUARANTINE_SAMPLE_CHARS < longest < QUARANTINE_SAMPLE_CHARS + 60
+    assert outcome.sample["company_id"].str.contains("whole in the quarantine table").all()
+    engine.dispose()

@@ -11,6 +11,7 @@ import dagster as dg
 from pipeline.automation.failures import MAX_ALERTS_PER_PARTNER, affected_partners, record_failure
 from pipeline.automation.jobs import (
     TAG_PARTNER,
+    TAG_TRIGGER,
     account_sync_job,
     gradient_load_job,
     load_run_config,
@@ -20,12 +21,13 @@ from pipeline.automation.jobs import (
 from pipeline.automation.triggers import (
     SYNC_ACCOUNTS,
     UPDATE_COUNTS,
+    SyncRequestsCursor,
     connection_events,
     decide_months,
     load_sync_requests,
+    plan_sync_requests,
     watched_months,
 )
-from pipeline.billing.counts import aggregate_billable_users
 from pipeline.billing.month import BillingMonth, last_closed_month
 from pipeline.gradient import ledger
 from pipeline.gradient.load import PartnerTarget, raise_failure_alerts
@@ -34,14 +36,18 @@ from pipeline.partitions import FIRST_BILLING_MONTH
 from pipeline.resources import BillingRules, GradientResource, PartnerSources, ProductDatabase, StateDatabase
 from pipeline.settings import load_settings
 from pipeline.source.partners import CONNECTED, DISCONNECTED, load_connections
+from pipeline.source.watermark import read_source_watermark, source_watermark_query, watermark_digest
 from pipeline.store.months import (
-    counts_fingerprint,
     load_month_computations,
     load_month_validation,
     loaded_months,
 )
 
-MAX_REQUESTS_PER_TICK = 50
+# Requests read per tick: they are coalesced per partner and kind, so a tick holds only
+# one group per partner and kind whatever arrives (a flood of presses is read in a few ticks).
+MAX_REQUESTS_PER_TICK = 10_000
+# The presses a run serves (ids first..last and how many), on the run.
+TAG_SYNC_REQUESTS = "gbs/sync_requests"
 
 
 def default_sensor_status() -> dg.DefaultSensorStatus:
@@ -126,12 +132,39 @@ def partner_disconnected_sensor(
     return dg.SensorResult(run_requests=requests, cursor=cursor)
 
 
+IN_PROGRESS = [
+    dg.DagsterRunStatus.QUEUED,
+    dg.DagsterRunStatus.NOT_STARTED,
+    dg.DagsterRunStatus.STARTING,
+    dg.DagsterRunStatus.STARTED,
+]
+NOT_STARTED = {dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.NOT_STARTED}
+
+
+def _sync_runs_in_flight(instance: dg.DagsterInstance) -> tuple[dict[tuple[str, str], str], set[tuple[str, str]]]:
+    """Runs of the buttons' kinds not finished, per (partner, kind): those not started yet
+    (id of one), and those started."""
+    queued: dict[tuple[str, str], str] = {}
+    running: set[tuple[str, str]] = set()
+    for run in instance.get_runs(filters=dg.RunsFilter(statuses=IN_PROGRESS), limit=1000):
+        kind = run.tags.get(TAG_TRIGGER)
+        if kind not in (UPDATE_COUNTS, SYNC_ACCOUNTS):
+            continue
+        key = (run.tags.get(TAG_PARTNER, ""), kind)
+        if run.status in NOT_STARTED:
+            queued.setdefault(key, run.run_id)
+        else:
+            running.add(key)
+    return queued, running
+
+
 @dg.sensor(
     jobs=[gradient_load_job, account_sync_job, monthly_billing_job],
     minimum_interval_seconds=30,
     default_status=default_sensor_status(),
     description="The product's 'Update Counts' and 'Sync Company Accounts' buttons: re-push the "
-    "partner's latest closed month / sync its accounts.",
+    "partner's latest closed month / sync its accounts. Presses are coalesced: one run per "
+    "partner and kind at a time, serving every press made before it starts.",
 )
 def sync_requests_sensor(
     context: dg.SensorEvaluationContext,
@@ -140,40 +173,36 @@ def sync_requests_sensor(
     partner_sources: PartnerSources,
     billing_rules: BillingRules,
 ) -> dg.SensorResult:
-    after = int(context.cursor or 0)
+    cursor = SyncRequestsCursor.parse(context.cursor)
     with product_db.connect() as conn:
-        pending = load_sync_requests(conn, partner_sources.sync_requests_sql, after, MAX_REQUESTS_PER_TICK)
+        new = load_sync_requests(conn, partner_sources.sync_requests_sql, cursor.after, MAX_REQUESTS_PER_TICK)
         connected = {c.partner_id for c in load_connections(conn, partner_sources.connections_sql) if c.is_connected}
+    queued, running = _sync_runs_in_flight(context.instance)
+    plan = plan_sync_requests(cursor, new, connected, queued, running)
+    for message in plan.ignored:
+        context.log.info(message)
+    for group, run_id in plan.served_by_queued:
+        context.log.info(f"{group.served} ({group.kind}, {group.partner_id}): served by queued run {run_id}")
+    for group in plan.cursor.waiting:
+        context.log.info(f"{group.served} ({group.kind}, {group.partner_id}): wait for the run in progress to finish")
     month = _latest_closed(billing_rules)
     requests = []
-    for request in pending:
-        after = max(after, request.request_id)
-        if request.partner_id not in connected:
-            context.log.info(f"request {request.request_id}: {request.partner_id} is not connected; ignored")
-            continue
-        if request.kind not in (UPDATE_COUNTS, SYNC_ACCOUNTS):
-            context.log.warning(f"request {request.request_id}: unknown kind {request.kind!r}; ignored")
-            continue
-        load_job = gradient_load_job if request.kind == UPDATE_COUNTS else account_sync_job
+    for group in plan.to_run:
+        load_job = gradient_load_job if group.kind == UPDATE_COUNTS else account_sync_job
         job = _job_for(state_db, month, load_job)
         requests.append(
             dg.RunRequest(
-                run_key=request.run_key,
+                run_key=group.run_key,
                 job_name=job.name,
                 partition_key=month.key,
-                run_config=load_run_config(job.name, [request.partner_id]),
-                tags=run_tags(request.kind, request.partner_id, f"request {request.request_id}: {request.kind}"),
+                run_config=load_run_config(job.name, [group.partner_id]),
+                tags={
+                    **run_tags(group.kind, group.partner_id, f"{group.served}: {group.kind}"),
+                    TAG_SYNC_REQUESTS: f"{group.first}..{group.last} ({group.count})",
+                },
             )
         )
-    return dg.SensorResult(run_requests=requests, cursor=str(after))
-
-
-IN_PROGRESS = [
-    dg.DagsterRunStatus.QUEUED,
-    dg.DagsterRunStatus.NOT_STARTED,
-    dg.DagsterRunStatus.STARTING,
-    dg.DagsterRunStatus.STARTED,
-]
+    return dg.SensorResult(run_requests=requests, cursor=plan.cursor.dumps())
 
 
 @dg.sensor(
@@ -181,7 +210,8 @@ IN_PROGRESS = [
     minimum_interval_seconds=load_settings().month_watch_interval_seconds,
     default_status=default_sensor_status(),
     description="Missed or late months: a closed month with no successful load, or whose source "
-    "data changed after it was counted, is requested again (bounded lookback).",
+    "watermark (SOURCE_WATERMARK_SQL) changed since it was counted, is requested again "
+    "(bounded lookback). The tick reads the watermark only; the run does the counting.",
 )
 def missed_or_late_months_sensor(
     context: dg.SensorEvaluationContext,
@@ -201,18 +231,23 @@ def missed_or_late_months_sensor(
         run.tags.get("dagster/partition")
         for run in context.instance.get_runs(filters=dg.RunsFilter(statuses=IN_PROGRESS), limit=200)
     }
-    computations = load_month_computations(state, [m.month for m in months])
-    stored = {c.month: c.counts_fingerprint for c in computations}
-    stored_runs = {c.month: c.run_id for c in computations}
-    current = {}
-    query = product_db.utilization_query()
-    with product_db.connect() as conn:
-        for month in months:
-            validation = load_month_validation(state, month.month)
-            if month.key in loaded and validation is not None and month.month in stored:
-                aggregate = aggregate_billable_users(conn, query, month, validation.known_skus)
-                current[month.month] = counts_fingerprint(aggregate.counts)
-    decisions = decide_months(months, loaded, in_progress, stored, current, now.date(), stored_runs)
+    recorded, recorded_runs, current = {}, {}, {}
+    validations = {m.month: load_month_validation(state, m.month) for m in months if m.key in loaded}
+    watched = {m: v for m, v in validations.items() if v is not None and v.source_watermark is not None}
+    if watched:
+        with product_db.connect() as conn:
+            query = source_watermark_query(conn.dialect.name)
+            if query is None:
+                context.log.info("no SOURCE_WATERMARK_SQL for the vendor's UTILIZATION_SQL: late data is not watched")
+            else:
+                for month in months:
+                    validation = watched.get(month.month)
+                    if validation is None:
+                        continue
+                    recorded[month.month] = watermark_digest(validation.source_watermark)
+                    recorded_runs[month.month] = validation.run_id
+                    current[month.month] = watermark_digest(read_source_watermark(conn, query, month))
+    decisions = decide_months(months, loaded, in_progress, recorded, current, now.date(), recorded_runs)
     requests = [
         dg.RunRequest(
             run_key=d.run_key,

@@ -10,20 +10,16 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import date, datetime, time, timedelta
+from datetime import date, datetime, timedelta
 from zoneinfo import ZoneInfo
 
 import sqlalchemy as sa
 
 from pipeline.billing.month import BillingMonth, add_months, last_closed_month
 from pipeline.gradient import ledger
-from pipeline.settings import reference_sql
+from pipeline.settings import load_settings, reference_sql
 from pipeline.source.partners import CONNECTED, DISCONNECTED, PartnerConnection, as_utc
 from pipeline.source.utilization import SourceQuery
-
-SCHEDULE_TIMEZONE = "America/New_York"
-SCHEDULE_TIME = time(8, 0)
-
 
 # --------------------------------------------------------------------------- connections
 
@@ -121,13 +117,123 @@ def load_sync_requests(
     ]
 
 
+@dataclass(frozen=True)
+class WaitingRequests:
+    """The requests of one partner and kind not served yet: ids ``first``..``last``, ``count`` of them."""
+
+    partner_id: str
+    kind: str
+    first: int
+    last: int
+    count: int
+
+    @property
+    def run_key(self) -> str:
+        """The newest request's: unique (each request waits in one group) and new after every
+        run, so a request made once a run finished always gets a run of its own."""
+        return f"sync-request:{self.last}"
+
+    @property
+    def served(self) -> str:
+        if self.count == 1:
+            return f"request {self.last}"
+        return f"{self.count} requests {self.first}..{self.last}"
+
+    def merged(self, request: SyncRequest) -> WaitingRequests:
+        return WaitingRequests(
+            self.partner_id, self.kind, min(self.first, request.request_id),
+            max(self.last, request.request_id), self.count + 1,
+        )
+
+
+@dataclass(frozen=True)
+class SyncRequestsCursor:
+    """The sync-requests sensor's cursor: the last request id read, and the requests read but
+    waiting for a run of their partner and kind to finish. An old cursor (an id alone) reads
+    as that id with nothing waiting."""
+
+    after: int = 0
+    waiting: tuple[WaitingRequests, ...] = ()
+
+    @classmethod
+    def parse(cls, text: str | None) -> SyncRequestsCursor:
+        if not text:
+            return cls()
+        if text.strip().isdigit():
+            return cls(after=int(text))
+        data = json.loads(text)
+        return cls(after=int(data["after"]), waiting=tuple(WaitingRequests(*w) for w in data.get("waiting", [])))
+
+    def dumps(self) -> str:
+        waiting = [[w.partner_id, w.kind, w.first, w.last, w.count] for w in self.waiting]
+        return json.dumps({"after": self.after, "waiting": waiting}, sort_keys=True)
+
+
+@dataclass(frozen=True)
+class SyncRequestPlan:
+    """What one tick of the sync-requests sensor does: the groups to run now, the groups
+    served by a run already queued (it starts after them, so it serves them), the requests
+    ignored and why, and the next cursor."""
+
+    to_run: list[WaitingRequests]
+    served_by_queued: list[tuple[WaitingRequests, str]]
+    ignored: list[str]
+    cursor: SyncRequestsCursor
+
+
+def plan_sync_requests(
+    cursor: SyncRequestsCursor,
+    new_requests: Sequence[SyncRequest],
+    connected: set[str],
+    queued_runs: dict[tuple[str, str], str],
+    running: set[tuple[str, str]],
+) -> SyncRequestPlan:
+    """Coalesce the product's button presses: one run per partner and kind at a time.
+
+    ``queued_runs``: (partner, kind) -> the id of a run of theirs that has not started yet;
+    it serves every request made before it starts. ``running``: (partner, kind) with a run
+    started: it may have read the product already, so requests made meanwhile wait (in the
+    cursor) and get one run of their own once it has finished. Otherwise the waiting requests
+    of a partner and kind become one run. Nothing is dropped but a request of a partner that
+    is not connected or of an unknown kind."""
+    groups = {(w.partner_id, w.kind): w for w in cursor.waiting}
+    after = cursor.after
+    ignored = []
+    for request in new_requests:
+        after = max(after, request.request_id)
+        if request.partner_id not in connected:
+            ignored.append(f"request {request.request_id}: {request.partner_id} is not connected; ignored")
+            continue
+        if request.kind not in (UPDATE_COUNTS, SYNC_ACCOUNTS):
+            ignored.append(f"request {request.request_id}: unknown kind {request.kind!r}; ignored")
+            continue
+        key = (request.partner_id, request.kind)
+        group = groups.get(key)
+        groups[key] = group.merged(request) if group else WaitingRequests(
+            request.partner_id, request.kind, request.request_id, request.request_id, 1
+        )
+    to_run, served, waiting = [], [], []
+    for key, group in sorted(groups.items(), key=lambda item: item[1].last):
+        if group.partner_id not in connected:  # disconnected while its requests waited
+            ignored.append(f"{group.served} of {group.partner_id}: no longer connected; ignored")
+        elif key in queued_runs:
+            served.append((group, queued_runs[key]))
+        elif key in running:
+            waiting.append(group)
+        else:
+            to_run.append(group)
+    return SyncRequestPlan(to_run, served, ignored, SyncRequestsCursor(after, tuple(waiting)))
+
+
 # --------------------------------------------------------------------------- months
 
 
 def scheduled_load_time(month: BillingMonth) -> datetime:
-    """When the schedule loads ``month``: the next month's 1st, 08:00 America/New_York."""
-    nxt = add_months(month.month, 1)
-    return datetime.combine(nxt, SCHEDULE_TIME, tzinfo=ZoneInfo(SCHEDULE_TIMEZONE))
+    """When the schedule loads ``month``: in the next month, on the schedule's day and time
+    (BILLING_SCHEDULE_DAY / _TIME / _TIMEZONE; by default the 1st, 08:00 America/New_York)."""
+    settings = load_settings()
+    nxt = add_months(month.month, 1).replace(day=settings.billing_schedule_day)
+    return datetime.combine(nxt, settings.schedule_time, tzinfo=ZoneInfo(settings.schedule_timezone))
 
 
 def watched_months(now: datetime, tz_name: str, lookback: int, first_month: date) -> list[BillingMonth]:
@@ -162,9 +268,11 @@ def decide_months(
 ) -> list[MonthDecision]:
     """Months to request again: never successfully loaded, or source changed since counted.
 
-    A missed month is asked for at most once a day (the run key carries the day); a late
-    month once per change: the run key carries the run that stored the current counts and
-    the new fingerprint, so a source that goes A -> B -> A -> B is re-run every time.
+    ``stored_fingerprints`` / ``current_fingerprints``: digests of the month's source
+    watermark as recorded when it was counted and as read now; ``stored_runs``: the run that
+    recorded it. A missed month is asked for at most once a day (the run key carries the day);
+    a late month once per change: the run key carries the run that recorded the watermark and
+    the new one, so a source that goes A -> B -> A -> B is re-run every time.
     """
     stored_runs = stored_runs or {}
     decisions = []
@@ -187,7 +295,7 @@ def decide_months(
                 MonthDecision(
                     month,
                     f"late: {month.label}'s source data changed after it was loaded "
-                    f"(counts {stored[:12]} -> {current[:12]})",
+                    f"(source watermark {stored[:12]} -> {current[:12]})",
                     f"late:{month.key}:{stored_runs.get(month.month, stored[:16])}:{current[:16]}",
                 )
             )

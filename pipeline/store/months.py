@@ -566,6 +566,8 @@ class MonthValidation:
     counts_partners: int | None = None
     counts_companies: int | None = None
     counts_billable_users: int | None = None
+    # the month's source watermark read with its rows (``pipeline.source.watermark``); None: none
+    source_watermark: str | None = None
 
     @property
     def quarantined_share(self) -> float:

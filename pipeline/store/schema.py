@@ -113,6 +113,8 @@ month_validations = sa.Table(
     sa.Column("counts_partners", sa.Integer, nullable=True),
     sa.Column("counts_companies", sa.Integer, nullable=True),
     sa.Column("counts_billable_users", sa.Integer, nullable=True),
+    # the month's source watermark read in the validation's snapshot (``pipeline.source.watermark``)
+    sa.Column("source_watermark", sa.Text, nullable=True),
 )
 
 

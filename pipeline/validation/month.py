@@ -30,8 +30,10 @@ import sqlalchemy as sa
 
 from pipeline.billing.counts import COUNT_COLUMNS
 from pipeline.billing.month import BillingMonth
+from pipeline.settings import ConfigurationError
 from pipeline.source.contract import ContractViolation, check_source_contract
 from pipeline.source.utilization import CONTRACT_COLUMNS, ID_COLUMNS, SourceQuery, month_parameters
+from pipeline.source.watermark import read_source_watermark, source_watermark_query
 from pipeline.store.months import (
     MonthValidation,
     QuarantineWriter,
@@ -42,6 +44,7 @@ from pipeline.store.months import (
 from pipeline.validation.rows import COUNT_TEXT_DTYPE, QUARANTINE_COLUMNS, checked_counts, checked_quarantine, describe
 from pipeline.validation.rules import (
     MASK,
+    MAX_SHOWN_CHARS,
     billable_true,
     bind_known_skus,
     codes_of,
@@ -51,11 +54,15 @@ from pipeline.validation.rules import (
     ident,
     overlap_sql,
     prepare_connection,
+    shown_longer,
     split_reason_mask_sql,
     text_of,
 )
 
 QUARANTINE_SAMPLE_ROWS = 20
+# The sample goes into a Dagster event: each of its values at most this long (the stored row
+# has the value as quarantined, itself cut past 255 characters with its length and hash).
+QUARANTINE_SAMPLE_CHARS = 160
 GROUP_KEYS = ("partner_id", "company_id", "sku")
 # what the PostgreSQL pass returns per group (``_postgresql_month_pass_sql``)
 PASS_COLUMNS = (*GROUP_KEYS, "reason_mask", "company_name", "billable_users", "rows_in_month", "row_count")
@@ -117,11 +124,14 @@ def _postgresql_month_pass_sql(query: SourceQuery) -> str:
     dialect = "postgresql"
     key_mask, row_mask = split_reason_mask_sql(dialect, GROUP_KEYS)
     keys = ", ".join(f'{c} COLLATE "C" AS {c}' for c in GROUP_KEYS)
+    # a key longer than a rule allows (only in a group breaking one) comes back cut, as its
+    # rows are fetched (``display``): a huge id never reaches Python whole
+    shown_keys = ", ".join(f"{display(c, dialect)} AS {c}" for c in GROUP_KEYS)
     return f"""
 SELECT
-    {', '.join(GROUP_KEYS)},
+    {shown_keys},
     row_mask | {key_mask} AS {MASK},
-    company_name,
+    {display('company_name', dialect)} AS company_name,
     CASE WHEN in_month THEN billable_users ELSE 0 END AS billable_users,
     CASE WHEN in_month THEN row_count ELSE 0 END AS rows_in_month,
     row_count
@@ -141,19 +151,25 @@ FROM (
 ) AS placed
 GROUP BY 1, 2, 3, row_mask, in_month
 ) AS grouped
-ORDER BY 1, 2, 3
+ORDER BY {', '.join(f'grouped.{c}' for c in GROUP_KEYS)}
 """
 
 
-def _postgresql_quarantined_rows_sql(query: SourceQuery, narrowed: Collection[str]) -> str:
+def _postgresql_quarantined_rows_sql(
+    query: SourceQuery, narrowed: Collection[str], cut: Collection[str] = ()
+) -> str:
     """PostgreSQL: the rows breaking a rule, each with its mask and its values as text, in a
     stable order. ``narrowed``: the group keys restricted to ``:bad_<key>`` (the keys of the
     groups the pass found breaking a rule; ``''`` stands for NULL too, as ``COPY`` CSV read
-    back), so the database can skip the rest before the rules run."""
+    back), so the database can skip the rest before the rules run. ``cut``: the narrowed keys
+    some of whose failing values came back cut (``display``): those are asked for by length."""
     shown = ", ".join(f"{display(c, 'postgresql')} AS {c}" for c in CONTRACT_COLUMNS)
     where = [f"{MASK} <> 0"]
     for key in narrowed:
-        where.append(f"({key} IN :bad_{key} OR ({key} IS NULL AND '' IN :bad_{key}))")
+        either = [f"{key} IN :bad_{key}", f"({key} IS NULL AND '' IN :bad_{key})"]
+        if key in cut:
+            either.append(shown_longer(key, "postgresql"))
+        where.append(f"({' OR '.join(either)})")
     order = ", ".join(f'{c} COLLATE "C"' if c in ID_COLUMNS else c for c in CONTRACT_COLUMNS)
     return f"""
 SELECT {shown}, {MASK}
@@ -200,6 +216,16 @@ def _quarantine_records(group: tuple, first_row_number: int) -> list[dict]:
             {"row_number": first_row_number + i, **raw, "reason_codes": ",".join(codes), "reasons": reasons}
         )
     return records
+
+
+def _sample_row(record: dict) -> dict:
+    """A quarantined row for the sample shown in Dagster: long texts cut, saying by how much."""
+    limit = QUARANTINE_SAMPLE_CHARS
+    return {
+        k: f"{v[:limit]}…(+{len(v) - limit} chars, whole in the quarantine table)"
+        if isinstance(v, str) and len(v) > limit else v
+        for k, v in record.items()
+    }
 
 
 class _CopiedGroups:
@@ -333,13 +359,18 @@ def _postgresql_quarantined_chunks(
     """The failing groups' rows as quarantine records, ``chunk_rows`` at a time, numbered in
     the fetch's order; checked, at the end, to be exactly the rows the pass counted per
     failing group (the two statements read one snapshot, see ``_pass_connection``)."""
-    narrowed, bind = [], dict(params)
+    narrowed, cut, bind = [], [], dict(params)
     for i, key in enumerate(GROUP_KEYS):
-        values = sorted({group[i] for group in tally.failing_groups})
+        every = {group[i] for group in tally.failing_groups}
+        # a value longer than MAX_SHOWN_CHARS came back cut: it is not the column's value
+        values = sorted(v for v in every if len(v) <= MAX_SHOWN_CHARS)
         if len(values) <= NARROWING_KEY_VALUES:
             narrowed.append(key)
-            bind[f"bad_{key}"] = values
-    statement = sa.text(_postgresql_quarantined_rows_sql(query, narrowed)).bindparams(
+            # an empty list would be typed as integers by SQLAlchemy: '' matches what NULL does
+            bind[f"bad_{key}"] = values or [""]
+            if len(values) < len(every):
+                cut.append(key)
+    statement = sa.text(_postgresql_quarantined_rows_sql(query, narrowed, cut)).bindparams(
         sa.bindparam("known_skus", expanding=True), *(sa.bindparam(f"bad_{key}", expanding=True) for key in narrowed)
     ).execution_options(yield_per=chunk_rows)
     fetched: dict[tuple[str, str, str, int], int] = {}
@@ -406,6 +437,26 @@ def _chunk_garbage_collected(every: int = COLLECT_EVERY_CHUNKS) -> Iterator[Call
         gc.unfreeze()
 
 
+class _Default:
+    """``validate_month``'s watermark query when none is given: the configured one."""
+
+
+DEFAULT = _Default()
+
+
+def _source_watermark(conn: sa.Connection, query: SourceQuery | None, month: BillingMonth) -> str | None:
+    if query is None:
+        return None
+    try:
+        return read_source_watermark(conn, query, month)
+    except sa.exc.DBAPIError as exc:
+        raise ConfigurationError(
+            f"the source watermark query {query.path} failed on the product database "
+            f"({type(exc.orig).__name__}: {str(exc.orig).strip()[:300]}); fix SOURCE_WATERMARK_SQL "
+            "(one row for :month_start / :month_end) or point it at the reference schema's."
+        ) from None
+
+
 def validate_month(
     product: sa.Connection,
     state: sa.Engine,
@@ -414,6 +465,7 @@ def validate_month(
     known_skus: list[str],
     run_id: str,
     chunk_rows: int = 50_000,
+    watermark_query: SourceQuery | None | _Default = DEFAULT,
 ) -> ValidationOutcome:
     """Check the contract, then flag, quarantine and count the month in one database pass.
 
@@ -422,13 +474,17 @@ def validate_month(
     """
     dialect = product.dialect.name
     skus = sorted(set(known_skus))
+    if isinstance(watermark_query, _Default):
+        watermark_query = source_watermark_query(dialect)
+
+    watermark: str | None = None
 
     def record(tally: _Tally) -> MonthValidation:
         return MonthValidation(
             month=month.month, rows_in=tally.rows, rows_valid=tally.valid,
             rows_quarantined=tally.rows - tally.valid,
             reason_counts=dict(sorted(tally.reason_counts.items())), known_skus=skus,
-            query_sha256=query.sha256, run_id=run_id, validated_at=utcnow(),
+            query_sha256=query.sha256, run_id=run_id, validated_at=utcnow(), source_watermark=watermark,
         )
 
     _, _, violations = check_source_contract(product, query, month)
@@ -441,11 +497,14 @@ def validate_month(
     def quarantine(records: list[dict]) -> None:
         if records:
             writer.write(checked_quarantine(pd.DataFrame.from_records(records, columns=QUARANTINE_COLUMNS)))
-            tally.sample.extend(records[: QUARANTINE_SAMPLE_ROWS - len(tally.sample)])
+            tally.sample.extend(map(_sample_row, records[: QUARANTINE_SAMPLE_ROWS - len(tally.sample)]))
 
     with state.begin() as state_conn, _pass_connection(product) as pass_conn:
         writer = QuarantineWriter(state_conn, month.month, run_id)
         staged = StagedCountsWriter(state_conn, month.month, run_id)
+        # first: on PostgreSQL it opens the snapshot the pass reads; elsewhere a change during
+        # the pass makes the recorded watermark older than the rows, so the month is asked again
+        watermark = _source_watermark(pass_conn, watermark_query, month)
         statement = bind_known_skus(month_pass_sql(query, dialect))
         with _chunk_garbage_collected() as after_chunk:
 

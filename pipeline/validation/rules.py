@@ -13,6 +13,7 @@ Dialects: ``sqlite`` (text timestamps judged by SQLite's own date functions), ``
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
 
@@ -263,15 +264,66 @@ def flagged_sql(query_sql: str, dialect: str) -> str:
     )
 
 
+# A quarantined value longer than this is kept as its first MAX_SHOWN_CHARS characters and a
+# note of its length and hash (``SHOWN_NOTE``), cut in the database so a huge value never comes
+# back whole: any value the rules accept (at most MAX_TEXT_LENGTH characters) is kept as it is.
+MAX_SHOWN_CHARS = MAX_TEXT_LENGTH
+SHOWN_HASH_CHARS = 16
+SHOWN_NOTE = "…({chars} chars, sha256 {sha256})"
+SQLITE_SHOWN_FUNCTION = "gbs_shown"
+
+
+def shown_value(value: bytes | str) -> bytes:
+    """SQLite's ``gbs_shown`` (and the reference for the others): the value's UTF-8 bytes, or
+    when longer than MAX_SHOWN_CHARS characters its first ones and ``SHOWN_NOTE``. Invalid
+    UTF-8 bytes count as one character each and are kept as they are."""
+    raw = value.encode("utf-8", errors="surrogateescape") if isinstance(value, str) else bytes(value)
+    if len(raw) <= MAX_SHOWN_CHARS:
+        return raw
+    text = raw.decode("utf-8", errors="surrogateescape")
+    if len(text) <= MAX_SHOWN_CHARS:
+        return raw
+    note = SHOWN_NOTE.format(chars=len(text), sha256=hashlib.sha256(raw).hexdigest()[:SHOWN_HASH_CHARS])
+    return text[:MAX_SHOWN_CHARS].encode("utf-8", errors="surrogateescape") + note.encode()
+
+
+def _sql_note(chars: str, sha256_hex: str) -> list[str]:
+    """``SHOWN_NOTE`` as SQL parts to concatenate."""
+    before, between = SHOWN_NOTE.split("{chars}")
+    middle, after = between.split("{sha256}")
+    return [f"'{before}'", chars, f"'{middle}'", f"LEFT({sha256_hex}, {SHOWN_HASH_CHARS})", f"'{after}'"]
+
+
 def display(column: str, dialect: str) -> str:
-    """A value as text for a person, whatever it holds: cast in SQL so the driver never has to
-    decode it (SQLite and MySQL give bytes, decoded leniently in Python)."""
+    """A value as text for a person, whatever it holds, at most MAX_SHOWN_CHARS characters and
+    a note of its length and hash (``shown_value``): cut in SQL so a huge value never reaches
+    Python whole, and cast so the driver never has to decode it (SQLite and MySQL give bytes,
+    decoded leniently in Python). The hash is SHA-256 of the value's UTF-8 bytes in all three
+    (PostgreSQL ``sha256``, MySQL/MariaDB ``SHA2``, SQLite a function given to the connection)."""
     kind = family(dialect)
+    limit = MAX_SHOWN_CHARS
     if kind == "sqlite":
-        return f"CAST({column} AS BLOB)"
+        return f"{SQLITE_SHOWN_FUNCTION}(CAST({column} AS BLOB))"
     if kind == "mysql":
-        return f"CAST({column} AS BINARY)"
-    return f"CAST({column} AS TEXT)"
+        note = _sql_note(f"CHAR_LENGTH({column})", f"SHA2(CAST({column} AS BINARY), 256)")
+        return (
+            f"(CASE WHEN LENGTH({column}) > {limit} AND CHAR_LENGTH({column}) > {limit}"
+            f" THEN CONCAT(CAST(LEFT({column}, {limit}) AS BINARY), CAST(CONCAT({', '.join(note)}) AS BINARY))"
+            f" ELSE CAST({column} AS BINARY) END)"
+        )
+    text = f"CAST({column} AS TEXT)"
+    note = _sql_note(f"char_length({text})", f"encode(sha256(convert_to({text}, 'UTF8')), 'hex')")
+    return (
+        f"(CASE WHEN octet_length({text}) > {limit} AND char_length({text}) > {limit}"
+        f" THEN {' || '.join([f'left({text}, {limit})', *note])}"
+        f" ELSE {text} END)"
+    )
+
+
+def shown_longer(column: str, dialect: str) -> str:
+    """True when ``display`` cuts the value (PostgreSQL)."""
+    text = f"CAST({column} AS TEXT)"
+    return f"(octet_length({text}) > {MAX_SHOWN_CHARS} AND char_length({text}) > {MAX_SHOWN_CHARS})"
 
 
 def bind_known_skus(sql: str) -> sa.TextClause:
@@ -289,11 +341,17 @@ def _utf8_ok(value: bytes | None) -> bool:
 
 
 def prepare_connection(conn: sa.Connection) -> None:
-    """Give SQLite the UTF-8 check ``value_unreadable`` uses (once per DBAPI connection)."""
+    """Give SQLite the UTF-8 check ``value_unreadable`` uses and ``display``'s cut (once per
+    DBAPI connection)."""
     if family(conn.dialect.name) != "sqlite":
         return
     raw = conn.connection.driver_connection
     raw.create_function(SQLITE_UTF8_FUNCTION, 1, _utf8_ok, deterministic=True)
+    raw.create_function(SQLITE_SHOWN_FUNCTION, 1, _sqlite_shown, deterministic=True)
+
+
+def _sqlite_shown(value: bytes | None) -> bytes | None:
+    return None if value is None else shown_value(value)
 
 
 def text_of(value: object) -> str | None:
