@@ -6,9 +6,8 @@ Thin: the statement itself is ``pipeline.billing.statements``.
 import dagster as dg
 
 from assets import specs
-from assets.gradient_load import GROUP, gradient_unit_counts
+from assets.gradient_load import GROUP, LEDGER_ASSET
 from assets.month_end import billing_month, no_retry
-from pipeline.automation.jobs import TAG_OUTCOME
 from pipeline.billing import statements as st
 from pipeline.mail import MailError
 from pipeline.partitions import monthly_partitions
@@ -23,7 +22,7 @@ from pipeline.settings import ConfigurationError
     partitions_def=monthly_partitions,
     group_name=GROUP,
     kinds={"csv", "html"},
-    deps=[gradient_unit_counts],
+    deps=[LEDGER_ASSET],
 )
 def partner_statements(
     context: dg.AssetExecutionContext,
@@ -36,13 +35,9 @@ def partner_statements(
     per the ledger. Made for superseded months too. When the push step fails in a run this step
     is skipped: materialize partner_statements alone for the month (it reads the ledger, so it
     shows what failed), or `gradient-billing-sync statement --month YYYY-MM`. E-mailed to
-    PARTNER_CONTACTS_SQL's addresses when STATEMENTS_SMTP_URL is set. A preview run (nothing
-    sent to Gradient) writes and sends no statement."""
+    PARTNER_CONTACTS_SQL's addresses when STATEMENTS_SMTP_URL is set. (A preview is its own op
+    job, gradient_preview: it never reaches this asset.)"""
     month = billing_month(context, billing_rules)
-    run = context.instance.get_run_by_id(context.run_id)
-    if run is not None and run.tags.get(TAG_OUTCOME) == "preview":
-        context.log.info(f"{month.label}: preview run, no statement written or sent")
-        return dg.MaterializeResult(metadata={"month": month.label, "preview": True, "partners": 0, "emailed": 0})
     try:
         config = st.StatementSettings.from_env()
     except ConfigurationError as exc:

@@ -334,7 +334,8 @@ def test_partial_and_superseded_months_warn_and_delivered_months_do_not(world, s
 
 def test_outcome_is_derived_from_the_ledger_when_the_run_has_no_tag():
     assert alerts.derive_outcome({}) is None
-    assert alerts.derive_outcome({"p-1": {"delivered": 4}, "p-2": {"delivered": 1, "unmapped": 2}}) == "delivered"
+    assert alerts.derive_outcome({"p-1": {"delivered": 4}, "p-2": {"delivered": 1, "unmapped": 2}}) == "delivered_with_unmapped"
+    assert alerts.derive_outcome({"p-1": {"delivered": 4}}) == "delivered"
     assert alerts.derive_outcome({"p-1": {"superseded": 4}, "p-2": {"superseded": 1}}) == "superseded"
     assert alerts.derive_outcome({"p-1": {"delivered": 4}, "p-2": {"superseded": 1}}) == "partial"
     assert alerts.derive_outcome({"p-1": {"delivered": 4, "failed": 1}}) == "partial"
