@@ -24,6 +24,9 @@ SUPERSEDED_CHECK = "month_not_superseded"
 UNMAPPED_CHECK = "every_pair_mapped"
 FAILED_CHECK = "no_failed_pairs"
 LISTED = 50
+# pairs named in a check's description (the check's "listed" table holds LISTED)
+DESCRIBED = 10
+DETAIL_CHARS = 200
 BACKFILL_TAG = "dagster/backfill"
 
 PUSH_CHECK_SPECS = [
@@ -133,10 +136,11 @@ def month_check_results(
     ):
         hit = standing[standing.outcome == outcome]
         shown = _pair_list(hit.head(LISTED), names)
+        shown["detail"] = [d[:DETAIL_CHARS] for d in shown.detail]
         lines = [
-            f"{r.partner} {r.account} {r.account_name!r} {r.sku}"
+            f"{r.partner} {r.account} {r.account_name[:80]!r} {r.sku}"
             + (f" ({r.detail})" if outcome == ledger.FAILED and r.detail else "")
-            for r in shown.itertuples(index=False)
+            for r in shown.head(DESCRIBED).itertuples(index=False)
         ]
         by_partner = hit.groupby("partner").size().sort_values(ascending=False, kind="stable") if len(hit) else pd.Series(dtype=int)
         results.append(
@@ -148,7 +152,7 @@ def month_check_results(
                 description=(
                     f"{len(hit)} pair(s) of {label} {what}: "
                     + _some([f"{p} {n}" for p, n in by_partner.head(LISTED).items()], len(by_partner))
-                    + f". First {len(shown)}: "
+                    + f". First {len(lines)}: "
                     + "; ".join(lines)
                     if len(hit)
                     else f"no pair of {label} {outcome}"
