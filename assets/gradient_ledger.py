@@ -17,7 +17,8 @@ from assets.metadata_values import SHOWN_ROWS, most_important, table_value
 from pipeline.gradient import ledger
 
 #: Ledger entries shown in the asset's metadata, most important first.
-SHOWN_ENTRIES = 100
+SHOWN_ENTRIES = 50
+DETAIL_CHARS = 200
 OUTCOME_RANK = {ledger.FAILED: 0, ledger.UNMAPPED: 1, ledger.SUPERSEDED: 2, ledger.DELIVERED: 3}
 FULL_LIST = (
     "every entry: the ledger_entries table of the state database (newest per partner, account and "
@@ -49,6 +50,7 @@ def ledger_result(asset_key: str, month_label: str, frame: pd.DataFrame) -> dg.M
     entries = entries.assign(
         recorded_at=[t.isoformat(timespec="seconds") for t in entries.recorded_at],
         http_status=[int(s) if pd.notna(s) else None for s in entries.http_status],
+        detail=[str(d)[:DETAIL_CHARS] for d in entries.detail],
     )
     totals = frame.groupby("outcome", as_index=False).agg(pairs=("account", "size"), units=("value", "sum")) \
         if len(frame) else pd.DataFrame(columns=["outcome", "pairs", "units"])

@@ -78,7 +78,7 @@ def fill_partner_table(
 
 def _pair_list(pairs: pd.DataFrame, names: Mapping[tuple[str, str], str]) -> pd.DataFrame:
     listed = pairs[["partner", "account", "sku", "value", "http_status", "detail"]].copy()
-    listed.insert(2, "account_name", [names.get((p, a), "") for p, a in zip(listed.partner, listed.account)])
+    listed.insert(2, "account_name", [names.get((p, a), "")[:120] for p, a in zip(listed.partner, listed.account)])
     return listed.reset_index(drop=True)
 
 
@@ -178,6 +178,7 @@ def push_metadata(
     bounded to the ``SHOWN_ROWS`` partners that matter most (failed, partial, unmapped,
     superseded first) with the number of partners per status; every partner is in the ledger."""
     shown = most_important(partners, status_rank(partners.status))
+    shown["error"] = [str(e)[:DETAIL_CHARS] for e in shown.error]
     by_status = partners.status.value_counts().to_dict() if len(partners) else {}
     return {
         "month": month_label,

@@ -382,3 +382,77 @@ def test_month_end_metadata_has_its_types_and_shares_read_as_percent(billing):
     assert check.metadata["quarantined"] == TextMetadataValue(f"{share:.2%}")
     assert check.metadata["threshold_percent"].value == 50.0
     assert isinstance(metadata(october, "billable_counts")["counts_preview"], TableMetadataValue)
+
+
+def _month_of(partner_count: int) -> tuple[dict, list, dict]:
+    """The push metadata, check results and ledger metadata of a month with ``partner_count``
+    partners of 10 pairs each (every 7th partner failed, every 5th unmapped, every 3rd
+    superseded), with long hostile names and errors, as the push step builds them."""
+    import pandas as pd
+
+    partners = [f"p-{i:05d}" for i in range(partner_count)]
+    status = {p: ("failed" if i % 7 == 0 else "delivered_with_unmapped" if i % 5 == 0
+                  else "superseded" if i % 3 == 0 else "delivered") for i, p in enumerate(partners)}
+    outcome_of = {"failed": ledger.FAILED, "delivered_with_unmapped": ledger.UNMAPPED,
+                  "superseded": ledger.SUPERSEDED, "delivered": ledger.DELIVERED}
+    standing = pd.DataFrame(
+        [
+            {"partner": p, "account": f"c-{p}-{j}", "sku": "SAT", "value": j + 1,
+             "outcome": outcome_of[status[p]] if j < 3 else ledger.DELIVERED,
+             "http_status": 201, "detail": "=cmd|' /C calc'!A0 " * 40 if status[p] == "failed" else "",
+             "recorded_at": datetime(2026, 11, 2, tzinfo=timezone.utc), "run_id": "r" * 36}
+            for p in partners for j in range(10)
+        ]
+    )
+    table = pd.DataFrame(
+        [
+            {"partner": p, "delivered": 7, "unmapped": 3 * (status[p] == "delivered_with_unmapped"),
+             "failed": 3 * (status[p] == "failed"), "superseded": 3 * (status[p] == "superseded"), "skipped": 0,
+             "accounts_created": 10, "accounts_renamed": 0, "status": status[p],
+             "error": "<!channel> " * 50 if status[p] == "failed" else "", "outcome": "delivered 7"}
+            for p in partners
+        ],
+        columns=gl.PARTNER_COLUMNS,
+    )
+    totals = {o: int((standing.outcome == o).sum()) for o in ledger.OUTCOMES}
+    push = ps.push_metadata("2026-10", table, totals, {"requests_sent": 1, "retries": 0}, "partial")
+    names = {(r.partner, r.account): "N" * 10_000 for r in standing.itertuples()}
+    checks_ = ps.month_check_results(OCT, standing, names, {p: OCT for p in partners[:ps.LISTED]})
+    ledger_meta = gl.gradient_ledger.ledger_result("gradient_ledger", "2026-10", standing).metadata
+    return push, checks_, ledger_meta
+
+
+def _event_bytes(push: dict, checks_: list, ledger_meta: dict) -> dict[str, int]:
+    """Serialized size of each event the push step writes to the event log."""
+    from dagster._serdes import serialize_value
+
+    sizes = {
+        "gradient_unit_counts": len(serialize_value(dg.AssetMaterialization("gradient_unit_counts", metadata=push))),
+        "gradient_ledger": len(serialize_value(dg.AssetMaterialization("gradient_ledger", metadata=ledger_meta))),
+    }
+    for result in checks_:
+        evaluation = dg.AssetCheckEvaluation(
+            asset_key=dg.AssetKey("gradient_unit_counts"), check_name=result.check_name, passed=result.passed,
+            metadata=result.metadata, description=result.description, severity=result.severity,
+        )
+        sizes[result.check_name] = len(serialize_value(evaluation))
+    return sizes
+
+
+def test_no_event_of_a_month_grows_with_its_partners():
+    """Issue 21: per-partner tables are the rows that matter most plus totals; 2,000 partners'
+    worth of report rows makes events no bigger than 200 partners' (measured serialized)."""
+    small = _event_bytes(*_month_of(200))
+    large = _event_bytes(*_month_of(2000))
+    print({name: (small[name], large[name]) for name in large})
+    for name, size in large.items():
+        assert size <= 48_000, (name, size)
+        assert size <= small[name] * 1.25 + 1000, (name, small[name], size)
+    push, checks_, ledger_meta = _month_of(2000)
+    shown = rows(push["per_partner"])
+    assert len(shown) == 50 and push["partners_not_shown"].value == 1950
+    assert {r["status"] for r in shown} == {"failed"}  # failures first
+    assert push["partners_by_status"].value["failed"] == len([i for i in range(2000) if i % 7 == 0])
+    assert rows(ledger_meta["entries"])[0]["outcome"] == ledger.FAILED
+    assert ledger_meta["entries_not_shown"] == 20_000 - gl.gradient_ledger.SHOWN_ENTRIES
+    assert ledger_meta["dagster/row_count"] == 20_000
