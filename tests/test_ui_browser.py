@@ -25,6 +25,7 @@ from pathlib import Path
 import dagster as dg
 import httpx
 import pytest
+import sqlalchemy as sa
 from cryptography.fernet import Fernet
 from dagster._core.instance.ref import InstanceRef
 
@@ -37,6 +38,7 @@ from gradient_emulator import EmulatorAdmin, EmulatorServer
 from pipeline.automation.jobs import TAG_OUTCOME, monthly_billing_job, run_tags
 from pipeline.demo.data import DemoSpec, load_demo_data
 from pipeline.demo.run import register_demo_partners
+from pipeline.source import product_schema as ps
 from pipeline.resources import BillingRules, GradientResource, PartnerSources, ProductDatabase, StateDatabase, engine_for
 
 pytestmark = pytest.mark.slow
@@ -104,7 +106,13 @@ def superseded_instance(tmp_path, monkeypatch):
         monkeypatch.setenv(name, value)
     load_demo_data(engine_for(env["PRODUCT_DB_URL"]), SPEC, encryption_keys=fernet_key)
     with EmulatorServer(VENDOR_KEY) as server, EmulatorAdmin(server.base_url) as admin:
-        register_demo_partners(admin, engine_for(env["PRODUCT_DB_URL"]))  # p-003 half mapped
+        register_demo_partners(admin, engine_for(env["PRODUCT_DB_URL"]))
+        # p-003 maps every company but not one service: those pairs come back unmapped
+        with engine_for(env["PRODUCT_DB_URL"]).connect() as conn:
+            names = conn.execute(sa.select(ps.companies.c.name).where(ps.companies.c.partner_id == "p-003")).scalars()
+            admin.set_psa_companies("org-p-003", [n for n in names if n])
+            services = conn.execute(sa.select(ps.services.c.name).order_by(ps.services.c.sku)).scalars().all()
+        admin.set_psa_products("org-p-003", services[1:])
         env["GRADIENT_BASE_URL"] = server.base_url
         defs = dg.Definitions(
             assets=[me.utilization_extract, me.validated_utilization, me.billable_counts,
