@@ -247,7 +247,7 @@ def test_the_ui_tells_delivered_superseded_and_preview_apart(chromium, webserver
 
     # the Partitions tab: November materialized, the superseded months not
     page.goto(f"{webserver}/assets/gradient_unit_counts?view=partitions")
-    see(page, "Partitions", "partitions", exact=False)
+    see(page, "2026-11", "partitions", exact=False)
     shot(page, "2-partitions")
 
     # November's materialization: delivered with unmapped pairs, p-003 first in the table
@@ -263,7 +263,14 @@ def test_the_ui_tells_delivered_superseded_and_preview_apart(chromium, webserver
     see(page, "every_pair_mapped", "checks")
     page.get_by_text("every_pair_mapped", exact=True).first.click()
     see(page, "unmapped", "check", exact=False)
+    listed = page.inner_text("body").split("Checks (3)")[1]
+    # the list sums the months up: November failing keeps the check red, though the latest
+    # evaluation (a superseded month's) passed
+    assert "every_pair_mapped\nFailed" in listed and "month_not_superseded\nFailed" in listed
     shot(page, "4-checks")
+    page.get_by_text("Partitions", exact=True).last.click()
+    see(page, "2026-11", "check-partitions", exact=False)
+    shot(page, "4b-check-partitions")
 
     # the ledger of September: what was recorded for each pair, and the totals per outcome
     page.goto(f"{webserver}/assets/gradient_ledger?view=events&partition=2026-09-01")
