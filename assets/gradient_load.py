@@ -12,10 +12,9 @@ import dagster as dg
 import pandas as pd
 from pydantic import Field
 
-from assets import push_signals, specs
-from assets.load_preview import preview_accounts, preview_services, preview_unit_counts
+from assets import gradient_ledger, push_signals, specs
+from assets.metadata_values import most_important, table_value
 from assets.month_end import billable_counts, billing_month, guard_billing_timezone
-from assets.push_signals import table_value
 from pipeline.gradient import ledger
 from pipeline.gradient.errors import GradientError
 from pipeline.gradient.known_accounts import account_changes_of, record_synced_accounts
@@ -48,25 +47,14 @@ GROUP = "gradient_load"
 GRADIENT_POOL = "gradient_api"
 
 
-class GradientPreviewConfig(dg.Config):
-    """Whether the run only previews the load (nothing is sent to Gradient)."""
-
-    preview: bool = Field(
-        default=False,
-        description="Preview only: compute what would be sent (accounts to create and rename, "
-        "counts and how they differ from what Gradient holds per the ledger, superseded and "
-        "unmapped pairs) and show it as metadata; nothing is sent to Gradient, nothing is "
-        "recorded in the ledger.",
-    )
-
-
-class GradientLoadConfig(GradientPreviewConfig):
+class GradientLoadConfig(dg.Config):
     """Which partners a run loads, and whether an older month may overwrite a newer one."""
 
     partner_ids: list[str] = Field(
         default=[],
         description="Partner ids to load (e.g. [\"p-001\"]); empty = every connected partner. "
-        "Only a run of every partner marks the month loaded.",
+        "Only a run of every partner marks the month loaded (materializes gradient_unit_counts); "
+        "a run of chosen partners is recorded as an observation.",
     )
     force_superseded: bool = Field(
         default=False,
@@ -155,16 +143,15 @@ DUPLICATE_SERVICES_CHECK = "one_service_per_name"
     pool=GRADIENT_POOL,
     deps=[billable_counts],
     check_specs=[
-        dg.AssetCheckSpec(
+        specs.monthly_check(
             DUPLICATE_SERVICES_CHECK,
-            asset="gradient_services",
-            description="Gradient holds each service name under one id (two ids = units billed twice).",
+            "gradient_services",
+            "Gradient holds each service name under one id (two ids = units billed twice).",
         )
     ],
 )
 def gradient_services(
     context: dg.AssetExecutionContext,
-    config: GradientPreviewConfig,
     product_db: ProductDatabase,
     state_db: StateDatabase,
     partner_sources: PartnerSources,
@@ -177,8 +164,6 @@ def gradient_services(
     targets, _ = resolve_targets(context, product_db, partner_sources, [])
     with product_db.connect() as conn:
         services = load_services(conn, product_db.services_sql)
-    if config.preview:
-        return preview_services(state_db.engine(), services, DUPLICATE_SERVICES_CHECK)
     if not targets:
         context.log.info("no connected partner: nothing to sync services with")
         return dg.MaterializeResult(
@@ -258,8 +243,6 @@ def gradient_accounts(
     counts = load_billable_counts(state, month.month)
     billed = counts[["partner_id", "company_id", "company_name"]].drop_duplicates(["partner_id", "company_id"])
     accounts = pd.concat([companies, billed]).drop_duplicates(["partner_id", "company_id"])
-    if config.preview:
-        return preview_accounts(state, month.month, counts, companies, [t.partner_id for t in targets])
 
     async def run() -> list[PartnerLoad]:
         async with gradient.client() as client:
@@ -296,6 +279,9 @@ def gradient_accounts(
             valid, _ = split_companies([(r.company_id, r.company_name) for r in own.itertuples()])
             record_synced_accounts(state, report.partner_id, valid, context.run_id)
     table = partner_table(reports)[["partner", "accounts_created", "accounts_renamed", "status", "error"]]
+    # the partners that matter most: failed, then those whose accounts changed
+    rank = (table.error == "").astype(int) * 2 + ((table.accounts_created + table.accounts_renamed) == 0).astype(int)
+    shown = most_important(table, rank)
     return dg.MaterializeResult(
         metadata={
             "partners": len(reports),
@@ -307,22 +293,58 @@ def gradient_accounts(
             "gradient_changes": dg.MetadataValue.json(
                 dict(list({r.partner_id: r.gradient_changes for r in reports if r.gradient_changes}.items())[:50])
             ),
-            "per_partner": table_value(table),
+            "per_partner": table_value(shown),
+            "partners_not_shown": len(table) - len(shown),
         }
     )
 
 
-@dg.asset(
-    owners=specs.OWNERS,
-    tags=specs.stage_tags("load"),
-    code_version="1",
-    metadata=specs.column_schema(specs.LEDGER_ENTRIES),
-    partitions_def=monthly_partitions,
-    group_name=GROUP,
-    kinds={"gradient"},
-    pool=GRADIENT_POOL,
-    deps=[billable_counts, gradient_accounts, gradient_services],
+LEDGER_ASSET = "gradient_ledger"
+FAILURES_LISTED = 20
+
+
+@dg.multi_asset(
+    name="gradient_unit_counts",
+    specs=[
+        dg.AssetSpec(
+            push_signals.ASSET,
+            description="The month's billable counts as Gradient holds them. A month is "
+            "materialized only when Gradient holds its counts: delivered (tag/metadata outcome "
+            "delivered), delivered with unmapped pairs (outcome delivered_with_unmapped, "
+            "every_pair_mapped failing for the month), or delivered to some partners while the "
+            "others hold a newer month (partial). A wholly superseded month and a push of chosen "
+            "partners are recorded as an observation of the month, not a materialization.",
+            owners=specs.OWNERS,
+            tags=specs.stage_tags("load"),
+            code_version="2",
+            metadata=specs.column_schema(specs.LEDGER_ENTRIES),
+            partitions_def=monthly_partitions,
+            group_name=GROUP,
+            kinds={"gradient"},
+            deps=[billable_counts, gradient_accounts, gradient_services],
+            skippable=True,
+        ),
+        dg.AssetSpec(
+            LEDGER_ASSET,
+            description="The month's ledger as it stands after the push: per partner, account and "
+            "service the newest entry — value, outcome (delivered, unmapped, failed, superseded), "
+            "Gradient's HTTP status and the time. Shows totals and the entries that matter most "
+            "(failed, unmapped, superseded first); every entry is in the state database's "
+            "ledger_entries. Written by every push, superseded and failed ones too; materialize "
+            "it alone to refresh it.",
+            owners=specs.OWNERS,
+            tags=specs.stage_tags("ledger"),
+            code_version="2",
+            metadata=specs.column_schema(specs.LEDGER_ENTRIES),
+            partitions_def=monthly_partitions,
+            group_name=GROUP,
+            kinds={"sql"},
+            deps=[push_signals.ASSET],
+        ),
+    ],
     check_specs=push_signals.PUSH_CHECK_SPECS,
+    can_subset=True,
+    pool=GRADIENT_POOL,
 )
 def gradient_unit_counts(
     context: dg.AssetExecutionContext,
@@ -336,20 +358,19 @@ def gradient_unit_counts(
     """The month's billable counts pushed to Gradient per connected partner, recorded in the
     ledger: delivered, unmapped (404), failed, or superseded by a newer delivered month.
     Fails after attempting everything when anything failed, so a re-run finishes the job; the
-    superseded / unmapped / failed checks (WARN) are reported either way, and the run is
-    tagged ``gbs/outcome`` with the month's outcome."""
+    superseded / unmapped / failed checks (WARN, per month, judged on the month's ledger) are
+    reported either way, and the run is tagged ``gbs/outcome`` with the month's outcome and
+    ``gbs/<outcome>`` with its counts. The month's ledger (``gradient_ledger``) is written by
+    every push."""
     month = billing_month(context, billing_rules)
     state = state_db.engine()
+    selected = {key.to_user_string() for key in context.selected_asset_keys}
+    if push_signals.ASSET not in selected:
+        # gradient_ledger alone: refresh the month's ledger view, push nothing
+        yield gradient_ledger.ledger_result(LEDGER_ASSET, month.label, ledger.month_ledger(state, month.month))
+        return
     targets, failures = resolve_targets(context, product_db, partner_sources, config.partner_ids)
     counts = load_billable_counts(state, month.month)
-    if config.preview:
-        with product_db.connect() as conn:
-            companies = load_companies(conn, partner_sources.companies_sql)
-        push_signals.tag_outcome(context, "preview")
-        yield preview_unit_counts(
-            state, month.month, counts, companies, [t.partner_id for t in targets], config.force_superseded
-        )
-        return
     timezone_change = guard_billing_timezone(context, state, month, billing_rules.timezone)
     if config.resend:
         context.instance.add_run_tags(context.run_id, {"gbs/resend": "true"})
@@ -400,7 +421,7 @@ def gradient_unit_counts(
         account_changes_of(state, context.run_id),
     )
     outcome = ledger.month_outcome(partners.status)
-    push_signals.tag_outcome(context, outcome)
+    push_signals.tag_outcome(context, outcome, totals)
     metadata = push_signals.push_metadata(month.label, partners, totals, stats, outcome)
     metadata["gradient"] = dg.MetadataValue.url(gradient.base_url)
     metadata["billing_timezone"] = billing_rules.timezone
@@ -408,31 +429,54 @@ def gradient_unit_counts(
         metadata["timezone_change"] = timezone_change
     if config.resend:
         metadata["resend"] = True
-    checks = push_signals.push_check_results(
-        month.month,
-        partners,
-        pairs,
-        push_signals.names_of(counts),
-        {p: ledger.newest_delivered_month(state, p) for p in partners.partner[partners.status == ledger.SUPERSEDED]},
+    standing = ledger.month_ledger(state, month.month)
+    superseded = sorted(set(standing.partner[standing.outcome == ledger.SUPERSEDED]))[: push_signals.LISTED]
+    checks = push_signals.month_check_results(
+        month.month, standing, push_signals.names_of(counts),
+        {p: ledger.newest_delivered_month(state, p) for p in superseded},
     )
+    ledger_view = gradient_ledger.ledger_result(LEDGER_ASSET, month.label, standing)
     failed = [r for r in reports if r.failed or r.refused]
     if failed:
-        # the checks are reported before the step fails, so the UI shows them for this run
+        # the checks and the ledger are reported before the step fails, so the UI shows them
         yield from checks
+        if LEDGER_ASSET in selected:
+            yield ledger_view
         raise dg.Failure(
             description=(
                 f"{month.label}: {len(failed)} partner(s) not fully delivered: "
-                + "; ".join(f"{r.partner_id}: {r.error or _failure_text(r)}" for r in failed)
+                + "; ".join(f"{r.partner_id}: {r.error or _failure_text(r)}" for r in failed[:FAILURES_LISTED])
+                + (f"; and {len(failed) - FAILURES_LISTED} more (see no_failed_pairs)" if len(failed) > FAILURES_LISTED else "")
                 + ". Everything else was attempted and recorded; re-run the month to finish."
             ),
             metadata=metadata,
             allow_retries=False,
         )
-    if not config.partner_ids:
+    partner_scoped = bool(config.partner_ids)
+    if not partner_scoped:
         # Only a run for every connected partner makes the month loaded (a partner-filtered
         # run must not hide a month the others never received).
         record_month_load(state, month.month, context.run_id, len(reports))
-    yield dg.MaterializeResult(metadata=metadata, check_results=checks)
+    if push_signals.claims_month(outcome, partner_scoped):
+        yield dg.MaterializeResult(asset_key=push_signals.ASSET, metadata=metadata, check_results=checks)
+    else:
+        why = "a push of chosen partners" if partner_scoped else "superseded: every partner holds a newer month"
+        context.log.info(f"{month.label}: {why}; recorded as an observation, the month is not materialized")
+        context.log_event(
+            dg.AssetObservation(
+                asset_key=push_signals.ASSET,
+                partition=context.partition_key,
+                description=f"{month.label} {outcome}: {why}; not claimed as held by Gradient",
+                metadata={
+                    **metadata,  # type: ignore[dict-item]
+                    "claimed": False,
+                    "scope": ", ".join(config.partner_ids[:20]) or "all partners",
+                },
+            )
+        )
+        yield from checks
+    if LEDGER_ASSET in selected:
+        yield ledger_view
 
 
 def _failure_text(report: PartnerLoad) -> str:

@@ -1,141 +1,107 @@
-"""The load assets in preview mode (run config ``preview: true``): nothing is sent to Gradient
-and nothing is written to the ledger; each asset reports what a real run would do.
+"""The preview of a month's push as its own op job, ``gradient_preview``: what a run of the
+month would send, per partner, with nothing sent to Gradient and nothing written anywhere.
 
-Thin: the plan is ``pipeline.gradient.preview`` over the state database.
+Why an op job and not the load assets with a ``preview`` flag: a run of the assets
+materializes them, so a preview claimed the month (green in the Partitions tab) and its
+counts became the stored ones a later ``explain`` and push read. An op job has no asset to
+claim: the run is partitioned by month (it shows in the runs list with the month), its plan is
+the op's output metadata in the run's page, and no asset, check, stored count or ledger entry
+changes. Thin: the request check and the plan are ``pipeline.gradient.preview``.
 """
 
-from __future__ import annotations
-
-from collections.abc import Sequence
-from datetime import date
+from datetime import UTC, datetime
 
 import dagster as dg
-import pandas as pd
-import sqlalchemy as sa
+from pydantic import Field
 
-from assets.push_signals import FAILED_CHECK, SUPERSEDED_CHECK, UNMAPPED_CHECK, table_value
-from pipeline.gradient import ledger
-from pipeline.gradient.preview import PartnerPreview, calls_frame, preview_month, summary_frame
-from pipeline.source.partners import ServiceDefinition
+from assets.metadata_values import SHOWN_ROWS, most_important, table_value
+from pipeline.automation.jobs import run_tags
+from pipeline.billing.month import BillingMonth
+from pipeline.gradient.preview import PreviewRequestError, calls_frame, preview_request, summary_frame
+from pipeline.partitions import first_billing_month, monthly_partitions
+from pipeline.resources import BillingRules, PartnerSources, ProductDatabase, StateDatabase, step_failure
 
 NOTE = "preview: nothing was sent to Gradient and nothing was recorded"
+PLANNED_ROWS = 100
+SUMMARY_RANK = {"superseded": 0, "would send": 1, "nothing to send": 2}
 
 
-def preview_services(state: sa.Engine, services: Sequence[ServiceDefinition], check_name: str) -> dg.MaterializeResult:
-    """The services as last synced; those never synced would be looked up and created."""
-    known = ledger.service_ids(state)
-    conflicts = ledger.service_conflicts(state)
-    unsynced = sorted(s.sku for s in services if s.sku not in known)
-    return dg.MaterializeResult(
-        metadata={
-            "preview": True,
-            "note": NOTE,
-            "services": len(services),
-            "synced_before": len(known),
-            "not_yet_synced": dg.MetadataValue.json(unsynced),
-        },
-        check_results=[
-            dg.AssetCheckResult(
-                check_name=check_name,
-                passed=not conflicts,
-                severity=dg.AssetCheckSeverity.WARN,
-                description="preview, as of the last services sync: "
-                + ("; ".join(conflicts.values()) or "every service name maps to one id"),
+class GradientPreviewConfig(dg.Config):
+    """Which partners the preview covers, and whether it previews a forced push."""
+
+    partner_ids: list[str] = Field(
+        default=[], description="Partner ids to preview (e.g. [\"p-001\"]); empty = every connected partner."
+    )
+    force_superseded: bool = Field(
+        default=False, description="Preview a forced push of a month older than the newest delivered one."
+    )
+
+
+@dg.op(
+    description="What a run of the month would send to Gradient, per partner; sends and writes nothing.",
+    tags={"kind": "gradient"},
+)
+def preview_month_push(
+    context: dg.OpExecutionContext,
+    config: GradientPreviewConfig,
+    product_db: ProductDatabase,
+    state_db: StateDatabase,
+    partner_sources: PartnerSources,
+    billing_rules: BillingRules,
+) -> dg.Output[None]:
+    month = BillingMonth.from_partition_key(context.partition_key, billing_rules.timezone)
+    try:
+        query = product_db.utilization_query()
+        with product_db.connect() as conn:
+            preview = preview_request(
+                conn,
+                state_db.engine(),
+                query,
+                month,
+                product_db.known_skus(conn),
+                config.partner_ids,
+                first_month=first_billing_month(),
+                now=datetime.now(UTC),
+                connections_sql=partner_sources.connections_sql,
+                companies_sql=partner_sources.companies_sql,
+                force=config.force_superseded,
             )
-        ],
-    )
-
-
-def account_plan(previews: Sequence[PartnerPreview]) -> pd.DataFrame:
-    return pd.DataFrame(
-        [
-            {"partner": p.partner_id, "account": a, "action": "create", "name_in_gradient": "", "name": n}
-            for p in previews
-            for a, n in p.accounts_to_create
-        ]
-        + [
-            {"partner": p.partner_id, "account": a, "action": "rename", "name_in_gradient": old, "name": new}
-            for p in previews
-            for a, old, new in p.accounts_to_rename
-        ],
-        columns=["partner", "account", "action", "name_in_gradient", "name"],
-    )
-
-
-def preview_accounts(
-    state: sa.Engine, month: date, counts: pd.DataFrame, companies: pd.DataFrame, partner_ids: Sequence[str]
-) -> dg.MaterializeResult:
-    previews = preview_month(state, month, counts, companies, partner_ids)
-    plan = account_plan(previews)
-    return dg.MaterializeResult(
+    except PreviewRequestError as exc:
+        raise dg.Failure(description=f"nothing previewed: {exc}", allow_retries=False) from None
+    except Exception as exc:
+        raise step_failure(exc, context) from exc
+    summary = summary_frame(preview.partners)
+    calls = calls_frame(preview.partners)
+    shown = most_important(summary, summary.outcome.map(lambda o: SUMMARY_RANK.get(o, 0)))
+    context.instance.add_run_tags(context.run_id, {"gbs/outcome": "preview"})
+    return dg.Output(
+        None,
         metadata={
-            "preview": True,
             "note": NOTE,
-            "partners": len(previews),
-            "accounts_to_create": int((plan.action == "create").sum()),
-            "accounts_to_rename": int((plan.action == "rename").sum()),
-            "account_plan": table_value(plan, max_rows=200),
-        }
-    )
-
-
-def preview_unit_counts(
-    state: sa.Engine,
-    month: date,
-    counts: pd.DataFrame,
-    companies: pd.DataFrame,
-    partner_ids: Sequence[str],
-    force: bool,
-) -> dg.MaterializeResult:
-    """The counts a real run would send, per partner, with the checks judged on the plan."""
-    previews = preview_month(state, month, counts, companies, partner_ids, force=force)
-    summary = summary_frame(previews)
-    calls = calls_frame(previews)
-    superseded = [p for p in previews if p.superseded_by is not None]
-    unmapped = [(p.partner_id, *u) for p in previews for u in p.unmapped]
-    label = f"{month:%Y-%m}"
-    return dg.MaterializeResult(
-        metadata={
-            "preview": True,
-            "note": NOTE,
-            "month": label,
-            "outcome": "preview",
+            "month": month.label,
+            "partners": len(preview.partners),
             "counts_to_send": dg.MetadataValue.int(len(calls)),
             "units_to_send": dg.MetadataValue.int(int(calls.value.sum()) if len(calls) else 0),
-            "superseded": dg.MetadataValue.int(sum(len(p.superseded) for p in superseded)),
-            "per_partner": table_value(summary),
-            "planned_counts": table_value(calls, max_rows=500),
+            "superseded_partners": dg.MetadataValue.int(sum(1 for p in preview.partners if p.superseded_by)),
+            "last_unmapped": dg.MetadataValue.int(sum(len(p.unmapped) for p in preview.partners)),
+            "accounts_to_create": dg.MetadataValue.int(sum(len(p.accounts_to_create) for p in preview.partners)),
+            "accounts_to_rename": dg.MetadataValue.int(sum(len(p.accounts_to_rename) for p in preview.partners)),
+            "per_partner": table_value(shown, max_rows=SHOWN_ROWS),
+            "partners_not_shown": len(summary) - len(shown),
+            "planned_counts": table_value(calls, max_rows=PLANNED_ROWS),
+            "planned_counts_not_shown": max(0, len(calls) - PLANNED_ROWS),
         },
-        check_results=[
-            dg.AssetCheckResult(
-                check_name=SUPERSEDED_CHECK,
-                passed=not superseded,
-                severity=dg.AssetCheckSeverity.WARN,
-                description=(
-                    f"preview: {label} would be recorded, not pushed, for "
-                    + "; ".join(f"{p.partner_id} (Gradient holds {p.superseded_by:%Y-%m})" for p in superseded)
-                    + f". Force: run config force_superseded: true, or `gradient-billing-sync run --month {label} --force-superseded`."
-                    if superseded
-                    else f"preview: {label} is not older than what any partner holds"
-                ),
-            ),
-            dg.AssetCheckResult(
-                check_name=UNMAPPED_CHECK,
-                passed=not unmapped,
-                severity=dg.AssetCheckSeverity.WARN,
-                description=(
-                    f"preview: {len(unmapped)} pair(s) to send were unmapped when last sent: "
-                    + "; ".join(f"{p} {a} {n!r} {s}" for p, a, n, s in unmapped[:50])
-                    if unmapped
-                    else "preview: no pair to send was unmapped when last sent"
-                ),
-                metadata={"pairs": len(unmapped)},
-            ),
-            dg.AssetCheckResult(
-                check_name=FAILED_CHECK,
-                passed=True,
-                severity=dg.AssetCheckSeverity.WARN,
-                description="preview: nothing was sent, so nothing failed",
-            ),
-        ],
     )
+
+
+@dg.job(
+    name="gradient_preview",
+    partitions_def=monthly_partitions,
+    tags=run_tags("preview"),
+    description="Preview a month's push: what a run would send per partner (accounts to create "
+    "and rename, counts and their change against what Gradient holds per the ledger, superseded "
+    "and unmapped pairs). Checks the partners and the month first; sends nothing, writes no "
+    "count, ledger entry or materialization.",
+)
+def gradient_preview() -> None:
+    preview_month_push()

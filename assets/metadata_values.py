@@ -42,3 +42,25 @@ def table_value(frame: pd.DataFrame, max_rows: int = 200, descriptions: Mapping[
         for row in frame.head(max_rows).to_dict("records")
     ]
     return dg.MetadataValue.table(records=records, schema=schema)
+
+
+#: Rows a per-partner (or per-entry) table shows in any event: the UI's event log and the
+#: asset pages stay the same size at 10 partners and at 10,000.
+SHOWN_ROWS = 50
+
+
+def most_important(frame: pd.DataFrame, rank: pd.Series, limit: int = SHOWN_ROWS) -> pd.DataFrame:
+    """The ``limit`` rows of ``frame`` with the lowest ``rank`` (0 = most important: failures,
+    then unmapped, then superseded), in rank then original order."""
+    order = frame.assign(_rank=rank.to_numpy(), _pos=range(len(frame))).sort_values(["_rank", "_pos"], kind="stable")
+    return order.head(limit).drop(columns=["_rank", "_pos"]).reset_index(drop=True)
+
+
+#: How much a row of a per-partner table matters to the person reading it: what needs a fix
+#: first (failed, partial), then what bills less than it should (unmapped), then what was held
+#: back (superseded); plain deliveries last.
+STATUS_RANK = {"failed": 0, "partial": 1, "delivered_with_unmapped": 2, "superseded": 3, "delivered": 4}
+
+
+def status_rank(statuses: pd.Series) -> pd.Series:
+    return statuses.map(lambda s: STATUS_RANK.get(str(s), 0))

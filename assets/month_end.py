@@ -86,12 +86,12 @@ def check_gradient_settings(context: dg.AssetExecutionContext) -> None:
     kinds={"sql"},
     retry_policy=DB_RETRY,
     check_specs=[
-        dg.AssetCheckSpec(
+        specs.monthly_check(
             "source_contract",
-            asset="utilization_extract",
-            blocking=True,
-            description="The utilization query returns every contract column with the right "
+            "utilization_extract",
+            "The utilization query returns every contract column with the right "
             "kind of values. A broken contract always blocks the month.",
+            blocking=True,
         )
     ],
 )
@@ -145,13 +145,13 @@ def utilization_extract(
     deps=[utilization_extract],
     retry_policy=DB_RETRY,
     check_specs=[
-        dg.AssetCheckSpec(
+        specs.monthly_check(
             "quarantine_within_threshold",
-            asset="validated_utilization",
-            blocking=True,
-            description="Rows failing validation are quarantined and not counted; above the "
+            "validated_utilization",
+            "Rows failing validation are quarantined and not counted; above the "
             "threshold share of the month's rows (QUARANTINE_THRESHOLD, default 1 %) the month "
             "is blocked.",
+            blocking=True,
         )
     ],
 )

@@ -13,8 +13,9 @@ from datetime import date
 import dagster as dg
 import pandas as pd
 
-from assets.metadata_values import table_value
-from pipeline.automation.jobs import ALL_PARTNERS, MANUAL, TAG_OUTCOME, TAG_PARTNER, TAG_TRIGGER
+from assets.metadata_values import SHOWN_ROWS, most_important, status_rank, table_value
+from assets.specs import monthly_check
+from pipeline.automation.jobs import ALL_PARTNERS, MANUAL, TAG_PARTNER, TAG_TRIGGER, outcome_tags
 from pipeline.gradient import ledger
 from pipeline.gradient.known_accounts import AccountChanges
 
@@ -23,28 +24,28 @@ SUPERSEDED_CHECK = "month_not_superseded"
 UNMAPPED_CHECK = "every_pair_mapped"
 FAILED_CHECK = "no_failed_pairs"
 LISTED = 50
+# pairs named in a check's description (the check's "listed" table holds LISTED)
+DESCRIBED = 10
+DETAIL_CHARS = 200
 BACKFILL_TAG = "dagster/backfill"
 
 PUSH_CHECK_SPECS = [
-    dg.AssetCheckSpec(
+    monthly_check(
         SUPERSEDED_CHECK,
-        asset=ASSET,
-        blocking=False,
-        description="Fails (WARN) when a partner already holds a newer month in Gradient, so this "
+        ASSET,
+        "Fails (WARN) when a partner already holds a newer month in Gradient, so this "
         "month was recorded and not pushed; says which month and how to force it.",
     ),
-    dg.AssetCheckSpec(
+    monthly_check(
         UNMAPPED_CHECK,
-        asset=ASSET,
-        blocking=False,
-        description="Fails (WARN) when Gradient answered 404 for (account, service) pairs the "
+        ASSET,
+        "Fails (WARN) when Gradient answered 404 for (account, service) pairs the "
         "partner has not mapped; lists them by partner, account id and name.",
     ),
-    dg.AssetCheckSpec(
+    monthly_check(
         FAILED_CHECK,
-        asset=ASSET,
-        blocking=False,
-        description="Fails (WARN) when counts could not be delivered (errors, refused keys, "
+        ASSET,
+        "Fails (WARN) when counts could not be delivered (errors, refused keys, "
         "unsynced accounts); lists them with Gradient's answer. A re-run sends them again.",
     ),
 ]
@@ -76,46 +77,54 @@ def fill_partner_table(
 
 
 def _pair_list(pairs: pd.DataFrame, names: Mapping[tuple[str, str], str]) -> pd.DataFrame:
-    listed = pairs.copy()
-    listed.insert(2, "account_name", [names.get((p, a), "") for p, a in zip(listed.partner, listed.account, strict=True)])
+    listed = pairs[["partner", "account", "sku", "value", "http_status", "detail"]].copy()
+    listed.insert(2, "account_name", [names.get((p, a), "")[:120] for p, a in zip(listed.partner, listed.account, strict=True)])
     return listed.reset_index(drop=True)
 
 
-def push_check_results(
+def _some(items: list[str], total: int) -> str:
+    return "; ".join(items) + (f"; and {total - len(items)} more" if total > len(items) else "")
+
+
+def month_check_results(
     month: date,
-    partners: pd.DataFrame,
-    pairs: pd.DataFrame,
+    standing: pd.DataFrame,
     names: Mapping[tuple[str, str], str],
     newest_months: Mapping[str, date | None],
 ) -> list[dg.AssetCheckResult]:
-    """The three WARN checks of one push, from the run's ledger entries (``pairs``) and the
-    per-partner frame; ``names``: (partner, account) -> account name."""
+    """The three WARN checks of a month, judged on where the month stands in the ledger
+    (``standing``: ``ledger.month_ledger``, the newest entry per pair whatever run wrote it), not
+    on one run: a partner-scoped re-run or another month cannot turn a month's red green. Each
+    lists at most ``LISTED`` pairs and partners; ``names``: (partner, account) -> account name;
+    ``newest_months``: the month Gradient holds for (at least the listed) superseded partners."""
     label = f"{month:%Y-%m}"
-    superseded = partners[partners.status == ledger.SUPERSEDED]
+    superseded_pairs = standing[standing.outcome == ledger.SUPERSEDED]
+    superseded = sorted(set(superseded_pairs.partner))
+    listed = superseded[:LISTED]
     superseded_lines = [
         f"{p}: Gradient holds {newest_months[p]:%Y-%m}" if newest_months.get(p) else f"{p}: a newer month"
-        for p in superseded.partner
+        for p in listed
     ]
     results = [
         dg.AssetCheckResult(
             check_name=SUPERSEDED_CHECK,
             asset_key=ASSET,
-            passed=superseded.empty,
+            passed=not superseded,
             severity=dg.AssetCheckSeverity.WARN,
             description=(
                 f"{label} was recorded, not pushed, for {len(superseded)} partner(s) — "
-                + "; ".join(superseded_lines)
+                + _some(superseded_lines, len(superseded))
                 + ". Gradient keeps only the latest value. To push this month anyway (rolls the "
                 f"partners back): run config force_superseded: true, or `gradient-billing-sync run "
                 f"--month {label} --force-superseded`."
-                if not superseded.empty
+                if superseded
                 else f"{label} is not older than what any partner holds in Gradient"
             ),
             metadata={
                 "partners_superseded": len(superseded),
-                "counts_superseded": int(superseded.superseded.sum()),
+                "counts_superseded": len(superseded_pairs),
                 "newer_month_held": dg.MetadataValue.json(
-                    {p: f"{newest_months[p]:%Y-%m}" for p in superseded.partner if newest_months.get(p)}
+                    {p: f"{newest_months[p]:%Y-%m}" for p in listed if newest_months.get(p)}
                 ),
             },
         )
@@ -125,13 +134,15 @@ def push_check_results(
                                           "the account or service in Gradient; sent again every run)"),
         (FAILED_CHECK, ledger.FAILED, "failed (not delivered; re-run the month to send them again)"),
     ):
-        hit = _pair_list(pairs[pairs.outcome == outcome], names)
+        hit = standing[standing.outcome == outcome]
+        shown = _pair_list(hit.head(LISTED), names)
+        shown["detail"] = [d[:DETAIL_CHARS] for d in shown.detail]
         lines = [
-            f"{r.partner} {r.account} {r.account_name!r} {r.sku}"
+            f"{r.partner} {r.account} {r.account_name[:80]!r} {r.sku}"
             + (f" ({r.detail})" if outcome == ledger.FAILED and r.detail else "")
-            for r in hit.head(LISTED).itertuples(index=False)
+            for r in shown.head(DESCRIBED).itertuples(index=False)
         ]
-        by_partner = hit.groupby("partner").size().to_dict() if len(hit) else {}
+        by_partner = hit.groupby("partner").size().sort_values(ascending=False, kind="stable") if len(hit) else pd.Series(dtype=int)
         results.append(
             dg.AssetCheckResult(
                 check_name=check,
@@ -139,20 +150,17 @@ def push_check_results(
                 passed=hit.empty,
                 severity=dg.AssetCheckSeverity.WARN,
                 description=(
-                    f"{len(hit)} pair(s) {what}: "
-                    + "; ".join(f"{p} {n}" for p, n in sorted(by_partner.items()))
-                    + (f". First {min(LISTED, len(hit))}: " if len(hit) else "")
+                    f"{len(hit)} pair(s) of {label} {what}: "
+                    + _some([f"{p} {n}" for p, n in by_partner.head(LISTED).items()], len(by_partner))
+                    + f". First {len(lines)}: "
                     + "; ".join(lines)
                     if len(hit)
-                    else f"no pair of {label} {outcome} in this run"
+                    else f"no pair of {label} {outcome}"
                 ),
                 metadata={
                     "pairs": len(hit),
                     "partners": len(by_partner),
-                    "listed": table_value(
-                        hit[["partner", "account", "account_name", "sku", "value", "http_status", "detail"]],
-                        max_rows=LISTED,
-                    ),
+                    "listed": table_value(shown, max_rows=LISTED),
                 },
             )
         )
@@ -166,7 +174,12 @@ def push_metadata(
     stats: Mapping[str, int],
     outcome: str,
 ) -> dict[str, object]:
-    """Numeric metadata Dagster charts per partition, the outcome and the per-partner table."""
+    """Numeric metadata Dagster charts per partition, the outcome, and the per-partner table
+    bounded to the ``SHOWN_ROWS`` partners that matter most (failed, partial, unmapped,
+    superseded first) with the number of partners per status; every partner is in the ledger."""
+    shown = most_important(partners, status_rank(partners.status))
+    shown["error"] = [str(e)[:DETAIL_CHARS] for e in shown.error]
+    by_status = partners.status.value_counts().to_dict() if len(partners) else {}
     return {
         "month": month_label,
         "outcome": outcome,
@@ -175,7 +188,9 @@ def push_metadata(
         "skipped": dg.MetadataValue.int(int(partners.skipped.sum()) if len(partners) else 0),
         "requests_sent": dg.MetadataValue.int(int(stats.get("requests_sent", 0))),
         "retries": dg.MetadataValue.int(int(stats.get("retries", 0))),
-        "per_partner": table_value(partners, descriptions=PARTNER_DESCRIPTIONS),
+        "partners_by_status": dg.MetadataValue.json({str(k): int(v) for k, v in sorted(by_status.items())}),
+        "per_partner": table_value(shown, max_rows=SHOWN_ROWS, descriptions=PARTNER_DESCRIPTIONS),
+        "partners_not_shown": dg.MetadataValue.int(len(partners) - len(shown)),
     }
 
 
@@ -185,22 +200,33 @@ PARTNER_DESCRIPTIONS = {
     "failed": "counts not delivered; a re-run sends them",
     "superseded": "counts recorded, not pushed: the partner holds a newer month",
     "skipped": "counts already delivered with the same value",
-    "status": "delivered | partial | superseded | failed",
+    "status": "delivered | delivered_with_unmapped | partial | superseded | failed",
 }
 
 
-def tag_outcome(context: dg.AssetExecutionContext, outcome: str) -> None:
-    """The month's outcome as a run tag (``gbs/outcome``), so runs can be filtered by it.
+def tag_outcome(context: dg.AssetExecutionContext, outcome: str, totals: Mapping[str, int] | None = None) -> None:
+    """The month's outcome as run tags, so the runs list says at a glance what each run did:
+    ``gbs/outcome`` and, per ledger outcome, how many counts this run recorded
+    (``gbs/delivered=123``, ``gbs/unmapped=14``; zeros other than delivered left out).
 
     Runs that did not come through a job with its default tags (an asset backfill or a
     materialization launched from the asset graph) also get ``gbs/trigger`` (``backfill`` or
     ``manual``) and ``gbs/partner``."""
-    tags = {TAG_OUTCOME: outcome}
+    tags = outcome_tags(outcome, totals or {})
     if TAG_TRIGGER not in context.run.tags:
         tags[TAG_TRIGGER] = "backfill" if BACKFILL_TAG in context.run.tags else MANUAL
     if TAG_PARTNER not in context.run.tags:
         tags[TAG_PARTNER] = ALL_PARTNERS
     context.instance.add_run_tags(context.run_id, tags)
+
+
+def claims_month(outcome: str, partner_scoped: bool) -> bool:
+    """Whether a push that ended with ``outcome`` (failures never get here: the step fails)
+    materializes the month of ``gradient_unit_counts``: only when Gradient holds its counts —
+    delivered, delivered with unmapped pairs (flagged), or delivered to some partners while the
+    others hold a newer month (partial). A wholly superseded month, and a run of chosen
+    partners, are recorded as an observation instead: they claim nothing."""
+    return not partner_scoped and outcome != ledger.SUPERSEDED
 
 
 def names_of(counts: pd.DataFrame) -> dict[tuple[str, str], str]:

@@ -15,6 +15,7 @@ import dagster as dg
 import sqlalchemy as sa
 from dagster_pandera import pandera_schema_to_dagster_type
 
+from pipeline.partitions import monthly_partitions
 from pipeline.source.utilization import CONTRACT_COLUMNS, ID_COLUMNS, TIMESTAMP_COLUMNS
 from pipeline.store import schema as store
 from pipeline.validation.rows import REASONS, BillableCount
@@ -79,6 +80,18 @@ def with_source_links(assets: Sequence[dg.AssetsDefinition]) -> Sequence[dg.Asse
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", dg.BetaWarning)
         return dg.with_source_code_references(assets)
+
+
+def monthly_check(name: str, asset: str, description: str, *, blocking: bool = False) -> dg.AssetCheckSpec:
+    """A check of a monthly asset, evaluated per month: its result belongs to the run's month
+    partition, so a month's red stays red until that month is fixed, whatever other months
+    run after it. (Partitioned checks are a Dagster preview API, used on purpose: its warning
+    is not repeated on every load of the code location.)"""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", dg.PreviewWarning)
+        return dg.AssetCheckSpec(
+            name, asset=asset, description=description, blocking=blocking, partitions_def=monthly_partitions
+        )
 
 
 def column_schema(schema: dg.TableSchema) -> dict[str, object]:

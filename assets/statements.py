@@ -9,10 +9,9 @@ from pathlib import Path
 import dagster as dg
 
 from assets import specs
-from assets.gradient_load import GROUP, gradient_unit_counts
+from assets.gradient_load import GROUP, LEDGER_ASSET
 from assets.month_end import billing_month, no_retry
 from pipeline import outputs
-from pipeline.automation.jobs import TAG_OUTCOME
 from pipeline.billing import statements as st
 from pipeline.mail import MailError
 from pipeline.partitions import monthly_partitions
@@ -29,7 +28,7 @@ PROBLEMS_IN_DESCRIPTION = 10
     partitions_def=monthly_partitions,
     group_name=GROUP,
     kinds={"csv", "html"},
-    deps=[gradient_unit_counts],
+    deps=[LEDGER_ASSET],
 )
 def partner_statements(
     context: dg.AssetExecutionContext,
@@ -45,13 +44,9 @@ def partner_statements(
     failed), or `gradient-billing-sync statement --month YYYY-MM`. E-mailed to
     PARTNER_CONTACTS_SQL's addresses when STATEMENTS_SMTP_URL is set. Each partner is handled on
     its own: one that cannot be written or e-mailed is reported and the others go on, then the
-    step fails naming it. A month never counted fails with how to count it; a preview run
-    (nothing sent to Gradient) writes and sends no statement."""
+    step fails naming it. A month never counted fails with how to count it. (A preview is its own
+    op job, gradient_preview: it never reaches this asset.)"""
     month = billing_month(context, billing_rules)
-    run = context.instance.get_run_by_id(context.run_id)
-    if run is not None and run.tags.get(TAG_OUTCOME) == "preview":
-        context.log.info(f"{month.label}: preview run, no statement written or sent")
-        return dg.MaterializeResult(metadata={"month": month.label, "preview": True, "partners": 0, "emailed": 0})
     try:
         config = st.StatementSettings.from_env()
     except ConfigurationError as exc:

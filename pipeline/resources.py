@@ -254,7 +254,7 @@ def is_retryable(exc: BaseException) -> bool:
 NO_RUN_RETRY_TAGS = {"dagster/retry_on_asset_or_op_failure": "false"}
 
 
-def step_failure(exc: Exception, context: dg.AssetExecutionContext | None = None) -> dg.Failure:
+def step_failure(exc: Exception, context: dg.OpExecutionContext | None = None) -> dg.Failure:
     """The Dagster failure for an error of a step: retried (by the step's retry policy) only
     when a retry may succeed; otherwise it fails at once with the error's message and, given
     the step's context, turns off the automatic re-execution of its run, which would fail the

@@ -323,11 +323,15 @@ def test_partial_and_superseded_months_warn_and_delivered_months_do_not(world, s
         assert f"{partner_id}: superseded" in superseded
     assert len(inbox.messages) == 2
 
-    # October for everyone: the others move on to it, p-001 has it already: delivered, no warning
+    # October for everyone: the others move on to it, p-001 has it already; p-003's unmapped
+    # lines make the month delivered_with_unmapped, not plain delivered: it warns, naming them
     again = world.run(OCT_KEY)
     assert again.success
     world.evaluate("month_outcome_alert_sensor", again)
-    assert len(hook.posts) == 2 and len(inbox.messages) == 2
+    assert len(hook.posts) == 3 and len(inbox.messages) == 3
+    unmapped = hook.texts()[-1]
+    assert "2026-10 ended DELIVERED_WITH_UNMAPPED" in unmapped and "p-003: " in unmapped
+    assert "p-001" not in unmapped and "not billed" in unmapped
     for text in hook.texts() + [m.get_content() for _, m in inbox.messages]:
         for secret in secrets(world):
             assert secret not in text
@@ -335,7 +339,8 @@ def test_partial_and_superseded_months_warn_and_delivered_months_do_not(world, s
 
 def test_outcome_is_derived_from_the_ledger_when_the_run_has_no_tag():
     assert alerts.derive_outcome({}) is None
-    assert alerts.derive_outcome({"p-1": {"delivered": 4}, "p-2": {"delivered": 1, "unmapped": 2}}) == "delivered"
+    assert alerts.derive_outcome({"p-1": {"delivered": 4}, "p-2": {"delivered": 1, "unmapped": 2}}) == "delivered_with_unmapped"
+    assert alerts.derive_outcome({"p-1": {"delivered": 4}}) == "delivered"
     assert alerts.derive_outcome({"p-1": {"superseded": 4}, "p-2": {"superseded": 1}}) == "superseded"
     assert alerts.derive_outcome({"p-1": {"delivered": 4}, "p-2": {"superseded": 1}}) == "partial"
     assert alerts.derive_outcome({"p-1": {"delivered": 4, "failed": 1}}) == "partial"

@@ -1,6 +1,7 @@
 """A snapshot of the asset graph as the Dagster UI shows it, so any change to it is a reviewed diff.
 
-For every asset of ``pipeline.definitions.defs``: key, deps, checks (name, blocking), partitions
+For every asset of ``pipeline.definitions.defs``: key, deps, checks (name, blocking, evaluated per
+partition), partitions
 (type, start, timezone), metadata keys (not their values), kinds, owners, tags, code_version,
 group and description's presence — compared with ``tests/snapshots/asset_specs.json``.
 
@@ -36,7 +37,14 @@ def describe(defs: Any) -> dict[str, Any]:
         node = graph.get(key)
         partitions = node.partitions_def
         checks = sorted(
-            ({"name": ck.name, "blocking": bool(graph.get(ck).blocking)} for ck in node.check_keys),
+            (
+                {
+                    "name": ck.name,
+                    "blocking": bool(graph.get(ck).blocking),
+                    "per_partition": graph.get(ck).partitions_def is not None,
+                }
+                for ck in node.check_keys
+            ),
             key=lambda c: c["name"],
         )
         assets[key.to_user_string()] = {

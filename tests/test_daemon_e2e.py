@@ -517,7 +517,11 @@ def _backfill_three_months(world: Deployment, dagster: DagsterGraphQLClient) -> 
 
     # ---- Dagster: every partition's run succeeded, every asset materialized for every month
     runs_text = ", ".join(f"{r['tags'].get('dagster/partition')}:{r['status']}" for r in status["runs"])
-    assert status["status"] == "COMPLETED_SUCCESS", f"backfill ended {status['status']} ({status['error']}); runs: {runs_text}"
+    # a month every partner already holds a newer month of is recorded, not materialized in
+    # gradient_unit_counts: Dagster's backfill then reports that partition as not completed
+    superseded = {m for m in MONTHS if {e["outcome"] for e in world.entries(m)} == {ledger.SUPERSEDED}}
+    expected_status = "COMPLETED_FAILED" if superseded else "COMPLETED_SUCCESS"
+    assert status["status"] == expected_status, f"backfill ended {status['status']} ({status['error']}); runs: {runs_text}"
     assert status["partitions"] == {key: "SUCCESS" for key in MONTH_KEYS}, runs_text
     assert status["runs"] and all(r["status"] == "SUCCESS" for r in status["runs"]), runs_text
     assert {r["tags"].get("dagster/partition") for r in status["runs"]} == set(MONTH_KEYS)
@@ -528,7 +532,10 @@ def _backfill_three_months(world: Deployment, dagster: DagsterGraphQLClient) -> 
     assert all(later[0] >= earlier[1] for earlier, later in zip(spans, spans[1:])), spans
     assert set(status["assets"]) == MONTHLY_ASSETS
     for asset, counts in status["assets"].items():
-        assert counts["materialized"] == 3 and counts["failed"] == 0, (asset, counts)
+        if asset == "gradient_unit_counts":
+            assert counts["materialized"] == 3 - len(superseded), (asset, counts, superseded)
+        else:
+            assert counts["materialized"] == 3 and counts["failed"] == 0, (asset, counts)
 
     # ---- the ledger: all three months recorded for every connected partner, nothing failed
     for month in MONTHS:

@@ -268,6 +268,16 @@ def materialization_metadata(result: dg.ExecuteInProcessResult, asset: str) -> d
     return {}
 
 
+def observation_metadata(result: dg.ExecuteInProcessResult, asset: str) -> dict:
+    """The metadata of a push that claimed nothing (superseded, chosen partners)."""
+    for event in result.all_events:
+        if event.event_type_value == "ASSET_OBSERVATION":
+            seen = event.event_specific_data.asset_observation
+            if seen.asset_key.path[-1] == asset:
+                return {k: v.value for k, v in seen.metadata.items()}
+    return {}
+
+
 def expected_in_gradient(world: World, month: date) -> dict[tuple[str, str, str], int]:
     """The month's billable counts of connected partners' mapped accounts."""
     mapped = world.mapped_accounts()
@@ -640,8 +650,11 @@ def test_older_month_after_newer_is_superseded_unless_forced(world):
         k: (v, ledger.SUPERSEDED) for k, v in sep_counts.items()
     }
     assert all("2026-10" in e["detail"] for e in sep_entries)
-    meta = materialization_metadata(september, "gradient_unit_counts")
-    assert meta["superseded"] == len(sep_counts) and meta["delivered"] == 0
+    # Gradient does not hold September: the month is observed, not materialized
+    assert materialization_metadata(september, "gradient_unit_counts") == {}
+    meta = observation_metadata(september, "gradient_unit_counts")
+    assert meta["superseded"] == len(sep_counts) and meta["delivered"] == 0 and meta["claimed"] is False
+    assert materialization_metadata(september, "gradient_ledger")["superseded"] == len(sep_counts)
     # the newest delivered month is still October
     assert all(ledger.newest_delivered_month(world.state, p) == OCT for p in CONNECTED)
 
@@ -653,6 +666,7 @@ def test_older_month_after_newer_is_superseded_unless_forced(world):
     assert shown == {**{k: 0 for k in after_october}, **sep_counts}
     forced_outcomes = Counter(e["outcome"] for e in world.entries(SEP, forced.run_id))
     assert set(forced_outcomes) == {ledger.DELIVERED}
+    assert materialization_metadata(forced, "gradient_unit_counts")["outcome"] == "delivered"
 
     # October is still the newest month: a normal re-run of it puts October back
     restored = world.run(OCT_KEY)
@@ -667,6 +681,10 @@ def test_partner_ids_config_limits_the_run(world):
     assert {k[0] for k in world.emulator_counts()} == {"p-002"}
     assert {r["organization_id"] for r in world.count_calls()} == {org("p-002")}
     assert set(ledger.month_outcomes(world.state, OCT)) == {"p-002"}
+    # one partner's push does not claim the month for the others: observed, not materialized
+    assert materialization_metadata(result, "gradient_unit_counts") == {}
+    seen = observation_metadata(result, "gradient_unit_counts")
+    assert seen["claimed"] is False and seen["scope"] == "p-002" and seen["delivered"] > 0
 
 
 # =========================================================================== 8. isolation

@@ -1,12 +1,12 @@
-"""Preview (dry run): ``gradient-billing-sync preview`` and the ``preview: true`` run config
-compute the month and say what a run would send — and send nothing. The following real push
-sends exactly what the preview said. Real CLI, real instance, the emulator over HTTP.
+"""Preview (dry run): ``gradient-billing-sync preview`` and the ``gradient_preview`` op job
+check their arguments, count the month and say what a run would send — and send and write
+nothing (no stored count, ledger entry, materialization). The following real push sends
+exactly what the preview said. Real CLI, real instance, the emulator over HTTP.
 """
 
 from __future__ import annotations
 
 import re
-from collections import defaultdict
 from datetime import date
 
 import dagster as dg
@@ -15,7 +15,7 @@ import sqlalchemy as sa
 from click.testing import CliRunner
 
 from gradient_emulator import API_PREFIX, EmulatorAdmin, EmulatorServer
-from pipeline.automation.jobs import TAG_OUTCOME, load_run_config
+from pipeline.automation.jobs import TAG_OUTCOME
 from pipeline.cli.main import main
 from pipeline.demo.run import register_demo_partners
 from pipeline.gradient import ledger
@@ -23,6 +23,7 @@ from pipeline.gradient.known_accounts import known_accounts
 from pipeline.gradient.partner_keys import generate_encryption_key
 from pipeline.resources import engine_for
 from pipeline.source import product_schema as ps
+from pipeline.store.months import load_billable_counts, load_month_computation
 
 pytestmark = pytest.mark.slow
 
@@ -175,42 +176,73 @@ def test_preview_of_an_older_month_says_superseded_and_how_to_force(env, gradien
     assert admin.requests() == []
 
     unknown = invoke("preview", "--month", "2026-09", "--partner", "p-404")
-    assert unknown.exit_code != 0 and "no connected partner p-404" in unknown.output
+    assert unknown.exit_code != 0 and "no connected partner 'p-404'" in unknown.output
+    assert "Connected: p-001, p-002, p-003" in unknown.output
 
 
-def test_preview_run_config_sends_nothing_and_shows_the_plan(env, gradient):
+def test_preview_checks_its_arguments_first_and_writes_nothing(env, gradient):
+    """The issue's case: a preview of an unknown partner ran the month-end assets (a successful
+    monthly_billing run) before refusing, and explain then pointed at that run's counts."""
+    state = engine_for(env["STATE_DB_URL"])
+    assert invoke("run", "--month", "2026-10").exit_code == 0
+    stored = load_month_computation(state, OCT)
+    counts = load_billable_counts(state, OCT)
+    entries = ledger.entries_for(state, OCT)
+    with dg.DagsterInstance.get() as instance:
+        runs_before = len(instance.get_runs())
+    for args, error in (
+        (("--month", "2026-10", "--partner", "p-999"), "no connected partner 'p-999'"),
+        (("--month", "2099-01"), "2099-01 has not closed yet"),
+        (("--month", "2001-01"), "is before the first billing month"),
+    ):
+        refused = invoke("preview", *args)
+        assert refused.exit_code != 0 and error in refused.output, refused.output
+    fine = invoke("preview", "--month", "2026-10", "--partner", "p-001")
+    assert fine.exit_code == 0 and "p-001:" in fine.output
+    # nothing a later explain or push reads has moved, and no Dagster run was made
+    assert load_month_computation(state, OCT) == stored
+    assert load_billable_counts(state, OCT).equals(counts)
+    assert ledger.entries_for(state, OCT) == entries
+    with dg.DagsterInstance.get() as instance:
+        assert len(instance.get_runs()) == runs_before
+
+
+def test_the_preview_job_materializes_nothing_and_shows_the_plan(env, gradient):
     from pipeline.definitions import build_defs
 
     admin = gradient
     state = engine_for(env["STATE_DB_URL"])
-    job = build_defs().resolve_job_def("monthly_billing")
-    keys = [dg.AssetKey(k) for k in ("utilization_extract", "validated_utilization", "billable_counts",
-                                     "gradient_services", "gradient_accounts", "gradient_unit_counts")]
+    defs = build_defs()
+    preview_job = defs.resolve_job_def("gradient_preview")
     with dg.DagsterInstance.get() as instance:
         admin.clear_requests()
-        preview = job.execute_in_process(
-            partition_key="2026-10-01", instance=instance, asset_selection=keys,
-            run_config=load_run_config("monthly_billing", preview=True),
-        )
+        preview = preview_job.execute_in_process(partition_key="2026-10-01", instance=instance)
         assert preview.success
         assert admin.requests() == []
         assert ledger.entries_for(state, OCT) == [] and known_accounts(state, "p-001") == {}
+        assert load_month_computation(state, OCT) is None and load_billable_counts(state, OCT).empty
         assert instance.get_run_by_id(preview.run_id).tags[TAG_OUTCOME] == "preview"
-        mats = {
-            e.asset_key.path[-1]: e.step_materialization_data.materialization.metadata
-            for e in preview.all_events if e.event_type_value == "ASSET_MATERIALIZATION"
-        }
+        assert not [e for e in preview.all_events if e.is_step_materialization or e.event_type_value in (
+            "ASSET_OBSERVATION", "ASSET_CHECK_EVALUATION")]
+        assert not instance.get_materialized_partitions(dg.AssetKey("gradient_unit_counts"))
+        (output,) = [e for e in preview.all_events if e.event_type_value == "STEP_OUTPUT"]
+        meta = output.step_output_data.metadata
         planned = {
             (r.data["partner"], r.data["account"], r.data["sku"]): r.data["value"]
-            for r in mats["gradient_unit_counts"]["planned_counts"].records
+            for r in meta["planned_counts"].records
         }
-        creates = defaultdict(set)
-        for r in mats["gradient_accounts"]["account_plan"].records:
-            assert r.data["action"] == "create"
-            creates[r.data["partner"]].add(r.data["account"])
+        assert meta["counts_to_send"].value == len(planned)
 
-        real = job.execute_in_process(partition_key="2026-10-01", instance=instance, asset_selection=keys)
+        # an unknown partner fails the run before anything is counted, with the fix
+        unknown = preview_job.execute_in_process(
+            partition_key="2026-10-01", instance=instance, raise_on_error=False,
+            run_config={"ops": {"preview_month_push": {"config": {"partner_ids": ["p-999"]}}}},
+        )
+        assert not unknown.success
+        (failure,) = [e for e in unknown.all_events if e.event_type_value == "STEP_FAILURE"]
+        assert "no connected partner 'p-999'" in failure.step_failure_data.user_failure_data.description
+
+        real = defs.resolve_job_def("monthly_billing").execute_in_process(partition_key="2026-10-01", instance=instance)
         assert real.success
-        counts, created, _ = sent(admin, state)
+        counts, _, _ = sent(admin, state)
         assert counts == planned
-        assert {p: {a for q, a in created if q == p} for p in PARTNERS} == dict(creates)

@@ -1,5 +1,6 @@
 """Push outcomes as Dagster signals: the WARN checks of gradient_unit_counts (superseded,
-unmapped, failed), typed per-partner table and numeric metadata, the ``gbs/outcome`` run tag,
+unmapped, failed), evaluated per month; a month materialized only when Gradient holds it;
+typed, bounded per-partner tables and numeric metadata, the ``gbs/outcome`` and count run tags,
 the gradient_ledger asset, the jobs' default tags and launchpad config, and the configurable
 first partition. Real monthly_billing job, real instance, the Gradient emulator over HTTP.
 """
@@ -12,14 +13,14 @@ import dagster as dg
 import pytest
 from cryptography.fernet import Fernet
 from dagster._core.definitions.metadata.metadata_value import IntMetadataValue, TableMetadataValue
+from dagster._core.event_api import PartitionKeyFilter
 
-from assets import gradient_ledger as gled
 from assets import gradient_load as gl
 from assets import month_end as me
 from assets import push_signals as ps
 from gradient_emulator import EmulatorAdmin, EmulatorServer
 from pipeline import partitions
-from pipeline.automation.jobs import TAG_OUTCOME, TAG_TRIGGER, monthly_billing_job, run_tags
+from pipeline.automation.jobs import TAG_OUTCOME, TAG_TRIGGER, load_run_config, monthly_billing_job, run_tags
 from pipeline.demo.data import DemoSpec, load_demo_data
 from pipeline.demo.run import register_demo_partners
 from pipeline.gradient import ledger
@@ -48,7 +49,7 @@ SPEC = DemoSpec(
 )
 ASSETS = [
     me.utilization_extract, me.validated_utilization, me.billable_counts,
-    gl.gradient_services, gl.gradient_accounts, gl.gradient_unit_counts, gled.gradient_ledger,
+    gl.gradient_services, gl.gradient_accounts, gl.gradient_unit_counts,
 ]
 
 
@@ -113,13 +114,27 @@ def checks(result, asset: str = "gradient_unit_counts") -> dict[str, dg.AssetChe
     }
 
 
-def metadata(result, asset: str) -> dict:
+def metadata(result, asset: str, event_type: str = "ASSET_MATERIALIZATION") -> dict:
     for event in result.all_events:
-        if event.event_type_value == "ASSET_MATERIALIZATION":
-            mat = event.step_materialization_data.materialization
+        if event.event_type_value == event_type:
+            mat = event.event_specific_data.materialization if event_type == "ASSET_MATERIALIZATION" \
+                else event.event_specific_data.asset_observation
             if mat.asset_key.path[-1] == asset:
                 return dict(mat.metadata)
-    raise AssertionError(f"{asset} was not materialized")
+    raise AssertionError(f"{asset} has no {event_type} in run {result.run_id}")
+
+
+def check_status(instance: dg.DagsterInstance, check: str, partition: str) -> str | None:
+    """The status the instance holds for a check of gradient_unit_counts in one month."""
+    key = dg.AssetCheckKey(dg.AssetKey("gradient_unit_counts"), check)
+    record = instance.event_log_storage.get_latest_asset_check_execution_by_key(
+        [key], partition_filter=PartitionKeyFilter(key=partition)
+    ).get(key)
+    return record.status.value if record else None
+
+
+def held_months(instance: dg.DagsterInstance) -> set[str]:
+    return set(instance.get_materialized_partitions(dg.AssetKey("gradient_unit_counts")))
 
 
 def rows(value: TableMetadataValue) -> list[dict]:
@@ -129,7 +144,7 @@ def rows(value: TableMetadataValue) -> list[dict]:
 def test_a_superseded_month_fails_its_warn_check_and_says_how_to_force(billing):
     october = billing.run(OCT_KEY)
     assert october.success
-    assert billing.tags(october)[TAG_OUTCOME] == "delivered"
+    assert billing.tags(october)[TAG_OUTCOME] == "delivered_with_unmapped"  # p-003 is half mapped
     assert checks(october)[ps.SUPERSEDED_CHECK].passed
 
     september = billing.run(SEP_KEY)
@@ -143,7 +158,11 @@ def test_a_superseded_month_fails_its_warn_check_and_says_how_to_force(billing):
     assert "gradient-billing-sync run --month 2026-09 --force-superseded" in check.description
     assert check.metadata["newer_month_held"].value == {p: "2026-10" for p in ("p-001", "p-002", "p-003")}
 
-    meta = metadata(september, "gradient_unit_counts")
+    # the month is not claimed: no materialization, an observation with the same metadata
+    assert held_months(billing.instance) == {OCT_KEY}
+    assert check.partition == SEP_KEY
+    meta = metadata(september, "gradient_unit_counts", "ASSET_OBSERVATION")
+    assert meta["claimed"].value is False and meta["outcome"].value == "superseded"
     table = meta["per_partner"]
     assert isinstance(table, TableMetadataValue)
     assert [c.name for c in table.schema.columns][:10] == gl.PARTNER_COLUMNS[:10]
@@ -168,19 +187,30 @@ def test_unmapped_pairs_are_listed_by_partner_account_and_name(billing):
     names = {
         (r.partner_id, r.company_id): r.company_name for r in load_billable_counts(billing.state, OCT).itertuples()
     }
-    assert f"{len(unmapped)} pair(s) unmapped" in check.description
-    for e in unmapped[: ps.LISTED]:
+    assert f"{len(unmapped)} pair(s) of 2026-10 unmapped" in check.description
+    for e in unmapped[: ps.DESCRIBED]:
         assert f"p-003 {e['account_id']} {names[('p-003', e['account_id'])]!r} {e['sku']}" in check.description
     assert check.metadata["pairs"].value == len(unmapped)
     listed = rows(check.metadata["listed"])
     assert {(r["partner"], r["account"], r["account_name"], r["sku"]) for r in listed} == {
         (e["partner_id"], e["account_id"], names[(e["partner_id"], e["account_id"])], e["sku"]) for e in unmapped
     }
-    # unmapped is not a failure of the month
+    # unmapped is not a failure of the month, but not plain delivered either: the month is
+    # materialized (Gradient holds it), flagged in its outcome, tags and table
     assert checks(october)[ps.FAILED_CHECK].passed
-    assert billing.tags(october)[TAG_OUTCOME] == "delivered"
-    shown = {r["partner"]: r for r in rows(metadata(october, "gradient_unit_counts")["per_partner"])}
-    assert shown["p-003"]["unmapped"] == len(unmapped) and shown["p-003"]["status"] == "delivered"
+    tags = billing.tags(october)
+    assert tags[TAG_OUTCOME] == "delivered_with_unmapped"
+    # pairs Gradient acknowledged (a pair re-sent so Gradient rebuilds counts once)
+    delivered = len({(e["partner_id"], e["account_id"], e["sku"])
+                     for e in ledger.entries_for(billing.state, OCT) if e["outcome"] == ledger.DELIVERED})
+    assert (tags["gbs/delivered"], tags["gbs/unmapped"]) == (str(delivered), str(len(unmapped)))
+    assert "gbs/failed" not in tags
+    assert held_months(billing.instance) == {OCT_KEY}
+    meta = metadata(october, "gradient_unit_counts")
+    assert meta["outcome"].value == "delivered_with_unmapped"
+    shown = {r["partner"]: r for r in rows(meta["per_partner"])}
+    assert shown["p-003"]["unmapped"] == len(unmapped) and shown["p-003"]["status"] == "delivered_with_unmapped"
+    assert [r["partner"] for r in rows(meta["per_partner"])][0] == "p-003"  # what needs attention first
 
 
 def test_failed_pairs_are_reported_even_though_the_step_fails(billing):
@@ -194,7 +224,7 @@ def test_failed_pairs_are_reported_even_though_the_step_fails(billing):
 
     check = checks(result)[ps.FAILED_CHECK]
     assert not check.passed and check.severity == dg.AssetCheckSeverity.WARN
-    assert f"{len(failed)} pair(s) failed" in check.description and "p-001" in check.description
+    assert f"{len(failed)} pair(s) of 2026-10 failed" in check.description and "p-001" in check.description
     assert check.metadata["pairs"].value == len(failed)
     # the record in the instance is what the UI shows for the check
     record = billing.instance.event_log_storage.get_latest_asset_check_execution_by_key(
@@ -223,15 +253,23 @@ def test_the_ledger_asset_shows_what_was_sent_what_gradient_answered_and_when(bi
     }
     assert {r["http_status"] for r in shown} == {201, 404}
     assert all(datetime.fromisoformat(r["recorded_at"]) >= before.replace(microsecond=0) for r in shown)
-    totals = {(r["partner"], r["outcome"]): (r["pairs"], r["units"]) for r in rows(meta["totals"])}
-    for (partner, outcome), (pairs, units) in totals.items():
-        own = [e for e in entries if e["partner_id"] == partner and e["outcome"] == outcome]
+    totals = {r["outcome"]: (r["pairs"], r["units"]) for r in rows(meta["totals"])}
+    for outcome, (pairs, units) in totals.items():
+        own = [e for e in entries if e["outcome"] == outcome]
         assert (pairs, units) == (len(own), sum(e["value"] for e in own))
+    per_partner = {r["partner"]: r for r in rows(meta["per_partner"])}
+    for partner, row in per_partner.items():
+        own = [e for e in entries if e["partner_id"] == partner]
+        assert row["delivered"] == sum(1 for e in own if e["outcome"] == ledger.DELIVERED)
+        assert row["units_delivered"] == sum(e["value"] for e in own if e["outcome"] == ledger.DELIVERED)
+    assert next(iter(per_partner)) == "p-003"  # unmapped pairs first
     assert meta["delivered"].value == sum(1 for e in entries if e["outcome"] == ledger.DELIVERED)
     assert meta["last_recorded_at"].value >= before.timestamp() - 1
 
-    # September is superseded: the ledger of September shows it, October's is unchanged
+    # September is superseded: not claimed in gradient_unit_counts, yet the ledger of
+    # September is written and shows it
     september = billing.run(SEP_KEY)
+    assert september.success
     sep_meta = metadata(september, "gradient_ledger")
     assert {r["outcome"] for r in rows(sep_meta["entries"])} == {ledger.SUPERSEDED}
     assert {r["http_status"] for r in rows(sep_meta["entries"])} == {None}
@@ -242,10 +280,10 @@ def test_runs_from_the_ui_carry_gbs_tags_and_the_launchpad_is_prefilled(billing)
     assert job.run_tags[TAG_TRIGGER] == "ui"
     prefilled = job.partitioned_config.get_run_config_for_partition_key(OCT_KEY)
     for op in ("gradient_accounts", "gradient_unit_counts"):
-        assert prefilled["ops"][op]["config"] == {"partner_ids": [], "force_superseded": False, "preview": False}
-    assert prefilled["ops"]["gradient_services"]["config"] == {"preview": False}
+        assert prefilled["ops"][op]["config"] == {"partner_ids": [], "force_superseded": False}
+    assert "gradient_services" not in prefilled["ops"]  # no preview flag: previews are their own job
     fields = gl.GradientLoadConfig.model_fields
-    assert all(fields[name].description for name in ("partner_ids", "force_superseded", "preview"))
+    assert all(fields[name].description for name in ("partner_ids", "force_superseded"))
 
     manual = billing.run(OCT_KEY)
     assert billing.tags(manual)[TAG_TRIGGER] == "ui"
@@ -257,7 +295,56 @@ def test_a_materialization_launched_from_the_asset_graph_is_tagged_too(billing):
     result = dg.materialize(ASSETS, partition_key=OCT_KEY, resources=billing.resources(), instance=billing.instance)
     assert result.success
     tags = billing.tags(result)
-    assert (tags[TAG_TRIGGER], tags["gbs/partner"], tags[TAG_OUTCOME]) == ("ui", "all", "delivered")
+    assert (tags[TAG_TRIGGER], tags["gbs/partner"], tags[TAG_OUTCOME]) == ("ui", "all", "delivered_with_unmapped")
+
+
+def test_a_months_red_check_stays_red_whatever_runs_after_it(billing):
+    """The issue's case: every_pair_mapped failed for one month, a backfill of other months
+    turned it green. Now each result belongs to its month, and judges the month's ledger."""
+    october = billing.run(OCT_KEY)
+    assert october.success
+    assert check_status(billing.instance, ps.UNMAPPED_CHECK, OCT_KEY) == "FAILED"
+
+    september = billing.run(SEP_KEY)  # superseded, nothing unmapped in it
+    assert september.success and checks(september)[ps.UNMAPPED_CHECK].passed
+    assert check_status(billing.instance, ps.UNMAPPED_CHECK, SEP_KEY) == "SUCCEEDED"
+    assert check_status(billing.instance, ps.SUPERSEDED_CHECK, SEP_KEY) == "FAILED"
+    assert check_status(billing.instance, ps.UNMAPPED_CHECK, OCT_KEY) == "FAILED"  # still red
+    assert check_status(billing.instance, ps.SUPERSEDED_CHECK, OCT_KEY) == "SUCCEEDED"
+
+    # a push of p-001 alone in October sends nothing of p-003: October's red stays red, and
+    # the run claims nothing (an observation, the month keeps its materialization)
+    only_p001 = billing.run(OCT_KEY, run_config=load_run_config("monthly_billing", ["p-001"]))
+    assert only_p001.success
+    assert not checks(only_p001)[ps.UNMAPPED_CHECK].passed
+    assert check_status(billing.instance, ps.UNMAPPED_CHECK, OCT_KEY) == "FAILED"
+    assert metadata(only_p001, "gradient_unit_counts", "ASSET_OBSERVATION")["claimed"].value is False
+    assert "gradient_unit_counts" not in {
+        e.asset_key.path[-1] for e in only_p001.all_events if e.event_type_value == "ASSET_MATERIALIZATION"
+    }
+    assert held_months(billing.instance) == {OCT_KEY}
+
+    # p-003 maps everything in Gradient; a re-run of October delivers it: green for October only
+    for entry in ledger.entries_for(billing.state, OCT):
+        if entry["outcome"] == ledger.UNMAPPED:
+            billing.admin.map_account("org-p-003", entry["account_id"])
+    fixed = billing.run(OCT_KEY)
+    assert fixed.success and billing.tags(fixed)[TAG_OUTCOME] == "delivered"
+    assert check_status(billing.instance, ps.UNMAPPED_CHECK, OCT_KEY) == "SUCCEEDED"
+    assert check_status(billing.instance, ps.SUPERSEDED_CHECK, SEP_KEY) == "FAILED"
+
+
+def test_month_end_checks_are_per_month_too(billing):
+    october = billing.run(OCT_KEY)
+    assert october.success
+    for asset, check in (("utilization_extract", "source_contract"),
+                         ("validated_utilization", "quarantine_within_threshold"),
+                         ("gradient_services", gl.DUPLICATE_SERVICES_CHECK)):
+        key = dg.AssetCheckKey(dg.AssetKey(asset), check)
+        record = billing.instance.event_log_storage.get_latest_asset_check_execution_by_key(
+            [key], partition_filter=PartitionKeyFilter(key=OCT_KEY)
+        )[key]
+        assert record.partition == OCT_KEY and record.status.value == "SUCCEEDED", (asset, check)
 
 
 def test_the_first_partition_is_configurable_and_defaults_to_a_year_back(monkeypatch):
@@ -297,3 +384,77 @@ def test_month_end_metadata_has_its_types_and_shares_read_as_percent(billing):
     assert check.metadata["quarantined"] == TextMetadataValue(f"{share:.2%}")
     assert check.metadata["threshold_percent"].value == 50.0
     assert isinstance(metadata(october, "billable_counts")["counts_preview"], TableMetadataValue)
+
+
+def _month_of(partner_count: int) -> tuple[dict, list, dict]:
+    """The push metadata, check results and ledger metadata of a month with ``partner_count``
+    partners of 10 pairs each (every 7th partner failed, every 5th unmapped, every 3rd
+    superseded), with long hostile names and errors, as the push step builds them."""
+    import pandas as pd
+
+    partners = [f"p-{i:05d}" for i in range(partner_count)]
+    status = {p: ("failed" if i % 7 == 0 else "delivered_with_unmapped" if i % 5 == 0
+                  else "superseded" if i % 3 == 0 else "delivered") for i, p in enumerate(partners)}
+    outcome_of = {"failed": ledger.FAILED, "delivered_with_unmapped": ledger.UNMAPPED,
+                  "superseded": ledger.SUPERSEDED, "delivered": ledger.DELIVERED}
+    standing = pd.DataFrame(
+        [
+            {"partner": p, "account": f"c-{p}-{j}", "sku": "SAT", "value": j + 1,
+             "outcome": outcome_of[status[p]] if j < 3 else ledger.DELIVERED,
+             "http_status": 201, "detail": "=cmd|' /C calc'!A0 " * 40 if status[p] == "failed" else "",
+             "recorded_at": datetime(2026, 11, 2, tzinfo=timezone.utc), "run_id": "r" * 36}
+            for p in partners for j in range(10)
+        ]
+    )
+    table = pd.DataFrame(
+        [
+            {"partner": p, "delivered": 7, "unmapped": 3 * (status[p] == "delivered_with_unmapped"),
+             "failed": 3 * (status[p] == "failed"), "superseded": 3 * (status[p] == "superseded"), "skipped": 0,
+             "accounts_created": 10, "accounts_renamed": 0, "status": status[p],
+             "error": "<!channel> " * 50 if status[p] == "failed" else "", "outcome": "delivered 7"}
+            for p in partners
+        ],
+        columns=gl.PARTNER_COLUMNS,
+    )
+    totals = {o: int((standing.outcome == o).sum()) for o in ledger.OUTCOMES}
+    push = ps.push_metadata("2026-10", table, totals, {"requests_sent": 1, "retries": 0}, "partial")
+    names = {(r.partner, r.account): "N" * 10_000 for r in standing.itertuples()}
+    checks_ = ps.month_check_results(OCT, standing, names, {p: OCT for p in partners[:ps.LISTED]})
+    ledger_meta = gl.gradient_ledger.ledger_result("gradient_ledger", "2026-10", standing).metadata
+    return push, checks_, ledger_meta
+
+
+def _event_bytes(push: dict, checks_: list, ledger_meta: dict) -> dict[str, int]:
+    """Serialized size of each event the push step writes to the event log."""
+    from dagster._serdes import serialize_value
+
+    sizes = {
+        "gradient_unit_counts": len(serialize_value(dg.AssetMaterialization("gradient_unit_counts", metadata=push))),
+        "gradient_ledger": len(serialize_value(dg.AssetMaterialization("gradient_ledger", metadata=ledger_meta))),
+    }
+    for result in checks_:
+        evaluation = dg.AssetCheckEvaluation(
+            asset_key=dg.AssetKey("gradient_unit_counts"), check_name=result.check_name, passed=result.passed,
+            metadata=result.metadata, description=result.description, severity=result.severity,
+        )
+        sizes[result.check_name] = len(serialize_value(evaluation))
+    return sizes
+
+
+def test_no_event_of_a_month_grows_with_its_partners():
+    """Issue 21: per-partner tables are the rows that matter most plus totals; 2,000 partners'
+    worth of report rows makes events no bigger than 200 partners' (measured serialized)."""
+    small = _event_bytes(*_month_of(200))
+    large = _event_bytes(*_month_of(2000))
+    print({name: (small[name], large[name]) for name in large})
+    for name, size in large.items():
+        assert size <= 48_000, (name, size)
+        assert size <= small[name] * 1.25 + 1000, (name, small[name], size)
+    push, checks_, ledger_meta = _month_of(2000)
+    shown = rows(push["per_partner"])
+    assert len(shown) == 50 and push["partners_not_shown"].value == 1950
+    assert {r["status"] for r in shown} == {"failed"}  # failures first
+    assert push["partners_by_status"].value["failed"] == len([i for i in range(2000) if i % 7 == 0])
+    assert rows(ledger_meta["entries"])[0]["outcome"] == ledger.FAILED
+    assert ledger_meta["entries_not_shown"] == 20_000 - gl.gradient_ledger.SHOWN_ENTRIES
+    assert ledger_meta["dagster/row_count"] == 20_000

@@ -382,24 +382,6 @@ def test_a_failed_push_asks_for_a_statements_run_of_its_month(world, emulator, t
     assert (world.tmp_path / "statements" / "2026-10" / "p-002-2026-10.html").exists()
 
 
-def test_a_preview_run_writes_and_sends_no_statement(world, smtp_server, monkeypatch):
-    from pipeline.automation.jobs import load_run_config
-
-    inbox, port = smtp_server
-    contacts = world.tmp_path / "contacts.sql"
-    contacts.write_text("SELECT partner_id, 'billing@' || partner_id || '.example' AS email FROM partners\n")
-    monkeypatch.setenv("PARTNER_CONTACTS_SQL", str(contacts))
-    monkeypatch.setenv("STATEMENTS_SMTP_URL", f"smtp://billing-bot:{SMTP_PASSWORD}@127.0.0.1:{port}")
-    with dg.instance_for_test() as instance:
-        result = dg.materialize([*MONTH_ASSETS, partner_statements], partition_key=OCT.isoformat(),
-                                resources=world.resources(), instance=instance,
-                                run_config=load_run_config("monthly_billing", preview=True))
-    assert result.success
-    assert statement_metadata(result)["preview"].value is True
-    assert not (world.tmp_path / "statements").exists()
-    assert inbox.messages == [] and world.admin.counts() == []
-
-
 # =========================================================================== hostile product data
 
 

@@ -1,8 +1,10 @@
-"""The Dagster UI as an operator sees it, in a real browser: after October was pushed and
-September then found superseded, ``dagster-webserver`` serves that instance and headless
-Chromium (Debian's /usr/bin/chromium driven by Playwright) opens the asset graph and
-``gradient_unit_counts``' latest materialization. The per-partner table, the failing WARN
-check for the superseded month and the month's ledger must render. Screenshots: ``var/test-artifacts/ui/``.
+"""The Dagster UI as an operator sees it, in a real browser: November pushed (p-003 half mapped
+in Gradient: delivered with unmapped pairs), then a backfill of two superseded months (September,
+October), then a preview of an unknown partner; ``dagster-webserver`` serves that instance and
+headless Chromium (Debian's /usr/bin/chromium driven by Playwright) opens the asset graph, the
+Partitions tab, November's materialization, the checks and the ledger. November's
+``every_pair_mapped`` is still failing for November, the superseded months are not materialized
+like November, and the preview left no materialization. Screenshots: ``var/test-artifacts/ui/``.
 
 Chromium comes from the system (``apt-get install chromium``; ``.ci/run`` installs it when
 missing); Playwright's own browser download is never used. Under ``CI=true`` a browser that
@@ -23,15 +25,20 @@ from pathlib import Path
 import dagster as dg
 import httpx
 import pytest
+import sqlalchemy as sa
 from cryptography.fernet import Fernet
 from dagster._core.instance.ref import InstanceRef
 
-from assets import gradient_ledger as gled
+from dagster._core.event_api import PartitionKeyFilter
+
 from assets import gradient_load as gl
+from assets import load_preview
 from assets import month_end as me
 from gradient_emulator import EmulatorAdmin, EmulatorServer
-from pipeline.automation.jobs import TAG_OUTCOME, monthly_billing_job
-from pipeline.demo.data import DemoSpec, demo_partner_key, load_demo_data
+from pipeline.automation.jobs import TAG_OUTCOME, monthly_billing_job, run_tags
+from pipeline.demo.data import DemoSpec, load_demo_data
+from pipeline.demo.run import register_demo_partners
+from pipeline.source import product_schema as ps
 from pipeline.resources import BillingRules, GradientResource, PartnerSources, ProductDatabase, StateDatabase, engine_for
 
 pytestmark = pytest.mark.slow
@@ -64,9 +71,22 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+UNIT_COUNTS = dg.AssetKey("gradient_unit_counts")
+NOV = "2026-11-01"
+
+
+def check_status(instance: dg.DagsterInstance, name: str, partition: str) -> str | None:
+    key = dg.AssetCheckKey(UNIT_COUNTS, name)
+    record = instance.event_log_storage.get_latest_asset_check_execution_by_key(
+        [key], partition_filter=PartitionKeyFilter(key=partition)
+    ).get(key)
+    return record.status.value if record else None
+
+
 @pytest.fixture
 def superseded_instance(tmp_path, monkeypatch):
-    """October delivered, then September superseded, on a Dagster instance in ``tmp_path``;
+    """November delivered (with p-003's unmapped pairs), a backfill of September and October
+    (superseded), a preview of an unknown partner, on a Dagster instance in ``tmp_path``;
     yields (DAGSTER_HOME, the environment the webserver needs)."""
     home = tmp_path / "dagster-home"
     home.mkdir()
@@ -82,16 +102,22 @@ def superseded_instance(tmp_path, monkeypatch):
         "QUARANTINE_THRESHOLD": "0.5",
         "FIRST_BILLING_MONTH": "2026-01",
     }
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
     load_demo_data(engine_for(env["PRODUCT_DB_URL"]), SPEC, encryption_keys=fernet_key)
     with EmulatorServer(VENDOR_KEY) as server, EmulatorAdmin(server.base_url) as admin:
-        for partner_id in ("p-001", "p-002", "p-003"):
-            admin.register_partner(demo_partner_key(partner_id), name=partner_id,
-                                   organization_id=f"org-{partner_id}", auto_map_all=True)
+        register_demo_partners(admin, engine_for(env["PRODUCT_DB_URL"]))
+        # p-003 maps every company but not one service: those pairs come back unmapped
+        with engine_for(env["PRODUCT_DB_URL"]).connect() as conn:
+            names = conn.execute(sa.select(ps.companies.c.name).where(ps.companies.c.partner_id == "p-003")).scalars()
+            admin.set_psa_companies("org-p-003", [n for n in names if n])
+            services = conn.execute(sa.select(ps.services.c.name).order_by(ps.services.c.sku)).scalars().all()
+        admin.set_psa_products("org-p-003", services[1:])
         env["GRADIENT_BASE_URL"] = server.base_url
         defs = dg.Definitions(
             assets=[me.utilization_extract, me.validated_utilization, me.billable_counts,
-                    gl.gradient_services, gl.gradient_accounts, gl.gradient_unit_counts, gled.gradient_ledger],
-            jobs=[monthly_billing_job],
+                    gl.gradient_services, gl.gradient_accounts, gl.gradient_unit_counts],
+            jobs=[monthly_billing_job, load_preview.gradient_preview],
             resources={
                 "product_db": ProductDatabase(url=env["PRODUCT_DB_URL"]),
                 "state_db": StateDatabase(url=env["STATE_DB_URL"]),
@@ -102,10 +128,26 @@ def superseded_instance(tmp_path, monkeypatch):
         )
         job = defs.resolve_job_def("monthly_billing")
         with dg.DagsterInstance.from_ref(InstanceRef.from_dir(str(home))) as instance:
-            for month, outcome in (("2026-10-01", "delivered"), ("2026-09-01", "superseded")):
-                result = job.execute_in_process(partition_key=month, instance=instance, raise_on_error=False)
+            for month, outcome, trigger in ((NOV, "delivered_with_unmapped", "demo"),
+                                            ("2026-09-01", "superseded", "backfill"),
+                                            ("2026-10-01", "superseded", "backfill")):
+                result = job.execute_in_process(partition_key=month, instance=instance, raise_on_error=False,
+                                                tags=run_tags(trigger))
                 assert result.success
                 assert instance.get_run_by_id(result.run_id).tags[TAG_OUTCOME] == outcome
+            materialized = instance.get_materialized_partitions(UNIT_COUNTS)
+            preview = defs.resolve_job_def("gradient_preview").execute_in_process(
+                partition_key=NOV, instance=instance, raise_on_error=False,
+                run_config={"ops": {"preview_month_push": {"config": {"partner_ids": ["p-999"]}}}},
+            )
+            assert not preview.success  # refused before anything was counted
+            assert not [e for e in preview.all_events if e.is_step_materialization]
+            # the truth per month, as the instance holds it
+            assert instance.get_materialized_partitions(UNIT_COUNTS) == materialized == {NOV}
+            assert check_status(instance, "every_pair_mapped", NOV) == "FAILED"
+            for month in ("2026-09-01", "2026-10-01"):
+                assert check_status(instance, "month_not_superseded", month) == "FAILED"
+                assert check_status(instance, "every_pair_mapped", month) == "SUCCEEDED"
         yield home, env
 
 
@@ -187,7 +229,7 @@ def see(page, text: str, name: str, exact: bool = True) -> None:
         raise
 
 
-def test_the_ui_shows_the_per_partner_table_and_the_superseded_warning(chromium, webserver, browser):
+def test_the_ui_tells_delivered_superseded_and_preview_apart(chromium, webserver, browser):
     page = browser.new_page(viewport={"width": 1600, "height": 1100})
     page.set_default_timeout(UI_TIMEOUT_MS)
 
@@ -203,30 +245,41 @@ def test_the_ui_shows_the_per_partner_table_and_the_superseded_warning(chromium,
         see(page, asset, "asset-graph")
     shot(page, "1-asset-graph")
 
-    # gradient_unit_counts' latest materialization (September, superseded): the per-partner table
-    page.goto(f"{webserver}/assets/gradient_unit_counts?view=events&partition=2026-09-01")
-    see(page, "per_partner", "materialization")
-    for text in ("accounts_created", "superseded", "p-001", "p-003"):
-        see(page, text, "materialization")
-    assert page.get_by_role("table").count() >= 1
-    shot(page, "2-latest-materialization")
+    # the Partitions tab: November materialized, the superseded months not
+    page.goto(f"{webserver}/assets/gradient_unit_counts?view=partitions")
+    see(page, "2026-11", "partitions", exact=False)
+    shot(page, "2-partitions")
 
-    # the checks: the superseded month's WARN check failed and says which month Gradient holds
+    # November's materialization: delivered with unmapped pairs, p-003 first in the table
+    page.goto(f"{webserver}/assets/gradient_unit_counts?view=events&partition={NOV}")
+    see(page, "per_partner", "materialization")
+    for text in ("delivered_with_unmapped", "p-003", "partners_by_status"):
+        see(page, text, "materialization", exact=False)
+    assert page.get_by_role("table").count() >= 1
+    shot(page, "3-november-materialization")
+
+    # the checks: every_pair_mapped of November still fails after the backfill of older months
     page.goto(f"{webserver}/assets/gradient_unit_counts?view=checks")
-    see(page, "month_not_superseded", "checks")
-    page.get_by_text("month_not_superseded", exact=True).first.click()
-    see(page, "p-001: Gradient holds 2026-10", "check", exact=False)
-    see(page, "force_superseded: true", "check", exact=False)
+    see(page, "every_pair_mapped", "checks")
+    page.get_by_text("every_pair_mapped", exact=True).first.click()
+    see(page, "unmapped", "check", exact=False)
     listed = page.inner_text("body").split("Checks (3)")[1]
-    assert "month_not_superseded\nFailed" in listed  # the failing check, as the list shows it
-    assert "every_pair_mapped\nSucceeded" in listed and "no_failed_pairs\nSucceeded" in listed
-    latest = page.inner_text("body").split("Evaluation result")[1]
-    assert latest.split()[0] == "Failed"
-    shot(page, "3-superseded-check")
+    # the list sums the months up: November failing keeps the check red, though the latest
+    # evaluation (a superseded month's) passed
+    assert "every_pair_mapped\nFailed" in listed and "month_not_superseded\nFailed" in listed
+    shot(page, "4-checks")
+    page.get_by_text("Partitions", exact=True).last.click()
+    see(page, "2026-11", "check-partitions", exact=False)
+    shot(page, "4b-check-partitions")
 
     # the ledger of September: what was recorded for each pair, and the totals per outcome
     page.goto(f"{webserver}/assets/gradient_ledger?view=events&partition=2026-09-01")
     for text in ("entries", "totals", "http_status", "recorded_at"):
         see(page, text, "ledger")
     assert "superseded" in page.inner_text("body")
-    shot(page, "4-ledger")
+    shot(page, "5-ledger")
+
+    # the runs list: each run says what it did
+    page.goto(f"{webserver}/runs")
+    see(page, "gbs/outcome", "runs", exact=False)
+    shot(page, "6-runs")

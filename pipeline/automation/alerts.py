@@ -26,7 +26,8 @@ from pipeline.settings import ConfigurationError
 OUTCOME_TAG = TAG_OUTCOME  # set by the Gradient load with the month's outcome
 PARTITION_TAG = "dagster/partition"
 DELIVERED, PARTIAL, SUPERSEDED, FAILED = "delivered", "partial", "superseded", "failed"
-WARN_OUTCOMES = (PARTIAL, SUPERSEDED)
+DELIVERED_WITH_UNMAPPED = ledger.DELIVERED_WITH_UNMAPPED
+WARN_OUTCOMES = (PARTIAL, SUPERSEDED, DELIVERED_WITH_UNMAPPED)
 MAX_CAUSE_CHARS = 600
 
 
@@ -142,25 +143,15 @@ def month_outcome(state, run: dg.DagsterRun) -> tuple[str | None, dict[str, dict
 
 
 def partner_outcome(outcomes: dict[str, int]) -> str:
-    """One partner's outcome in a run, as the gbs/outcome tag counts it: unmapped lines were
-    sent (Gradient answered; mapping is the partner's part), failed ones were not."""
-    sent = outcomes.get(ledger.DELIVERED, 0) + outcomes.get(ledger.UNMAPPED, 0)
-    if outcomes.get(ledger.FAILED, 0):
-        return PARTIAL if sent else FAILED
-    if outcomes.get(ledger.SUPERSEDED, 0) and not sent:
-        return SUPERSEDED
-    return DELIVERED
+    """One partner's outcome in a run, as the gbs/outcome tag counts it (``ledger.partner_status``)."""
+    return ledger.partner_status({o: n for o, n in outcomes.items() if n})
 
 
 def derive_outcome(per_partner: dict[str, dict[str, int]]) -> str | None:
-    """The month's outcome from the run's ledger entries: all delivered, all superseded, all
-    failed, or partial when mixed. None when the run recorded nothing."""
-    statuses = {partner_outcome(outcomes) for outcomes in per_partner.values() if any(outcomes.values())}
-    if not statuses:
-        return None
-    if len(statuses) == 1:
-        return statuses.pop()
-    return PARTIAL
+    """The month's outcome from the run's ledger entries (``ledger.month_outcome``). None when
+    the run recorded nothing."""
+    statuses = [partner_outcome(outcomes) for outcomes in per_partner.values() if any(outcomes.values())]
+    return ledger.month_outcome(statuses) if statuses else None
 
 
 def warning_text(run: dg.DagsterRun, outcome: str, per_partner: dict[str, dict[str, int]]) -> str:
@@ -183,6 +174,11 @@ def warning_text(run: dg.DagsterRun, outcome: str, per_partner: dict[str, dict[s
         )
     if any(outcomes.get(ledger.FAILED) for outcomes in not_delivered.values()):
         advice.append("Failed lines are sent again by a re-run of the month.")
+    if any(outcomes.get(ledger.UNMAPPED) for outcomes in not_delivered.values()):
+        advice.append(
+            "Unmapped lines were answered 404: the partner has not mapped those accounts or services "
+            "in Gradient, so their units are not billed; they are sent again every run until mapped."
+        )
     return (
         f"gradient-billing-sync: {run.job_name} {month} ended {outcome.upper()} (run {run.run_id}). "
         + (f"{detail}. " if detail else "")
@@ -241,7 +237,8 @@ def _month_outcome_sensor(settings: AlertSettings) -> dg.SensorDefinition:
         monitored_jobs=[monthly_billing_job, gradient_load_job],
         default_status=default_sensor_status(),
         description="Warns (webhook and/or e-mail) when a billing run succeeded but its month ended "
-        "partial (unmapped lines) or superseded (not pushed: Gradient holds a newer month).",
+        "delivered_with_unmapped (Gradient answered 404 for some lines), partial, or superseded "
+        "(not pushed: Gradient holds a newer month).",
     )
     def month_outcome_alert_sensor(context: dg.RunStatusSensorContext, state_db: StateDatabase) -> None:
         run = context.dagster_run

@@ -17,6 +17,8 @@ TAG_PARTNER = "gbs/partner"
 TAG_MONTH = "gbs/month"
 TAG_REASON = "gbs/reason"
 TAG_OUTCOME = "gbs/outcome"
+# per ledger outcome, how many counts a run recorded: gbs/delivered, gbs/unmapped, ...
+TAG_COUNTS_PREFIX = "gbs/"
 ALL_PARTNERS = "all"
 PARTITION_TAG = "dagster/partition"
 
@@ -41,31 +43,32 @@ ACCOUNT_SYNC_OPS = ("gradient_services", "gradient_accounts")
 
 
 def load_run_config(
-    job_name: str,
-    partner_ids: Sequence[str] = (),
-    force: bool = False,
-    preview: bool = False,
-    resend: bool = False,
+    job_name: str, partner_ids: Sequence[str] = (), force: bool = False, resend: bool = False
 ) -> dict:
     """Run config choosing partners (empty = all connected) for the load assets of a job;
-    ``force`` pushes a month older than the newest delivered one; ``preview`` sends nothing
-    (``gradient_services`` is configured only then: it takes nothing else); ``resend`` sends
-    every pair whatever the ledger says."""
-    load = {"partner_ids": list(partner_ids), "force_superseded": force, "preview": preview}
+    ``force`` pushes a month older than the newest delivered one; ``resend`` sends every pair
+    whatever the ledger says. (A preview is its own job, ``gradient_preview``: it materializes
+    nothing.)"""
+    load: dict[str, object] = {"partner_ids": list(partner_ids), "force_superseded": force}
     if resend:
         load["resend"] = True
     ops = [op for op in (ACCOUNT_SYNC_OPS if job_name == "account_sync" else LOAD_OPS) if op != "gradient_services"]
-    config = {"ops": {op: {"config": load} for op in ops}}
-    if preview:
-        config["ops"]["gradient_services"] = {"config": {"preview": True}}
-    return config
+    return {"ops": {op: {"config": load} for op in ops}}
 
 
 def launchpad_config(job_name: str) -> dict:
     """A job's default run config: every load option, so the UI's launchpad shows them."""
-    config = load_run_config(job_name)
-    config["ops"]["gradient_services"] = {"config": {"preview": False}}
-    return config
+    return load_run_config(job_name)
+
+
+def outcome_tags(outcome: str, totals: Mapping[str, int]) -> dict[str, str]:
+    """``gbs/outcome`` and, per ledger outcome, the counts a run recorded (``gbs/delivered=123``;
+    zeros left out except delivered), so the runs list says what each run delivered."""
+    tags = {TAG_OUTCOME: outcome}
+    for name, count in totals.items():
+        if count or name == "delivered":
+            tags[f"{TAG_COUNTS_PREFIX}{name}"] = str(int(count))
+    return tags
 
 
 def run_tags(

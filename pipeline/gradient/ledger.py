@@ -550,27 +550,34 @@ def ledger_totals(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 PARTIAL = "partial"
+DELIVERED_WITH_UNMAPPED = "delivered_with_unmapped"
 RUN_PAIR_COLUMNS = ["partner", "account", "sku", "value", "outcome", "http_status", "detail"]
 
 
 def partner_status(outcomes: dict[str, int], error: str | None = None) -> str:
-    """One partner's outcome in a run: delivered (incl. unmapped and nothing left to send),
-    superseded (an ``outcomes`` key, even at 0: the month had no counts for the partner),
-    failed, or partial (some sent, some failed)."""
+    """One partner's outcome in a run: delivered (nothing left to send counts too),
+    delivered_with_unmapped (Gradient answered every count, but 404 for some: those units are
+    not billed until the partner maps them), superseded (an ``outcomes`` key, even at 0: the
+    month had no counts for the partner), failed, or partial (some sent, some failed)."""
     sent = outcomes.get(DELIVERED, 0) + outcomes.get(UNMAPPED, 0)
     if error is not None or outcomes.get(FAILED, 0):
         return PARTIAL if sent else FAILED
     if SUPERSEDED in outcomes and not sent:
         return SUPERSEDED
+    if outcomes.get(UNMAPPED, 0):
+        return DELIVERED_WITH_UNMAPPED
     return DELIVERED
 
 
 def month_outcome(statuses: Iterable[str]) -> str:
     """The month's outcome from its partners' statuses: all delivered (or no partner) →
-    delivered; all superseded → superseded; all failed → failed; anything mixed → partial."""
+    delivered; all delivered, some with unmapped pairs → delivered_with_unmapped; all
+    superseded → superseded; all failed → failed; anything else mixed → partial."""
     distinct = set(statuses)
     if not distinct or distinct == {DELIVERED}:
         return DELIVERED
+    if distinct <= {DELIVERED, DELIVERED_WITH_UNMAPPED}:
+        return DELIVERED_WITH_UNMAPPED
     if len(distinct) == 1 and distinct <= {SUPERSEDED, FAILED}:
         return distinct.pop()
     return PARTIAL

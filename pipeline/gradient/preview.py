@@ -10,14 +10,18 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import date
+from datetime import date, datetime
 
 import pandas as pd
 import sqlalchemy as sa
 
+from pipeline.billing.counts import aggregate_billable_users
+from pipeline.billing.month import BillingMonth
 from pipeline.gradient import ledger
 from pipeline.gradient.known_accounts import known_accounts
 from pipeline.gradient.load import plan_push
+from pipeline.source.partners import PartnerConnection, load_companies, load_connections
+from pipeline.source.utilization import SourceQuery
 from pipeline.store.schema import ledger_entries
 
 CALL_COLUMNS = ["partner", "account", "account_name", "sku", "value", "gradient_holds", "held_month", "change"]
@@ -226,3 +230,73 @@ def render(previews: Sequence[PartnerPreview], month: date, max_calls: int = 50)
         for account_id, name, sku in p.unmapped:
             lines.append(f"  unmapped when last sent: {account_id} {name!r} {sku}")
     return lines
+
+
+class PreviewRequestError(ValueError):
+    """A preview asked for something that cannot be previewed (unknown or disconnected partner,
+    a month outside the billing range); nothing was computed."""
+
+
+def preview_targets(
+    connections: Sequence[PartnerConnection],
+    partner_ids: Sequence[str],
+    month: BillingMonth,
+    first_month: date,
+    now: datetime,
+) -> list[str]:
+    """The partners a preview of ``month`` covers (``partner_ids``, else every connected
+    partner), after checking the request: the month is a closed billing month not before
+    ``first_month``, and each partner asked for exists and is connected."""
+    if month.month < first_month:
+        raise PreviewRequestError(
+            f"{month.label} is before the first billing month {first_month:%Y-%m} (FIRST_BILLING_MONTH); "
+            f"preview a month from {first_month:%Y-%m} on."
+        )
+    if month.end > now:
+        raise PreviewRequestError(
+            f"{month.label} has not closed yet (it ends {month.end:%Y-%m-%d %H:%M %Z}); preview a closed month."
+        )
+    connected = sorted(c.partner_id for c in connections if c.is_connected)
+    known = {c.partner_id: c for c in connections}
+    problems = []
+    for partner_id in dict.fromkeys(partner_ids):
+        if partner_id not in known:
+            problems.append(f"no connected partner {partner_id[:80]!r} (the product has no Gradient connection for it)")
+        elif not known[partner_id].is_connected:
+            problems.append(f"no connected partner {partner_id[:80]!r} (its Gradient connection is {known[partner_id].state})")
+    if problems:
+        shown = ", ".join(connected[:20]) + (f" and {len(connected) - 20} more" if len(connected) > 20 else "")
+        raise PreviewRequestError("; ".join(problems) + f". Connected: {shown or 'none'}.")
+    return list(dict.fromkeys(partner_ids)) or connected
+
+
+@dataclass(frozen=True)
+class MonthPreview:
+    month: BillingMonth
+    partners: list[PartnerPreview]
+    groups_counted: int
+
+
+def preview_request(
+    product: sa.Connection,
+    state: sa.Engine,
+    query: SourceQuery,
+    month: BillingMonth,
+    known_skus: Sequence[str],
+    partner_ids: Sequence[str],
+    *,
+    first_month: date,
+    now: datetime,
+    connections_sql: str | None = None,
+    companies_sql: str | None = None,
+    force: bool = False,
+) -> MonthPreview:
+    """A whole preview, writing nothing anywhere: the request is checked first
+    (``preview_targets``: raises ``PreviewRequestError`` before any row is counted), then the
+    product database counts the month's billable users (the rows breaking no validation rule,
+    as a run counts them) and the plan is read against the ledger. The month's stored counts,
+    the ledger, the quarantine and the known accounts are left as they were."""
+    targets = preview_targets(load_connections(product, connections_sql), partner_ids, month, first_month, now)
+    counts = aggregate_billable_users(product, query, month, known_skus).counts
+    companies = load_companies(product, companies_sql)
+    return MonthPreview(month, preview_month(state, month.month, counts, companies, targets, force=force), len(counts))
