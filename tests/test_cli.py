@@ -301,14 +301,27 @@ def test_check_config_shows_the_value_in_effect_and_where_it_comes_from(env, mon
     from pipeline.partitions import monthly_partitions
     from pipeline.settings import reference_sql
 
-    for name in ("FIRST_BILLING_MONTH", "STATEMENTS_DIR", "DAGSTER_HOME", "UTILIZATION_SQL", "CONNECTIONS_SQL"):
+    # the embedded default (no PRODUCT_DB_URL): the first month defaults to 12 months back
+    for name in ("FIRST_BILLING_MONTH", "STATEMENTS_DIR", "DAGSTER_HOME", "UTILIZATION_SQL", "CONNECTIONS_SQL",
+                 "PRODUCT_DB_URL"):
         monkeypatch.delenv(name, raising=False)
     with EmulatorServer(VENDOR_KEY) as server:
         monkeypatch.setenv("GRADIENT_BASE_URL", server.base_url)
         result = invoke("check-config", "--timeout", "5")
-    rows = {line.split()[0]: line.split(None, 2)[1:] for line in result.output.splitlines()
-            if line and not line.startswith(" ") and line.split()[0].isupper()}
+        monkeypatch.setenv("PRODUCT_DB_URL", env["PRODUCT_DB_URL"])
+        deployment = invoke("check-config", "--timeout", "5")
+
+    def rows_of(output: str) -> dict[str, list[str]]:
+        return {line.split()[0]: line.split(None, 2)[1:] for line in output.splitlines()
+                if line and not line.startswith(" ") and line.split()[0].isupper()}
+
+    rows = rows_of(result.output)
+    # (the partition set is fixed when the code is imported: this process imported it under the
+    # tests' FIRST_BILLING_MONTH)
     assert rows["FIRST_BILLING_MONTH"] == ["default", f"{monthly_partitions.start:%Y-%m} (12 months before this month)"]
+    # a deployment (its own product database) must fix its first month
+    assert rows_of(deployment.output)["FIRST_BILLING_MONTH"][1].startswith("WRONG")
+    assert "FIRST_BILLING_MONTH" in deployment.output and deployment.exit_code != 0
     assert rows["DAGSTER_HOME"][0] == "default" and rows["DAGSTER_HOME"][1].startswith(str(instance_home()))
     assert rows["STATEMENTS_DIR"] == ["default", str(tmp_path / "var" / "statements")]
     assert rows["UTILIZATION_SQL"] == ["default", f"{reference_sql('sqlite', 'utilization.sql')} (reference schema)"]
