@@ -305,6 +305,7 @@ def test_check_config_shows_the_value_in_effect_and_where_it_comes_from(env, mon
     for name in ("FIRST_BILLING_MONTH", "STATEMENTS_DIR", "DAGSTER_HOME", "UTILIZATION_SQL", "CONNECTIONS_SQL",
                  "PRODUCT_DB_URL"):
         monkeypatch.delenv(name, raising=False)
+    home = instance_home()
     with EmulatorServer(VENDOR_KEY) as server:
         monkeypatch.setenv("GRADIENT_BASE_URL", server.base_url)
         result = invoke("check-config", "--timeout", "5")
@@ -322,7 +323,7 @@ def test_check_config_shows_the_value_in_effect_and_where_it_comes_from(env, mon
     # a deployment (its own product database) must fix its first month
     assert rows_of(deployment.output)["FIRST_BILLING_MONTH"][1].startswith("WRONG")
     assert "FIRST_BILLING_MONTH" in deployment.output and deployment.exit_code != 0
-    assert rows["DAGSTER_HOME"][0] == "default" and rows["DAGSTER_HOME"][1].startswith(str(instance_home()))
+    assert rows["DAGSTER_HOME"][0] == "default" and rows["DAGSTER_HOME"][1].startswith(str(home))
     assert rows["STATEMENTS_DIR"] == ["default", str(tmp_path / "var" / "statements")]
     assert rows["UTILIZATION_SQL"] == ["default", f"{reference_sql('sqlite', 'utilization.sql')} (reference schema)"]
     assert rows["CONNECTIONS_SQL"] == ["default", f"{reference_sql('sqlite', 'connections.sql')} (reference schema)"]
