@@ -33,14 +33,27 @@ SHOWN_ROWS = 500
 MAX_PAGE_SIZE = 500
 MAX_SHOWN_CHARS = 200
 MAX_CELL_CHARS = 500
-ENTRY_COLUMNS = ["entry_id", "recorded_at", "partner_id", "account_id", "sku", "service_id", "value",
-                 "outcome", "http_status", "detail", "run_id"]
+ENTRY_COLUMNS = [
+    "entry_id",
+    "recorded_at",
+    "partner_id",
+    "account_id",
+    "sku",
+    "service_id",
+    "value",
+    "outcome",
+    "http_status",
+    "detail",
+    "run_id",
+]
 
 
 class ExplainCountConfig(dg.Config):
     month: str = Field(description="Billing month, YYYY-MM.")
     partner: str = Field(description="The partner id (MSP).")
-    company: str | None = Field(default=None, description="The company id (Gradient account id); with service, trace one number.")
+    company: str | None = Field(
+        default=None, description="The company id (Gradient account id); with service, trace one number."
+    )
     service: str | None = Field(default=None, description="The vendor service SKU; with company, trace one number.")
     page: int = Field(default=1, description="Without company and service: the page of the partner's ledger to show.")
     page_size: int = Field(default=200, description=f"Ledger pairs a page shows (at most {MAX_PAGE_SIZE}).")
@@ -71,6 +84,7 @@ def parse_month(value: str, timezone: str) -> BillingMonth:
 
 def bounded(frame: pd.DataFrame) -> pd.DataFrame:
     """The frame for a metadata table: missing values as None, text cut to a bounded length."""
+
     def cell(value: object) -> object:
         if isinstance(value, str) and len(value) > MAX_CELL_CHARS:
             return value[:MAX_CELL_CHARS] + "…"
@@ -165,7 +179,7 @@ def ledger_page_metadata(
     pages = max(1, -(-len(newest) // page_size))
     if page > pages:
         raise dg.Failure(f"page {page} is past the last page ({pages}) of {len(newest)} pairs.", allow_retries=False)
-    shown = newest.iloc[(page - 1) * page_size: page * page_size]
+    shown = newest.iloc[(page - 1) * page_size : page * page_size]
     shown = shown.assign(
         recorded_at=[t.isoformat(timespec="seconds") for t in shown.recorded_at],
         http_status=[int(s) if pd.notna(s) else None for s in shown.http_status],
@@ -206,8 +220,9 @@ def explain_gradient_count(
         return dg.Output("ledger page", metadata=metadata)  # type: ignore[arg-type]
     try:
         with product_db.connect() as conn:
-            explanation = explain(conn, state, product_db.utilization_query(), month,
-                                  config.partner, config.company, config.service or "")
+            explanation = explain(
+                conn, state, product_db.utilization_query(), month, config.partner, config.company, config.service or ""
+            )
     except LookupError as exc:
         raise dg.Failure(str(exc), allow_retries=False) from None
     except Exception as exc:

@@ -52,8 +52,11 @@ def ledger_result(asset_key: str, month_label: str, frame: pd.DataFrame) -> dg.M
         http_status=[int(s) if pd.notna(s) else None for s in entries.http_status],
         detail=[str(d)[:DETAIL_CHARS] for d in entries.detail],
     )
-    totals = frame.groupby("outcome", as_index=False).agg(pairs=("account", "size"), units=("value", "sum")) \
-        if len(frame) else pd.DataFrame(columns=["outcome", "pairs", "units"])
+    totals = (
+        frame.groupby("outcome", as_index=False).agg(pairs=("account", "size"), units=("value", "sum"))
+        if len(frame)
+        else pd.DataFrame(columns=["outcome", "pairs", "units"])
+    )
     metadata: dict[str, object] = {
         "month": month_label,
         "dagster/row_count": len(frame),

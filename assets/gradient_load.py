@@ -52,7 +52,7 @@ class GradientLoadConfig(dg.Config):
 
     partner_ids: list[str] = Field(
         default=[],
-        description="Partner ids to load (e.g. [\"p-001\"]); empty = every connected partner. "
+        description='Partner ids to load (e.g. ["p-001"]); empty = every connected partner. '
         "Only a run of every partner marks the month loaded (materializes gradient_unit_counts); "
         "a run of chosen partners is recorded as an observation.",
     )
@@ -104,8 +104,17 @@ def resolve_targets(
 
 
 PARTNER_COLUMNS = [
-    "partner", "delivered", "unmapped", "failed", "superseded", "skipped",
-    "accounts_created", "accounts_renamed", "status", "error", "outcome",
+    "partner",
+    "delivered",
+    "unmapped",
+    "failed",
+    "superseded",
+    "skipped",
+    "accounts_created",
+    "accounts_renamed",
+    "status",
+    "error",
+    "outcome",
 ]
 
 
@@ -417,7 +426,9 @@ def gradient_unit_counts(
     totals = {o: sum(r.outcomes.get(o, 0) for r in reports) for o in ledger.OUTCOMES}
     pairs = ledger.run_pairs(state, month.month, context.run_id)
     partners = push_signals.fill_partner_table(
-        partner_table(reports), {r.partner_id: r.outcomes for r in reports}, pairs,
+        partner_table(reports),
+        {r.partner_id: r.outcomes for r in reports},
+        pairs,
         account_changes_of(state, context.run_id),
     )
     outcome = ledger.month_outcome(partners.status)
@@ -432,7 +443,9 @@ def gradient_unit_counts(
     standing = ledger.month_ledger(state, month.month)
     superseded = sorted(set(standing.partner[standing.outcome == ledger.SUPERSEDED]))[: push_signals.LISTED]
     checks = push_signals.month_check_results(
-        month.month, standing, push_signals.names_of(counts),
+        month.month,
+        standing,
+        push_signals.names_of(counts),
         {p: ledger.newest_delivered_month(state, p) for p in superseded},
     )
     ledger_view = gradient_ledger.ledger_result(LEDGER_ASSET, month.label, standing)
@@ -446,7 +459,11 @@ def gradient_unit_counts(
             description=(
                 f"{month.label}: {len(failed)} partner(s) not fully delivered: "
                 + "; ".join(f"{r.partner_id}: {r.error or _failure_text(r)}" for r in failed[:FAILURES_LISTED])
-                + (f"; and {len(failed) - FAILURES_LISTED} more (see no_failed_pairs)" if len(failed) > FAILURES_LISTED else "")
+                + (
+                    f"; and {len(failed) - FAILURES_LISTED} more (see no_failed_pairs)"
+                    if len(failed) > FAILURES_LISTED
+                    else ""
+                )
                 + ". Everything else was attempted and recorded; re-run the month to finish."
             ),
             metadata=metadata,

@@ -30,7 +30,7 @@ class GradientPreviewConfig(dg.Config):
     """Which partners the preview covers, and whether it previews a forced push."""
 
     partner_ids: list[str] = Field(
-        default=[], description="Partner ids to preview (e.g. [\"p-001\"]); empty = every connected partner."
+        default=[], description='Partner ids to preview (e.g. ["p-001"]); empty = every connected partner.'
     )
     force_superseded: bool = Field(
         default=False, description="Preview a forced push of a month older than the newest delivered one."

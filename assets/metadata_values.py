@@ -28,7 +28,9 @@ def _cell(value: object) -> str | int | float | bool | None:
     return str(value)
 
 
-def table_value(frame: pd.DataFrame, max_rows: int = 200, descriptions: Mapping[str, str] | None = None) -> dg.MetadataValue:
+def table_value(
+    frame: pd.DataFrame, max_rows: int = 200, descriptions: Mapping[str, str] | None = None
+) -> dg.MetadataValue:
     """A frame as a Dagster table (first ``max_rows`` rows) with a typed schema."""
     descriptions = descriptions or {}
     schema = dg.TableSchema(
@@ -38,8 +40,7 @@ def table_value(frame: pd.DataFrame, max_rows: int = 200, descriptions: Mapping[
         ]
     )
     records = [
-        dg.TableRecord({str(k): _cell(v) for k, v in row.items()})
-        for row in frame.head(max_rows).to_dict("records")
+        dg.TableRecord({str(k): _cell(v) for k, v in row.items()}) for row in frame.head(max_rows).to_dict("records")
     ]
     return dg.MetadataValue.table(records=records, schema=schema)
 

@@ -200,8 +200,17 @@ def validated_utilization(
             f"({share:.2%}, threshold {threshold:.2%}): "
             + ", ".join(f"{k}={v}" for k, v in validation.reason_counts.items())
         )
-    sample_columns = ["row_number", "reasons", "partner_id", "company_id", "sku", "user_id",
-                      "active_from", "active_to", "billable"]
+    sample_columns = [
+        "row_number",
+        "reasons",
+        "partner_id",
+        "company_id",
+        "sku",
+        "user_id",
+        "active_from",
+        "active_to",
+        "billable",
+    ]
     sample = outcome.sample[sample_columns] if len(outcome.sample) else outcome.sample
     return dg.MaterializeResult(
         metadata={
@@ -292,7 +301,8 @@ def billable_counts(
         "dagster/row_count": counted.rows,
         "counts_fingerprint": computation.counts_fingerprint,
         "counted_from": (
-            "this run's validation pass (staged counts promoted)" if counted.staged
+            "this run's validation pass (staged counts promoted)"
+            if counted.staged
             else "a fresh count (the month was validated in another run), reconciled with its validation"
         ),
         "counts_preview": table_value(counted.preview, max_rows=PREVIEW_ROWS),

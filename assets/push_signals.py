@@ -78,7 +78,9 @@ def fill_partner_table(
 
 def _pair_list(pairs: pd.DataFrame, names: Mapping[tuple[str, str], str]) -> pd.DataFrame:
     listed = pairs[["partner", "account", "sku", "value", "http_status", "detail"]].copy()
-    listed.insert(2, "account_name", [names.get((p, a), "")[:120] for p, a in zip(listed.partner, listed.account, strict=True)])
+    listed.insert(
+        2, "account_name", [names.get((p, a), "")[:120] for p, a in zip(listed.partner, listed.account, strict=True)]
+    )
     return listed.reset_index(drop=True)
 
 
@@ -130,8 +132,12 @@ def month_check_results(
         )
     ]
     for check, outcome, what in (
-        (UNMAPPED_CHECK, ledger.UNMAPPED, "unmapped (Gradient answered 404: the partner has not mapped "
-                                          "the account or service in Gradient; sent again every run)"),
+        (
+            UNMAPPED_CHECK,
+            ledger.UNMAPPED,
+            "unmapped (Gradient answered 404: the partner has not mapped "
+            "the account or service in Gradient; sent again every run)",
+        ),
         (FAILED_CHECK, ledger.FAILED, "failed (not delivered; re-run the month to send them again)"),
     ):
         hit = standing[standing.outcome == outcome]
@@ -142,7 +148,11 @@ def month_check_results(
             + (f" ({r.detail})" if outcome == ledger.FAILED and r.detail else "")
             for r in shown.head(DESCRIBED).itertuples(index=False)
         ]
-        by_partner = hit.groupby("partner").size().sort_values(ascending=False, kind="stable") if len(hit) else pd.Series(dtype=int)
+        by_partner = (
+            hit.groupby("partner").size().sort_values(ascending=False, kind="stable")
+            if len(hit)
+            else pd.Series(dtype=int)
+        )
         results.append(
             dg.AssetCheckResult(
                 check_name=check,

@@ -95,9 +95,12 @@ class SourceLineage:
                     "read_by": ", ".join(sorted(by_setting)),
                     "dagster/column_schema": dg.TableSchema(
                         columns=[
-                            dg.TableColumn(column, "unknown", description="feeds the output of " + ", ".join(sorted(
-                                s for s, columns in by_setting.items() if column in columns
-                            )))
+                            dg.TableColumn(
+                                column,
+                                "unknown",
+                                description="feeds the output of "
+                                + ", ".join(sorted(s for s, columns in by_setting.items() if column in columns)),
+                            )
                             for column in sorted(set().union(*by_setting.values()))
                         ]
                     ),
@@ -150,7 +153,11 @@ def source_lineage(config: Settings) -> SourceLineage:
                 "%s (%s): %s. Its tables are not drawn upstream of %s; the pipeline runs the query "
                 "all the same. To see them in the graph, write it as one SELECT statement that "
                 "sqlglot's %s dialect reads.",
-                query.setting, path, exc, ", ".join(query.read_by), found.dialect,
+                query.setting,
+                path,
+                exc,
+                ", ".join(query.read_by),
+                found.dialect,
             )
             continue
         for table in tables:
@@ -193,4 +200,3 @@ def tables_upstream(defs: dg.Definitions, asset: str) -> Sequence[str]:
     """The product-database tables drawn upstream of ``asset`` (the tests ask)."""
     node = defs.resolve_asset_graph().get(dg.AssetKey(asset))
     return sorted(".".join(k.path[1:]) for k in node.parent_keys if k.path[0] == KEY_PREFIX)
-

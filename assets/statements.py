@@ -81,7 +81,9 @@ def partner_statements(
             context.log.error(f"partner {outputs.one_line(pid, 80)!r}: {problems[pid]}")
             continue
         if contacts is not None and not contacts.get(pid):
-            context.log.warning(f"partner {outputs.one_line(pid, 80)!r} has no contact in PARTNER_CONTACTS_SQL; not e-mailed")
+            context.log.warning(
+                f"partner {outputs.one_line(pid, 80)!r} has no contact in PARTNER_CONTACTS_SQL; not e-mailed"
+            )
         elif contacts is not None:
             sent, problem = _email(config, contacts.get(pid, []), statement, files)
             emailed += sent
@@ -103,7 +105,8 @@ def partner_statements(
     if problems:
         metadata["problems"] = dg.MetadataValue.md(st.problems_markdown(problems))
         listed = "; ".join(
-            f"{outputs.one_line(pid, 60)!r}: {problem}" for pid, problem in list(problems.items())[:PROBLEMS_IN_DESCRIPTION]
+            f"{outputs.one_line(pid, 60)!r}: {problem}"
+            for pid, problem in list(problems.items())[:PROBLEMS_IN_DESCRIPTION]
         )
         more = len(problems) - PROBLEMS_IN_DESCRIPTION
         raise dg.Failure(

@@ -21,12 +21,14 @@ def build_defs() -> dg.Definitions:
     """The code location's definitions, with resources configured from the current environment,
     and the product database's tables (parsed from the configured queries) upstream of the
     assets that read them."""
-    return with_source_tables(dg.Definitions.merge(
-        assets.definitions(),
-        automation.definitions(),
-        dg.Definitions(resources=default_resources(), executor=dg.in_process_executor),
-        dg.Definitions(jobs=[explain_count]),
-    ))
+    return with_source_tables(
+        dg.Definitions.merge(
+            assets.definitions(),
+            automation.definitions(),
+            dg.Definitions(resources=default_resources(), executor=dg.in_process_executor),
+            dg.Definitions(jobs=[explain_count]),
+        )
+    )
 
 
 defs = build_defs()

@@ -104,8 +104,9 @@ def send(target: SmtpTarget, message: EmailMessage, timeout: float = 30.0) -> No
                 client.login(target.user, target.password or "")
             client.send_message(message)
     except (OSError, smtplib.SMTPException) as exc:
-        raise MailError(f"the SMTP server at {target.safe()} refused or is unreachable ({type(exc).__name__}: "
-                        f"{_first_line(exc)})") from None
+        raise MailError(
+            f"the SMTP server at {target.safe()} refused or is unreachable ({type(exc).__name__}: {_first_line(exc)})"
+        ) from None
 
 
 class MailError(RuntimeError):

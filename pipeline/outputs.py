@@ -35,9 +35,7 @@ FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
 SLUG_MAX = 40
 HASH_CHARS = 12
 # bidi embeddings, overrides and isolates: they reorder the text around them ("Trojan source")
-BIDI_CONTROLS = dict.fromkeys(
-    [*range(0x202A, 0x202F), *range(0x2066, 0x206A)], None
-)
+BIDI_CONTROLS = dict.fromkeys([*range(0x202A, 0x202F), *range(0x2066, 0x206A)], None)
 _UNSAFE_IN_FILE_NAME = re.compile(r"[^A-Za-z0-9._-]+")
 _PLAIN_STEM = re.compile(rf"[a-z0-9][a-z0-9._-]{{0,{SLUG_MAX - 1}}}")
 _HASHED_TAIL = re.compile(rf"-[0-9a-f]{{{HASH_CHARS}}}$")

@@ -54,13 +54,14 @@ def month_outside_partitions(month: date, now: datetime | None = None) -> str | 
     label = month.strftime("%Y-%m")
     first = monthly_partitions.start.strftime("%Y-%m")
     if not keys:
-        return (f"{label} cannot be run: no month since FIRST_BILLING_MONTH {first} is closed yet "
-                "(a month is run once it has ended)")
+        return (
+            f"{label} cannot be run: no month since FIRST_BILLING_MONTH {first} is closed yet "
+            "(a month is run once it has ended)"
+        )
     newest = keys[-1][:7]
     if month.isoformat() in keys:
         return None
     if month.isoformat() < keys[0]:
         origin = "" if load_settings().first_billing_month else " (unset: 12 months before this month)"
-        return (f"{label} is before FIRST_BILLING_MONTH {first}{origin}; set FIRST_BILLING_MONTH={label} "
-                "to bill it")
+        return f"{label} is before FIRST_BILLING_MONTH {first}{origin}; set FIRST_BILLING_MONTH={label} to bill it"
     return f"{label} is not closed yet; the newest closed month is {newest}"

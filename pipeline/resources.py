@@ -128,9 +128,7 @@ class PartnerSources(dg.ConfigurableResource):
         return resolved(self.encryption_keys or "") or settings.local_encryption_key()
 
     def decrypt(self, connection: PartnerConnection) -> Secret:
-        return Secret(
-            decrypt_partner_key(connection.encrypted_api_key, self.key_material(), connection.partner_id)
-        )
+        return Secret(decrypt_partner_key(connection.encrypted_api_key, self.key_material(), connection.partner_id))
 
 
 class GradientResource(dg.ConfigurableResource):
@@ -140,9 +138,7 @@ class GradientResource(dg.ConfigurableResource):
     ever shows the variable's name, never the key.
     """
 
-    base_url: str = Field(
-        default=DEFAULT_BASE_URL, description="Gradient API base URL (GRADIENT_BASE_URL)."
-    )
+    base_url: str = Field(default=DEFAULT_BASE_URL, description="Gradient API base URL (GRADIENT_BASE_URL).")
     vendor_api_key: str = Field(
         description="The vendor's Gradient API key; pass dg.EnvVar('GRADIENT_VENDOR_API_KEY').",
         repr=False,
@@ -232,8 +228,15 @@ def default_resources(config: Settings | None = None, *, env_vars: bool = True) 
 
 # ---------------------------------------------------------------------- failures a retry cannot fix
 # SQLite reports mistakes in the query itself as OperationalError; these mean the SQL is wrong.
-_SQL_MISTAKES = ("syntax error", "no such table", "no such column", "no such function",
-                 "unknown column", "doesn't exist", "does not exist")
+_SQL_MISTAKES = (
+    "syntax error",
+    "no such table",
+    "no such column",
+    "no such function",
+    "unknown column",
+    "doesn't exist",
+    "does not exist",
+)
 
 
 def is_retryable(exc: BaseException) -> bool:
@@ -295,11 +298,18 @@ def gradient_preflight(
     key is usable, the base URL parses and (``reach``) Gradient answers an HTTP request at it."""
     checks = []
     keys_problem = settings.encryption_keys_problem(partner_sources.key_material())
-    checks.append(PreflightCheck("GRADIENT_KEY_ENCRYPTION_KEYS", "partner-key encryption keys parse",
-                                 keys_problem is None, keys_problem or ""))
+    checks.append(
+        PreflightCheck(
+            "GRADIENT_KEY_ENCRYPTION_KEYS",
+            "partner-key encryption keys parse",
+            keys_problem is None,
+            keys_problem or "",
+        )
+    )
     key_problem = settings.vendor_key_problem(resolved(gradient.vendor_api_key))
-    checks.append(PreflightCheck("GRADIENT_VENDOR_API_KEY", "vendor API key is usable",
-                                 key_problem is None, key_problem or ""))
+    checks.append(
+        PreflightCheck("GRADIENT_VENDOR_API_KEY", "vendor API key is usable", key_problem is None, key_problem or "")
+    )
     base_url = resolved(gradient.base_url)
     try:
         base_url = settings.validate_base_url(base_url)
@@ -312,15 +322,20 @@ def gradient_preflight(
     try:
         response = httpx.get(base_url, timeout=timeout_seconds, follow_redirects=False)
     except httpx.HTTPError as exc:
-        checks.append(PreflightCheck(
-            "GRADIENT_BASE_URL", f"Gradient answers at {base_url}", False,
-            f"GRADIENT_BASE_URL={base_url!r} is unreachable ({type(exc).__name__}); check the URL, "
-            "the network and that Gradient (or the emulator) is up, then run again.",
-            transient=True,
-        ))
+        checks.append(
+            PreflightCheck(
+                "GRADIENT_BASE_URL",
+                f"Gradient answers at {base_url}",
+                False,
+                f"GRADIENT_BASE_URL={base_url!r} is unreachable ({type(exc).__name__}); check the URL, "
+                "the network and that Gradient (or the emulator) is up, then run again.",
+                transient=True,
+            )
+        )
     else:
-        checks.append(PreflightCheck("GRADIENT_BASE_URL", f"Gradient answers at {base_url}", True,
-                                     f"HTTP {response.status_code}"))
+        checks.append(
+            PreflightCheck("GRADIENT_BASE_URL", f"Gradient answers at {base_url}", True, f"HTTP {response.status_code}")
+        )
     return checks
 
 

@@ -150,26 +150,31 @@ class Settings(BaseSettings):
         "0.02",
     )
     utilization_sql: str | None = _setting(
-        None, "SQL file returning the source contract for :month_start / :month_end.",
+        None,
+        "SQL file returning the source contract for :month_start / :month_end.",
         "/etc/gradient-billing-sync/utilization.sql",
     )
     services_sql: str | None = _setting(
-        None, "SQL file returning the vendor's services (sku, name, description, category, subcategory).",
+        None,
+        "SQL file returning the vendor's services (sku, name, description, category, subcategory).",
         "/etc/gradient-billing-sync/services.sql",
     )
     connections_sql: str | None = _setting(
         None, "SQL file returning partners' Gradient connections.", "/etc/gradient-billing-sync/connections.sql"
     )
     companies_sql: str | None = _setting(
-        None, "SQL file returning every company that should be a Gradient account.",
+        None,
+        "SQL file returning every company that should be a Gradient account.",
         "/etc/gradient-billing-sync/companies.sql",
     )
     partners_sql: str | None = _setting(
-        None, "SQL file returning partner_id, partner_name: the names that title partner statements.",
+        None,
+        "SQL file returning partner_id, partner_name: the names that title partner statements.",
         "/etc/gradient-billing-sync/partners.sql",
     )
     sync_requests_sql: str | None = _setting(
-        None, "SQL file returning 'Update Counts' / 'Sync Company Accounts' requests after :after_id.",
+        None,
+        "SQL file returning 'Update Counts' / 'Sync Company Accounts' requests after :after_id.",
         "/etc/gradient-billing-sync/sync_requests.sql",
     )
     source_watermark_sql: str | None = _setting(
@@ -261,9 +266,7 @@ class Settings(BaseSettings):
         "SQL file returning partner_id, email: who receives each partner's statement; off when unset.",
         "/etc/gradient-billing-sync/partner_contacts.sql",
     )
-    statements_email_from: str | None = _setting(
-        None, "Sender address of statement e-mails.", "billing@vendor.example"
-    )
+    statements_email_from: str | None = _setting(None, "Sender address of statement e-mails.", "billing@vendor.example")
     alert_smtp_url: SecretStr | None = _setting(
         None,
         "SMTP server (TLS, with login) for run-failure and partial-month e-mails; off when unset.",
@@ -277,8 +280,7 @@ class Settings(BaseSettings):
     )
     alert_webhook_url: SecretStr | None = _setting(
         None,
-        "Slack-compatible webhook (JSON {\"text\": ...}) for the same alerts (secret: holds a token); "
-        "off when unset.",
+        'Slack-compatible webhook (JSON {"text": ...}) for the same alerts (secret: holds a token); off when unset.',
         "https://hooks.slack.com/services/T000/B000/XXXX",
     )
 
@@ -316,8 +318,16 @@ class Settings(BaseSettings):
             )
         return share
 
-    @field_validator("utilization_sql", "services_sql", "connections_sql", "companies_sql",
-                     "partners_sql", "sync_requests_sql", "source_watermark_sql", mode="before")
+    @field_validator(
+        "utilization_sql",
+        "services_sql",
+        "connections_sql",
+        "companies_sql",
+        "partners_sql",
+        "sync_requests_sql",
+        "source_watermark_sql",
+        mode="before",
+    )
     @classmethod
     def _check_sql_file(cls, value: Any, info: ValidationInfo) -> Any:
         return _sql_file(str(info.field_name).upper(), value)
@@ -386,7 +396,9 @@ class Settings(BaseSettings):
     def _check_sensor_status(cls, value: Any) -> Any:
         text = str(value).strip().lower()
         if text not in {"running", "stopped"}:
-            raise ValueError(f"GBS_SENSORS_DEFAULT_STATUS={value!r} is neither running nor stopped; give stopped or running.")
+            raise ValueError(
+                f"GBS_SENSORS_DEFAULT_STATUS={value!r} is neither running nor stopped; give stopped or running."
+            )
         return text
 
     @field_validator("first_billing_month", mode="before")
@@ -419,7 +431,9 @@ class Settings(BaseSettings):
         try:
             parsed = datetime.strptime(text, "%H:%M").time()
         except ValueError:
-            raise ValueError(f"BILLING_SCHEDULE_TIME={value!r} is not a time of day; use HH:MM (24 h), e.g. 08:00.") from None
+            raise ValueError(
+                f"BILLING_SCHEDULE_TIME={value!r} is not a time of day; use HH:MM (24 h), e.g. 08:00."
+            ) from None
         return parsed.strftime("%H:%M")
 
     @field_validator("billing_schedule_timezone", mode="before")
@@ -438,8 +452,9 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _check_schedule_and_first_month(self) -> Settings:
-        problem = schedule_problem(self.schedule_timezone, self.billing_schedule_day,
-                                   self.schedule_time, self.billing_timezone)
+        problem = schedule_problem(
+            self.schedule_timezone, self.billing_schedule_day, self.schedule_time, self.billing_timezone
+        )
         if problem:
             raise ValueError(problem)
         if self.product_db_url is not None and self.first_billing_month is None:
@@ -537,10 +552,15 @@ class Settings(BaseSettings):
 
 
 ENV_NAMES: tuple[str, ...] = tuple(name.upper() for name in Settings.model_fields)
-SECRET_NAMES = frozenset({
-    "GRADIENT_VENDOR_API_KEY", "GRADIENT_KEY_ENCRYPTION_KEYS",
-    "STATEMENTS_SMTP_URL", "ALERT_SMTP_URL", "ALERT_WEBHOOK_URL",
-})
+SECRET_NAMES = frozenset(
+    {
+        "GRADIENT_VENDOR_API_KEY",
+        "GRADIENT_KEY_ENCRYPTION_KEYS",
+        "STATEMENTS_SMTP_URL",
+        "ALERT_SMTP_URL",
+        "ALERT_WEBHOOK_URL",
+    }
+)
 URL_NAMES = frozenset({"PRODUCT_DB_URL", "STATE_DB_URL"})
 
 

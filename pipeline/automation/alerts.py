@@ -55,12 +55,15 @@ class AlertSettings:
             )
         to = [a.strip() for a in (config.alert_email_to or "").split(",") if a.strip()]
         if smtp is not None and not to:
-            raise ConfigurationError("ALERT_SMTP_URL is set but ALERT_EMAIL_TO is empty; give comma-separated addresses.")
+            raise ConfigurationError(
+                "ALERT_SMTP_URL is set but ALERT_EMAIL_TO is empty; give comma-separated addresses."
+            )
         webhook = config.alert_webhook_url.get_secret_value() if config.alert_webhook_url else None
         return cls(
             smtp=smtp,
             email_to=to,
-            email_from=config.alert_email_from or (smtp.user if smtp and smtp.user and "@" in smtp.user else DEFAULT_SENDER),
+            email_from=config.alert_email_from
+            or (smtp.user if smtp and smtp.user and "@" in smtp.user else DEFAULT_SENDER),
             webhook_url=webhook,
         )
 

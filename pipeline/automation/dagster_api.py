@@ -94,10 +94,7 @@ class SensorStatus(TypedDict):
 
 
 _ERROR = "__typename ... on Error { message } ... on PythonError { className errorChain { error { message } } }"
-_RUN = (
-    "runId status jobName tags { key value } startTime endTime"
-    " stats { ... on RunStatsSnapshot { stepsSucceeded } }"
-)
+_RUN = "runId status jobName tags { key value } startTime endTime stats { ... on RunStatsSnapshot { stepsSucceeded } }"
 
 _ASSET_NODES = """
 query AssetNodes($pipeline: PipelineSelector) {

@@ -32,11 +32,15 @@ def affected_partners(engine: sa.Engine, run_id: str) -> list[AffectedPartner]:
             .distinct()
             .order_by(ledger_entries.c.partner_id, ledger_entries.c.account_id)
         ).all()
-        errored = conn.execute(
-            sa.select(partner_sync_state.c.partner_id).where(
-                partner_sync_state.c.run_id == run_id, partner_sync_state.c.status == "error"
+        errored = (
+            conn.execute(
+                sa.select(partner_sync_state.c.partner_id).where(
+                    partner_sync_state.c.run_id == run_id, partner_sync_state.c.status == "error"
+                )
             )
-        ).scalars().all()
+            .scalars()
+            .all()
+        )
     for partner_id, month, account_id in rows:
         entry = found.setdefault(partner_id, AffectedPartner(partner_id, month.strftime("%Y-%m"), []))
         entry.accounts.append(account_id)

@@ -42,9 +42,7 @@ LOAD_OPS = ("gradient_services", "gradient_accounts", "gradient_unit_counts")
 ACCOUNT_SYNC_OPS = ("gradient_services", "gradient_accounts")
 
 
-def load_run_config(
-    job_name: str, partner_ids: Sequence[str] = (), force: bool = False, resend: bool = False
-) -> dict:
+def load_run_config(job_name: str, partner_ids: Sequence[str] = (), force: bool = False, resend: bool = False) -> dict:
     """Run config choosing partners (empty = all connected) for the load assets of a job;
     ``force`` pushes a month older than the newest delivered one; ``resend`` sends every pair
     whatever the ledger says. (A preview is its own job, ``gradient_preview``: it materializes

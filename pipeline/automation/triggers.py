@@ -101,9 +101,7 @@ class SyncRequest:
         return f"sync-request:{self.request_id}"
 
 
-def load_sync_requests(
-    conn: sa.Connection, sql_path: str | None, after_id: int, limit: int
-) -> list[SyncRequest]:
+def load_sync_requests(conn: sa.Connection, sql_path: str | None, after_id: int, limit: int) -> list[SyncRequest]:
     query = SourceQuery.load(sql_path or reference_sql(conn.dialect.name, "sync_requests.sql"))
     rows = conn.execute(sa.text(query.sql), {"after_id": after_id}).mappings().fetchmany(limit)
     return [
@@ -141,8 +139,11 @@ class WaitingRequests:
 
     def merged(self, request: SyncRequest) -> WaitingRequests:
         return WaitingRequests(
-            self.partner_id, self.kind, min(self.first, request.request_id),
-            max(self.last, request.request_id), self.count + 1,
+            self.partner_id,
+            self.kind,
+            min(self.first, request.request_id),
+            max(self.last, request.request_id),
+            self.count + 1,
         )
 
 
@@ -209,8 +210,10 @@ def plan_sync_requests(
             continue
         key = (request.partner_id, request.kind)
         group = groups.get(key)
-        groups[key] = group.merged(request) if group else WaitingRequests(
-            request.partner_id, request.kind, request.request_id, request.request_id, 1
+        groups[key] = (
+            group.merged(request)
+            if group
+            else WaitingRequests(request.partner_id, request.kind, request.request_id, request.request_id, 1)
         )
     to_run, served, waiting = [], [], []
     for key, group in sorted(groups.items(), key=lambda item: item[1].last):

@@ -46,11 +46,11 @@ def aggregation_sql(query: SourceQuery, dialect_name: str) -> str:
     key = lambda c: ident(c, dialect_name)  # noqa: E731
     return f"""
 SELECT
-    {key('partner_id')} AS partner_id,
-    {key('company_id')} AS company_id,
+    {key("partner_id")} AS partner_id,
+    {key("company_id")} AS company_id,
     MAX(company_name) AS company_name,
-    {key('sku')} AS sku,
-    COUNT(DISTINCT CASE WHEN {billable_true(dialect_name)} AND {overlap} THEN {key('user_id')} END) AS billable_users,
+    {key("sku")} AS sku,
+    COUNT(DISTINCT CASE WHEN {billable_true(dialect_name)} AND {overlap} THEN {key("user_id")} END) AS billable_users,
     SUM(CASE WHEN {overlap} THEN 1 ELSE 0 END) AS rows_in_month,
     COUNT(*) AS accepted_rows
 FROM (

@@ -47,15 +47,15 @@ def source_rows_behind(
     prepare_connection(conn)
     key = lambda c: ident(c, dialect)  # noqa: E731
     sql = f"""
-SELECT user_id, {display('active_from', dialect)} AS active_from, {display('active_to', dialect)} AS active_to
+SELECT user_id, {display("active_from", dialect)} AS active_from, {display("active_to", dialect)} AS active_to
 FROM (
 {query.sql}
 ) AS utilization
 WHERE {valid_row_sql(dialect)}
   AND {billable_true(dialect)}
   AND {overlap_sql(dialect)}
-  AND {key('partner_id')} = :lineage_partner AND {key('company_id')} = :lineage_company
-  AND {key('sku')} = :lineage_sku
+  AND {key("partner_id")} = :lineage_partner AND {key("company_id")} = :lineage_company
+  AND {key("sku")} = :lineage_sku
 ORDER BY 1, 2
 """
     params = {
@@ -124,9 +124,7 @@ def explain(
     if validation is None:
         raise LookupError(f"{month.label} has not been validated yet; run the month first.")
     counts = load_billable_counts(state, month.month)
-    match = counts[
-        (counts.partner_id == partner_id) & (counts.company_id == company_id) & (counts.sku == sku)
-    ]
+    match = counts[(counts.partner_id == partner_id) & (counts.company_id == company_id) & (counts.sku == sku)]
     entries = [
         e
         for e in ledger.entries_for(state, month.month, [partner_id])
@@ -140,9 +138,6 @@ def explain(
         stored=int(match.billable_users.iloc[0]) if len(match) else None,
         counted_by_run=computation.run_id if computation else None,
         query_sha256=computation.query_sha256 if computation else None,
-        source_rows=source_rows_behind(
-            product, query, month, validation.known_skus, partner_id, company_id, sku
-        ),
+        source_rows=source_rows_behind(product, query, month, validation.known_skus, partner_id, company_id, sku),
         ledger=entries,
     )
-

@@ -34,8 +34,19 @@ from pipeline.store.schema import ledger_entries
 NOT_SENT = "not sent"
 # the statement's lines, one per (company, service)
 LINE_COLUMNS = [
-    "company_id", "company_name", "sku", "service", "billable_users", "previous_month_users", "change",
-    "units", "gradient_outcome", "http_status", "recorded_at", "gradient_holds_units", "gradient_holds_month",
+    "company_id",
+    "company_name",
+    "sku",
+    "service",
+    "billable_users",
+    "previous_month_users",
+    "change",
+    "units",
+    "gradient_outcome",
+    "http_status",
+    "recorded_at",
+    "gradient_holds_units",
+    "gradient_holds_month",
 ]
 # the CSV: the lines with the partner and the month on each row
 CSV_COLUMNS = ["partner_id", "partner_name", "month", *LINE_COLUMNS]
@@ -44,11 +55,10 @@ OUTCOME_TEXT = {
     ledger.UNMAPPED: "Gradient received the value but the account or service is not mapped to your PSA: "
     "map it in Gradient",
     ledger.FAILED: "Gradient did not take the value; the vendor sends it again on the next run",
-    ledger.SUPERSEDED: "not pushed: Gradient already holds a newer month (see \"Gradient holds now\")",
+    ledger.SUPERSEDED: 'not pushed: Gradient already holds a newer month (see "Gradient holds now")',
     ledger.DROPPED: "Gradient deleted the account this value was delivered to; the vendor creates the "
     "account again and re-sends the value on the next run",
-    NOT_SENT: "not sent: no active Gradient connection, or the push stopped before this line "
-    "(a re-run sends it)",
+    NOT_SENT: "not sent: no active Gradient connection, or the push stopped before this line (a re-run sends it)",
 }
 CONTACT_COLUMNS = ("partner_id", "email")
 TITLE_CHARS = 200  # a partner or company name longer than this is shortened in titles and subjects
@@ -210,8 +220,11 @@ def month_lines(state: sa.Engine, month: date) -> pd.DataFrame:
         frame[column] = pd.to_numeric(frame[column], errors="coerce")
     # A pair only in last month is part of this one only if it was billed (sent as 0) or
     # is still billable; a pair nobody used either month is not a line.
-    frame = frame[frame["billable_users"].notna() | frame["gradient_outcome"].notna()
-                  | (frame["previous_month_users"].fillna(0) > 0)].copy()
+    frame = frame[
+        frame["billable_users"].notna()
+        | frame["gradient_outcome"].notna()
+        | (frame["previous_month_users"].fillna(0) > 0)
+    ].copy()
     frame["billable_users"] = frame["billable_users"].fillna(0).astype(int)
     if load_month_computation(state, add_months(month, -1)) is not None:
         # last month was counted: a pair it did not have had 0 users then
@@ -229,9 +242,7 @@ def month_lines(state: sa.Engine, month: date) -> pd.DataFrame:
     return frame
 
 
-def iter_partner_statements(
-    state: sa.Engine, month: date, names: dict[str, str] | None = None
-) -> Iterator[Statement]:
+def iter_partner_statements(state: sa.Engine, month: date, names: dict[str, str] | None = None) -> Iterator[Statement]:
     """One statement per partner with counts or ledger entries in the month or the one before,
     made one at a time (the caller writes each before the next is built)."""
     require_counted(state, month)
@@ -313,30 +324,38 @@ def render_html(statement: Statement, generated_at: datetime) -> str:
     """A page that needs nothing else (inline style); every value is escaped by the template."""
     lines = []
     for row in statement.rows.itertuples(index=False):
-        holds = "" if pd.isna(row.gradient_holds_units) else f"{row.gradient_holds_units} (for {row.gradient_holds_month})"
-        lines.append({
-            "company_id": row.company_id,
-            "company_name": outputs.text(row.company_name),
-            "service": outputs.text(row.service),
-            "billable_users": row.billable_users,
-            "previous_month_users": outputs.text(row.previous_month_users),
-            "change": _signed(row.change),
-            "units": row.units,
-            "outcome": row.gradient_outcome,
-            "outcome_class": str(row.gradient_outcome).replace(" ", "-"),
-            "gradient_holds": holds,
-            "recorded_at": _timestamp_text(row.recorded_at),
-        })
+        holds = (
+            "" if pd.isna(row.gradient_holds_units) else f"{row.gradient_holds_units} (for {row.gradient_holds_month})"
+        )
+        lines.append(
+            {
+                "company_id": row.company_id,
+                "company_name": outputs.text(row.company_name),
+                "service": outputs.text(row.service),
+                "billable_users": row.billable_users,
+                "previous_month_users": outputs.text(row.previous_month_users),
+                "change": _signed(row.change),
+                "units": row.units,
+                "outcome": row.gradient_outcome,
+                "outcome_class": str(row.gradient_outcome).replace(" ", "-"),
+                "gradient_holds": holds,
+                "recorded_at": _timestamp_text(row.recorded_at),
+            }
+        )
     newer = statement.newer_month_in_gradient
-    return _templates().get_template("statement.html.j2").render(
-        month=statement.label,
-        title=outputs.shorten(statement.title, TITLE_CHARS),
-        partner_id=statement.partner_id,
-        generated_at=f"{generated_at.astimezone(UTC):%Y-%m-%d %H:%M}",
-        newer_month=newer.strftime("%Y-%m") if newer else None,
-        totals=statement.totals(),
-        lines=lines,
-        outcome_text=OUTCOME_TEXT,
+    return (
+        _templates()
+        .get_template("statement.html.j2")
+        .render(
+            month=statement.label,
+            title=outputs.shorten(statement.title, TITLE_CHARS),
+            partner_id=statement.partner_id,
+            generated_at=f"{generated_at.astimezone(UTC):%Y-%m-%d %H:%M}",
+            newer_month=newer.strftime("%Y-%m") if newer else None,
+            totals=statement.totals(),
+            lines=lines,
+            outcome_text=OUTCOME_TEXT,
+        )
     )
 
 

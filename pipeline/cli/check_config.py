@@ -71,8 +71,10 @@ def effective_settings(config) -> list[tuple[str, str, str]]:
     query file...), not as "(not set)"."""
     from pipeline import settings
 
-    return [(name, source, _in_effect(name, shown, config) if source == "default" else shown)
-            for name, source, shown in settings.describe(config)]
+    return [
+        (name, source, _in_effect(name, shown, config) if source == "default" else shown)
+        for name, source, shown in settings.describe(config)
+    ]
 
 
 def _in_effect(name: str, shown: str, config) -> str:
@@ -109,9 +111,13 @@ def _plain_words(check: PreflightCheck) -> PreflightCheck:
     import dataclasses
 
     if check.setting == "GRADIENT_BASE_URL" and check.ok and check.detail.startswith("HTTP "):
-        return dataclasses.replace(check, detail=(
-            f"it is up (its base URL answered {check.detail}: any answer means reachable; "
-            "the API's own paths and each partner's token are used by a run)"))
+        return dataclasses.replace(
+            check,
+            detail=(
+                f"it is up (its base URL answered {check.detail}: any answer means reachable; "
+                "the API's own paths and each partner's token are used by a run)"
+            ),
+        )
     return check
 
 
@@ -133,31 +139,47 @@ def partner_keys_check(config, key_material: str) -> PreflightCheck:
             connections = load_connections(conn, config.connections_sql)
     except (ConfigurationError, sa.exc.DBAPIError) as exc:
         first = str(getattr(exc, "orig", None) or exc).strip().splitlines()
-        return PreflightCheck("CONNECTIONS_SQL", what, False,
-                              f"the connections query failed ({first[0] if first else type(exc).__name__}); "
-                              "`gradient-billing-sync check-source` shows why")
+        return PreflightCheck(
+            "CONNECTIONS_SQL",
+            what,
+            False,
+            f"the connections query failed ({first[0] if first else type(exc).__name__}); "
+            "`gradient-billing-sync check-source` shows why",
+        )
     finally:
         engine.dispose()
     connected = [(c.partner_id, c.encrypted_api_key) for c in connections if c.is_connected]
     try:
         keys = key_diagnosis(connected, key_material)
     except PartnerKeyError:
-        return PreflightCheck("GRADIENT_KEY_ENCRYPTION_KEYS", what, False,
-                              "not checked: GRADIENT_KEY_ENCRYPTION_KEYS does not parse (see above)")
+        return PreflightCheck(
+            "GRADIENT_KEY_ENCRYPTION_KEYS",
+            what,
+            False,
+            "not checked: GRADIENT_KEY_ENCRYPTION_KEYS does not parse (see above)",
+        )
     failed = [k for k in keys if k.opened_by is None]
     if failed:
         problems: dict[str, list[str]] = {}  # problem -> partners, so the fix is said once
         for k in failed:
             problems.setdefault(k.problem, []).append(cell(k.partner_id))  # ids are product data
-        return PreflightCheck("GRADIENT_KEY_ENCRYPTION_KEYS", what, False, "\n".join(
-            f"{len(ids)} partner{'s' if len(ids) > 1 else ''} ({', '.join(ids)}): {problem}"
-            for problem, ids in problems.items()))
+        return PreflightCheck(
+            "GRADIENT_KEY_ENCRYPTION_KEYS",
+            what,
+            False,
+            "\n".join(
+                f"{len(ids)} partner{'s' if len(ids) > 1 else ''} ({', '.join(ids)}): {problem}"
+                for problem, ids in problems.items()
+            ),
+        )
     older = [k for k in keys if not k.under_newest]
     detail = f"{len(keys)} of {len(keys)}" if keys else "no partner is connected yet"
     if older:
-        detail += (f"; {len(older)} only with an older key ({', '.join(cell(k.partner_id) for k in older[:10])}"
-                   f"{', ...' if len(older) > 10 else ''}): `gradient-billing-sync rotate` re-encrypts them "
-                   "under the newest, then the old key can be removed")
+        detail += (
+            f"; {len(older)} only with an older key ({', '.join(cell(k.partner_id) for k in older[:10])}"
+            f"{', ...' if len(older) > 10 else ''}): `gradient-billing-sync rotate` re-encrypts them "
+            "under the newest, then the old key can be removed"
+        )
     return PreflightCheck("GRADIENT_KEY_ENCRYPTION_KEYS", what, True, detail)
 
 
@@ -177,11 +199,14 @@ def database_check(setting: str, what: str, url: str, timeout: float, must_exist
     if backend == "sqlite":
         exists = bool(parsed.database) and Path(parsed.database).is_file()
         if exists or not must_exist:
-            return PreflightCheck(setting, f"{what} at {shown}", True,
-                                  "" if exists else "created on first use")
-        return PreflightCheck(setting, f"{what} at {shown}", False,
-                              f"{setting} names a SQLite file that does not exist; run "
-                              "`gradient-billing-sync seed-demo` or point it at the product database.")
+            return PreflightCheck(setting, f"{what} at {shown}", True, "" if exists else "created on first use")
+        return PreflightCheck(
+            setting,
+            f"{what} at {shown}",
+            False,
+            f"{setting} names a SQLite file that does not exist; run "
+            "`gradient-billing-sync seed-demo` or point it at the product database.",
+        )
     connect_args = {"connect_timeout": max(1, int(timeout))} if backend in ("postgresql", "mysql", "mariadb") else {}
     engine = sa.create_engine(url, connect_args=connect_args)
     try:
@@ -190,9 +215,13 @@ def database_check(setting: str, what: str, url: str, timeout: float, must_exist
     except Exception as exc:
         cause = getattr(exc, "orig", None) or exc
         lines = str(cause).strip().splitlines()
-        return PreflightCheck(setting, f"{what} at {shown}", False,
-                              f"{setting}: the {what} does not answer ({type(cause).__name__}: "
-                              f"{lines[0] if lines else 'no message'}); check the URL and that it is up.")
+        return PreflightCheck(
+            setting,
+            f"{what} at {shown}",
+            False,
+            f"{setting}: the {what} does not answer ({type(cause).__name__}: "
+            f"{lines[0] if lines else 'no message'}); check the URL and that it is up.",
+        )
     finally:
         engine.dispose()
     return PreflightCheck(setting, f"{what} at {shown}", True)
@@ -203,7 +232,10 @@ def _print_raw_settings(problems: dict[str, str]) -> None:
     secrets and URLs (which may hold a password), which ones are wrong."""
     from pipeline import settings
 
-    echo_table(("variable", "source", "verdict"), [
-        (name, "environment" if settings.is_set(name) else "default", "WRONG" if name in problems else "ok")
-        for name in settings.ENV_NAMES
-    ])
+    echo_table(
+        ("variable", "source", "verdict"),
+        [
+            (name, "environment" if settings.is_set(name) else "default", "WRONG" if name in problems else "ok")
+            for name in settings.ENV_NAMES
+        ],
+    )

@@ -61,7 +61,11 @@ def check_source(month: str, sample: int) -> None:
     with product.connect() as conn:
         for name, setting, load in (
             ("services", "SERVICES_SQL", lambda: load_services(conn, product.services_sql)),
-            ("connections", "CONNECTIONS_SQL", lambda: load_connections(conn, settings.load_settings().connections_sql)),
+            (
+                "connections",
+                "CONNECTIONS_SQL",
+                lambda: load_connections(conn, settings.load_settings().connections_sql),
+            ),
             ("companies", "COMPANIES_SQL", lambda: load_companies(conn, settings.load_settings().companies_sql)),
         ):
             problem = _check(name, setting, load)

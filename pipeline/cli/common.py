@@ -13,6 +13,7 @@ import click
 if TYPE_CHECKING:
     from pipeline.billing.month import BillingMonth
 
+
 def cli_dagster_instance():
     """DAGSTER_HOME's instance when set, else the embedded one under var/dagster (created
     safely by concurrent first runs; runs killed earlier marked failed: pipeline.cli.instance)."""
@@ -31,8 +32,7 @@ def parse_month(value: str, option: str = "--month") -> date:
     try:
         return date.fromisoformat(value[:7] + "-01")
     except ValueError:
-        raise click.BadParameter(f"{value!r} is not a month; use YYYY-MM, e.g. 2026-10",
-                                 param_hint=option) from None
+        raise click.BadParameter(f"{value!r} is not a month; use YYYY-MM, e.g. 2026-10", param_hint=option) from None
 
 
 def partition_month(value: str, option: str = "--month") -> BillingMonth:

@@ -6,13 +6,15 @@ from __future__ import annotations
 import click
 
 # Dagster's wrappers around the error an op raised: the CLI shows what they wrap.
-DAGSTER_WRAPPERS = frozenset({
-    "DagsterExecutionStepExecutionError",
-    "DagsterUserCodeExecutionError",
-    "DagsterResourceFunctionError",
-    "DagsterExecutionHandleOutputError",
-    "DagsterExecutionLoadInputError",
-})
+DAGSTER_WRAPPERS = frozenset(
+    {
+        "DagsterExecutionStepExecutionError",
+        "DagsterUserCodeExecutionError",
+        "DagsterResourceFunctionError",
+        "DagsterExecutionHandleOutputError",
+        "DagsterExecutionLoadInputError",
+    }
+)
 
 
 def underlying_error(exc: BaseException) -> BaseException:

@@ -40,16 +40,20 @@ def unknown_pair(
     entries = ledger.entries_for(state, month)
     partners = set(companies.partner_id) | set(counts.partner_id) | {e["partner_id"] for e in entries}
     if partner_id not in partners:
-        return (f"unknown partner {partner_id!r}: no company of it in the product (COMPANIES_SQL) and no count "
-                f"or ledger entry in {label}. Known partners: {_some(partners)}.")
+        return (
+            f"unknown partner {partner_id!r}: no company of it in the product (COMPANIES_SQL) and no count "
+            f"or ledger entry in {label}. Known partners: {_some(partners)}."
+        )
     theirs = (
         set(companies[companies.partner_id == partner_id].company_id)
         | set(counts[counts.partner_id == partner_id].company_id)
         | {e["account_id"] for e in entries if e["partner_id"] == partner_id}
     )
     if company_id not in theirs:
-        return (f"unknown company {company_id!r} for partner {partner_id}: not among its companies in the "
-                f"product nor in {label}'s counts or ledger. Its companies: {_some(theirs)}.")
+        return (
+            f"unknown company {company_id!r} for partner {partner_id}: not among its companies in the "
+            f"product nor in {label}'s counts or ledger. Its companies: {_some(theirs)}."
+        )
     skus = set(known_skus) | set(counts.sku) | {e["sku"] for e in entries}
     if sku not in skus:
         return f"unknown service {sku!r}: not a SKU of SERVICES_SQL nor in {label}'s counts. Known: {_some(skus)}."

@@ -62,8 +62,9 @@ class _TruthfulGroup(_ConfiguredGroup):
 
 
 @click.group(cls=_TruthfulGroup)
-@click.version_option(package_name="gradient-billing-sync", prog_name="gradient-billing-sync",
-                      help="Show the installed version and exit.")
+@click.version_option(
+    package_name="gradient-billing-sync", prog_name="gradient-billing-sync", help="Show the installed version and exit."
+)
 @click.option("--verbose", is_flag=True, help="On failure, print the full error trace and Dagster's log.")
 @click.pass_context
 def main(ctx: click.Context, verbose: bool) -> None:
@@ -128,6 +129,7 @@ def _seed(seed, partners, companies, users, end_month, history_months, bad_rows)
     if not sys.stdout.isatty():
         return seed_demo_data(spec)
     with click.progressbar(length=1, label="seeding companies", show_pos=True) as bar:
+
         def advance(done: int, total: int) -> None:
             bar.length = total
             bar.update(done - bar.pos)
@@ -158,47 +160,69 @@ def _materialize(
         tags["gbs/allow_timezone_change"] = "true"
     with _instance() as instance:
         return run_months(
-            instance, months, force_superseded=force_superseded, trigger=trigger, verbose=verbose,
-            job_name=job_name, partner_ids=partner_ids, resend=resend, extra_tags=tags,
+            instance,
+            months,
+            force_superseded=force_superseded,
+            trigger=trigger,
+            verbose=verbose,
+            job_name=job_name,
+            partner_ids=partner_ids,
+            resend=resend,
+            extra_tags=tags,
         )
 
 
 ALLOW_TIMEZONE_CHANGE = click.option(
-    "--allow-timezone-change", is_flag=True,
+    "--allow-timezone-change",
+    is_flag=True,
     help="Count and push a month that was delivered under another BILLING_TIMEZONE (users move "
-         "between months: check the previous and next month's bills too).",
+    "between months: check the previous and next month's bills too).",
 )
 
 
 @main.command("run")
 @click.option("--month", "months", multiple=True, help="Month to run (YYYY-MM); repeatable.")
 @click.option("--last-closed", type=int, default=None, help="Run the N newest closed months.")
-@click.option("--force-superseded", is_flag=True,
-              help="Push a month even when a newer one was already delivered (rolls Gradient back to it).")
+@click.option(
+    "--force-superseded",
+    is_flag=True,
+    help="Push a month even when a newer one was already delivered (rolls Gradient back to it).",
+)
 @ALLOW_TIMEZONE_CHANGE
 def run(months, last_closed, force_superseded, allow_timezone_change) -> None:
     """Materialize billing months on the configured instance; a report per month as it finishes."""
-    results = _materialize(
-        _months(months, last_closed), force_superseded, allow_timezone_change=allow_timezone_change
-    )
+    results = _materialize(_months(months, last_closed), force_superseded, allow_timezone_change=allow_timezone_change)
     sys.exit(0 if all(ok for _, ok, _ in results) else 1)
 
 
 @main.command("push")
 @click.option("--month", "months", multiple=True, required=True, help="Month to push (YYYY-MM); repeatable.")
-@click.option("--partner", "partner_ids", multiple=True, help="Only this partner (repeatable); default every connected one.")
-@click.option("--resend", is_flag=True,
-              help="Send every pair again whatever the ledger says was delivered (for counts Gradient "
-                   "lost in a way the pipeline cannot see).")
-@click.option("--force-superseded", is_flag=True,
-              help="Push a month even when a newer one was already delivered (rolls Gradient back to it).")
+@click.option(
+    "--partner", "partner_ids", multiple=True, help="Only this partner (repeatable); default every connected one."
+)
+@click.option(
+    "--resend",
+    is_flag=True,
+    help="Send every pair again whatever the ledger says was delivered (for counts Gradient "
+    "lost in a way the pipeline cannot see).",
+)
+@click.option(
+    "--force-superseded",
+    is_flag=True,
+    help="Push a month even when a newer one was already delivered (rolls Gradient back to it).",
+)
 @ALLOW_TIMEZONE_CHANGE
 def push(months, partner_ids, resend, force_superseded, allow_timezone_change) -> None:
     """Push a month's stored counts to Gradient (services, accounts, counts) without counting
     it again. Without --resend only what the ledger does not hold as delivered is sent."""
     results = _materialize(
-        _months(months, None), force_superseded, trigger="cli", job_name="gradient_load",
-        partner_ids=tuple(partner_ids), resend=resend, allow_timezone_change=allow_timezone_change,
+        _months(months, None),
+        force_superseded,
+        trigger="cli",
+        job_name="gradient_load",
+        partner_ids=tuple(partner_ids),
+        resend=resend,
+        allow_timezone_change=allow_timezone_change,
     )
     sys.exit(0 if all(ok for _, ok, _ in results) else 1)
 
@@ -206,11 +230,15 @@ def push(months, partner_ids, resend, force_superseded, allow_timezone_change) -
 @main.command("backfill")
 @click.option("--from", "first", required=True, help="First month (YYYY-MM).")
 @click.option("--to", "last", required=True, help="Last month (YYYY-MM), inclusive.")
-@click.option("--force-superseded", is_flag=True,
-              help="Push months older than the newest delivered one (rolls partners back).")
-@click.option("--webserver", default=None, metavar="URL",
-              help="Launch a Dagster asset backfill on this webserver (its daemon runs it) "
-                   "instead of running the months here.")
+@click.option(
+    "--force-superseded", is_flag=True, help="Push months older than the newest delivered one (rolls partners back)."
+)
+@click.option(
+    "--webserver",
+    default=None,
+    metavar="URL",
+    help="Launch a Dagster asset backfill on this webserver (its daemon runs it) instead of running the months here.",
+)
 @click.option("--wait/--no-wait", default=True, show_default=True, help="With --webserver: wait for it.")
 @ALLOW_TIMEZONE_CHANGE
 def backfill(first, last, force_superseded, webserver, wait, allow_timezone_change) -> None:
@@ -221,12 +249,12 @@ def backfill(first, last, force_superseded, webserver, wait, allow_timezone_chan
     if webserver:
         _launch_backfill(webserver, months, force_superseded, wait)
         return
-    results = _materialize(
-        months, force_superseded, trigger="backfill", allow_timezone_change=allow_timezone_change
-    )
+    results = _materialize(months, force_superseded, trigger="backfill", allow_timezone_change=allow_timezone_change)
     failed = [m.label for m, ok, _ in results if not ok]
-    click.echo(f"backfill {first}..{last}: {len(results) - len(failed)} months succeeded"
-               + (f", failed: {', '.join(failed)}" if failed else ""))
+    click.echo(
+        f"backfill {first}..{last}: {len(results) - len(failed)} months succeeded"
+        + (f", failed: {', '.join(failed)}" if failed else "")
+    )
     sys.exit(1 if failed else 0)
 
 
@@ -277,14 +305,23 @@ def explain(month, partner_id, company_id, sku) -> None:
     product, state = resources["product_db"], resources["state_db"]
     with product.connect() as conn:
         try:
-            explanation = trace(conn, state.engine(), product.utilization_query(), billing_month,
-                                partner_id, company_id, sku)
+            explanation = trace(
+                conn, state.engine(), product.utilization_query(), billing_month, partner_id, company_id, sku
+            )
         except LookupError as exc:
             raise click.ClickException(str(exc)) from None
         from pipeline.cli.lookup import unknown_pair
 
-        problem = unknown_pair(conn, state.engine(), resources["partner_sources"].companies_sql,
-                               billing_month.month, product.known_skus(conn), partner_id, company_id, sku)
+        problem = unknown_pair(
+            conn,
+            state.engine(),
+            resources["partner_sources"].companies_sql,
+            billing_month.month,
+            product.known_skus(conn),
+            partner_id,
+            company_id,
+            sku,
+        )
     if problem:
         raise click.ClickException(problem)
     click.echo("\n".join(explanation.lines()))
@@ -325,8 +362,12 @@ def generate_encryption_key() -> None:
 
 
 @main.command("encrypt-partner-key")
-@click.option("--partner-key", prompt="Partner's Gradient API key", hide_input=True,
-              help="The key the partner pasted; prompted (hidden) when not given. Reads stdin when piped.")
+@click.option(
+    "--partner-key",
+    prompt="Partner's Gradient API key",
+    hide_input=True,
+    help="The key the partner pasted; prompted (hidden) when not given. Reads stdin when piped.",
+)
 def encrypt_partner_key(partner_key) -> None:
     """Encrypt a partner's Gradient key for the product to store in gradient_connections."""
     from pipeline import settings

@@ -10,10 +10,15 @@ import click
 
 @click.command("preview")
 @click.option("--month", required=True, help="Billing month to preview (YYYY-MM).")
-@click.option("--partner", "partner_ids", multiple=True,
-              help="Preview only this partner (repeatable); default every connected partner.")
-@click.option("--force-superseded", is_flag=True,
-              help="Preview a forced push of a month older than the newest delivered one.")
+@click.option(
+    "--partner",
+    "partner_ids",
+    multiple=True,
+    help="Preview only this partner (repeatable); default every connected partner.",
+)
+@click.option(
+    "--force-superseded", is_flag=True, help="Preview a forced push of a month older than the newest delivered one."
+)
 @click.option("--max-counts", default=50, show_default=True, help="Count calls listed per partner.")
 def preview(month, partner_ids, force_superseded, max_counts) -> None:
     """Check the partners and the month, count the month in the product database and show per
@@ -33,9 +38,16 @@ def preview(month, partner_ids, force_superseded, max_counts) -> None:
     try:
         with product.connect() as conn:
             result = preview_request(
-                conn, state.engine(), product.utilization_query(), month, product.known_skus(conn),
-                list(partner_ids), first_month=first_billing_month(), now=datetime.now(UTC),
-                connections_sql=sources.connections_sql, companies_sql=sources.companies_sql,
+                conn,
+                state.engine(),
+                product.utilization_query(),
+                month,
+                product.known_skus(conn),
+                list(partner_ids),
+                first_month=first_billing_month(),
+                now=datetime.now(UTC),
+                connections_sql=sources.connections_sql,
+                companies_sql=sources.companies_sql,
                 force=force_superseded,
             )
     except PreviewRequestError as exc:

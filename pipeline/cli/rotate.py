@@ -20,12 +20,22 @@ import click
 
 
 @click.command("rotate")
-@click.option("--out", "out_path", required=True, type=click.Path(dir_okay=False, path_type=Path),
-              help="File to write (created with mode 600; an existing file is not overwritten).")
-@click.option("--format", "file_format", type=click.Choice(["sql", "csv"]), default=None,
-              help="sql: UPDATEs of the reference schema's gradient_connections for the product "
-                   "database's dialect; csv: partner_id,encrypted_api_key for a vendor's own schema. "
-                   "Default: sql unless CONNECTIONS_SQL is set.")
+@click.option(
+    "--out",
+    "out_path",
+    required=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="File to write (created with mode 600; an existing file is not overwritten).",
+)
+@click.option(
+    "--format",
+    "file_format",
+    type=click.Choice(["sql", "csv"]),
+    default=None,
+    help="sql: UPDATEs of the reference schema's gradient_connections for the product "
+    "database's dialect; csv: partner_id,encrypted_api_key for a vendor's own schema. "
+    "Default: sql unless CONNECTIONS_SQL is set.",
+)
 def rotate(out_path: Path, file_format: str | None) -> None:
     """Re-encrypt every stored partner key that an older key in GRADIENT_KEY_ENCRYPTION_KEYS
     opens under the newest (first) one, into a file for the product to apply (the pipeline
@@ -45,8 +55,9 @@ def rotate(out_path: Path, file_format: str | None) -> None:
         connections = [c for c in load_connections(conn, config.connections_sql) if c.encrypted_api_key]
     keys = config.encryption_keys
     try:
-        diagnosis = {k.partner_id: k for k in key_diagnosis(
-            [(c.partner_id, c.encrypted_api_key) for c in connections], keys)}
+        diagnosis = {
+            k.partner_id: k for k in key_diagnosis([(c.partner_id, c.encrypted_api_key) for c in connections], keys)
+        }
     except PartnerKeyError as exc:
         raise click.ClickException(str(exc)) from None
     older = [c for c in connections if (diagnosis[c.partner_id].opened_by or 1) > 1]
@@ -54,10 +65,12 @@ def rotate(out_path: Path, file_format: str | None) -> None:
     if older:
         rotated = [(c, reencrypt(c.encrypted_api_key or "", keys)) for c in older]
         _write_private(out_path, _sql(rotated, dialect) if file_format == "sql" else _csv(rotated))
-        click.echo(f"wrote {len(rotated)} re-encrypted partner keys to {out_path} ({file_format}); "
-                   "the product stores them: apply the file to the product database (the pipeline only "
-                   "reads it). Then `gradient-billing-sync check-config` shows every key opening with "
-                   "the newest, and the older keys can be removed from GRADIENT_KEY_ENCRYPTION_KEYS.")
+        click.echo(
+            f"wrote {len(rotated)} re-encrypted partner keys to {out_path} ({file_format}); "
+            "the product stores them: apply the file to the product database (the pipeline only "
+            "reads it). Then `gradient-billing-sync check-config` shows every key opening with "
+            "the newest, and the older keys can be removed from GRADIENT_KEY_ENCRYPTION_KEYS."
+        )
     else:
         click.echo("every stored partner key opens with the newest key already; nothing to write")
     connected = [c for c in unopened if c.is_connected]
@@ -66,8 +79,9 @@ def rotate(out_path: Path, file_format: str | None) -> None:
     if connected:
         from pipeline.gradient.partner_keys import UNDECRYPTABLE_FIX
 
-        raise click.ClickException(f"{len(connected)} connected partners' stored keys cannot be "
-                                   f"re-encrypted: {UNDECRYPTABLE_FIX}")
+        raise click.ClickException(
+            f"{len(connected)} connected partners' stored keys cannot be re-encrypted: {UNDECRYPTABLE_FIX}"
+        )
 
 
 def _sql(rotated, dialect) -> str:
@@ -78,13 +92,16 @@ def _sql(rotated, dialect) -> str:
     from pipeline.source import product_schema as ps
 
     table = ps.gradient_connections
-    lines = ["-- gradient-billing-sync rotate: stored partner keys re-encrypted under the newest key.",
-             "-- Each UPDATE applies only while the stored value is still the one rotate read."]
+    lines = [
+        "-- gradient-billing-sync rotate: stored partner keys re-encrypted under the newest key.",
+        "-- Each UPDATE applies only while the stored value is still the one rotate read.",
+    ]
     for connection, new_value in rotated:
         statement = (
             sa.update(table)
-            .where(table.c.partner_id == connection.partner_id,
-                   table.c.encrypted_api_key == connection.encrypted_api_key)
+            .where(
+                table.c.partner_id == connection.partner_id, table.c.encrypted_api_key == connection.encrypted_api_key
+            )
             .values(encrypted_api_key=new_value)
         )
         lines.append(f"{statement.compile(dialect=dialect, compile_kwargs={'literal_binds': True})};")

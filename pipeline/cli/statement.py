@@ -47,7 +47,8 @@ def statement(month: str) -> None:
     (materialization,) = result.asset_materializations_for_node("partner_statements")
     meta = materialization.metadata
     directory = StatementSettings.from_env().month_dir(first)
-    click.echo(f"{ran.label}: {meta['partners'].value} partner statements in {directory} "
-               f"({meta['emailed'].value} e-mailed)")
+    click.echo(
+        f"{ran.label}: {meta['partners'].value} partner statements in {directory} ({meta['emailed'].value} e-mailed)"
+    )
     for path in sorted(directory.glob("*.html")):
         click.echo(f"  {path}")

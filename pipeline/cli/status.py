@@ -60,8 +60,9 @@ def open_lines(state: sa.Engine, partner_id: str, outcome: str) -> pd.DataFrame:
     return frame
 
 
-def partner_statuses(product: sa.Connection, state: sa.Engine, connections_sql: str | None,
-                     encryption_keys: str | None = None) -> list[PartnerStatus]:
+def partner_statuses(
+    product: sa.Connection, state: sa.Engine, connections_sql: str | None, encryption_keys: str | None = None
+) -> list[PartnerStatus]:
     """Every partner the product or the ledger knows; with ``encryption_keys``, whether each
     connected partner's stored key decrypts (as a run would need it to)."""
     from pipeline.gradient import ledger
@@ -92,8 +93,12 @@ def partner_statuses(product: sa.Connection, state: sa.Engine, connections_sql: 
 
 
 @click.command("status")
-@click.option("--partner", "partner_id", default=None,
-              help="Show only this partner, with its unmapped accounts and services one per line.")
+@click.option(
+    "--partner",
+    "partner_id",
+    default=None,
+    help="Show only this partner, with its unmapped accounts and services one per line.",
+)
 def status(partner_id: str | None) -> None:
     """Per partner: connection state in the product, status in Gradient, newest month
     delivered, unmapped accounts (waiting for the partner to map them in Gradient), last error."""
@@ -111,8 +116,10 @@ def status(partner_id: str | None) -> None:
     if partner_id is not None:
         rows = [r for r in rows if r.partner_id == partner_id]
         if not rows:
-            raise click.ClickException(f"unknown partner {cell(partner_id)!r}: not in the product's connections "
-                                       "(CONNECTIONS_SQL) nor in the ledger")
+            raise click.ClickException(
+                f"unknown partner {cell(partner_id)!r}: not in the product's connections "
+                "(CONNECTIONS_SQL) nor in the ledger"
+            )
     if not rows:
         click.echo("no partner is connected to Gradient yet")
         return
@@ -120,14 +127,23 @@ def status(partner_id: str | None) -> None:
     for r in rows:
         accounts = r.unmapped["account_id"].nunique() if len(r.unmapped) else 0
         newest = r.newest_delivered.strftime("%Y-%m") if r.newest_delivered else "nothing yet"
-        error = (f"stored API key cannot be decrypted ({r.key_problem.split(':')[0]}); "
-                 "`gradient-billing-sync check-config` says what fixes it") if r.key_problem else (r.last_error or "-")
-        table.append((r.partner_id, r.connection, r.gradient_status, newest, accounts,
-                      error.splitlines()[0][:400]))
+        error = (
+            (
+                f"stored API key cannot be decrypted ({r.key_problem.split(':')[0]}); "
+                "`gradient-billing-sync check-config` says what fixes it"
+            )
+            if r.key_problem
+            else (r.last_error or "-")
+        )
+        table.append((r.partner_id, r.connection, r.gradient_status, newest, accounts, error.splitlines()[0][:400]))
     echo_table(("partner", "connection", "gradient", "delivered up to", "unmapped accounts", "last error"), table)
     if partner_id is not None and len(rows[0].unmapped):
         click.echo("\nunmapped in Gradient (the partner maps them; the next run sends them):")
-        echo_table(("account", "name", "service", "last sent for"), [
-            (line.account_id, line.account_name or "", line.sku, f"{line.month:%Y-%m}")
-            for line in rows[0].unmapped.itertuples(index=False)
-        ], indent=2)
+        echo_table(
+            ("account", "name", "service", "last sent for"),
+            [
+                (line.account_id, line.account_name or "", line.sku, f"{line.month:%Y-%m}")
+                for line in rows[0].unmapped.itertuples(index=False)
+            ],
+            indent=2,
+        )

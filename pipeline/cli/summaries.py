@@ -41,12 +41,9 @@ def month_summary(state: sa.Engine, month: date, run_id: str | None = None) -> s
             .reset_index()
         )
         for row in per_partner.itertuples(index=False):
-            lines.append(
-                f"  {row.partner_id}: {int(row.billable_users)} billable users in {row.companies} companies"
-            )
+            lines.append(f"  {row.partner_id}: {int(row.billable_users)} billable users in {row.companies} companies")
     lines.extend(load_summary(state, month, run_id))
     return "\n".join(lines)
-
 
 
 def load_summary(state: sa.Engine, month: date, run_id: str | None = None) -> list[str]:

@@ -55,16 +55,46 @@ SERVICES = [
 ]
 
 PARTNER_NAMES = [
-    "Northwind IT", "Contoso Managed Services", "Fabrikam MSP", "Tailspin Networks",
-    "Adventure Works Tech", "Litware Support", "Proseware Cloud", "Woodgrove IT",
+    "Northwind IT",
+    "Contoso Managed Services",
+    "Fabrikam MSP",
+    "Tailspin Networks",
+    "Adventure Works Tech",
+    "Litware Support",
+    "Proseware Cloud",
+    "Woodgrove IT",
 ]
 COMPANY_WORDS_A = [
-    "Acme", "Blue Ridge", "Cedar", "Delta", "Evergreen", "Falcon", "Granite", "Harbor",
-    "Ironwood", "Juniper", "Keystone", "Lakeside", "Maple", "Northgate", "Oakridge", "Pinecrest",
+    "Acme",
+    "Blue Ridge",
+    "Cedar",
+    "Delta",
+    "Evergreen",
+    "Falcon",
+    "Granite",
+    "Harbor",
+    "Ironwood",
+    "Juniper",
+    "Keystone",
+    "Lakeside",
+    "Maple",
+    "Northgate",
+    "Oakridge",
+    "Pinecrest",
 ]
 COMPANY_WORDS_B = [
-    "Dental", "Law Group", "Accounting", "Logistics", "Clinic", "Realty", "Builders",
-    "Insurance", "Veterinary", "Architects", "Consulting", "Foods",
+    "Dental",
+    "Law Group",
+    "Accounting",
+    "Logistics",
+    "Clinic",
+    "Realty",
+    "Builders",
+    "Insurance",
+    "Veterinary",
+    "Architects",
+    "Consulting",
+    "Foods",
 ]
 
 # Bad rows validation must catch, with the reason a person can act on.
@@ -139,9 +169,7 @@ class _Generator:
             name = PARTNER_NAMES[p % len(PARTNER_NAMES)]
             if p >= len(PARTNER_NAMES):
                 name = f"{name} {p // len(PARTNER_NAMES) + 1}"
-            self.partner_rows.append(
-                {"partner_id": partner_id, "name": name, "created_at": self.ts(self.created)}
-            )
+            self.partner_rows.append({"partner_id": partner_id, "name": name, "created_at": self.ts(self.created)})
             n_companies = rng.randint(*spec.companies_per_partner)
             for c in range(n_companies):
                 company_id = f"c-{p + 1:03d}-{c + 1:04d}"
@@ -186,8 +214,12 @@ class _Generator:
             )
 
     def _enrollment(
-        self, user_id: str | None, company_id: str | None, sku: str | None,
-        started: datetime | str | None, ended: datetime | str | None,
+        self,
+        user_id: str | None,
+        company_id: str | None,
+        sku: str | None,
+        started: datetime | str | None,
+        ended: datetime | str | None,
     ) -> dict:
         self.enrollment_id += 1
         return {
@@ -211,7 +243,8 @@ class _Generator:
             users: list[dict] = []
             enrollments: list[dict] = []
             siblings = [
-                c for c in by_partner[company["partner_id"]]
+                c
+                for c in by_partner[company["partner_id"]]
                 if c is not company and c["company_id"] not in self._deleted_at
             ]
             for u in range(n_users):
@@ -237,26 +270,18 @@ class _Generator:
                 mover = siblings and rng.random() < spec.mover_share
                 move_at = None
                 if mover:
-                    move_at = self.random_instant(
-                        max(started, self.history_start) + timedelta(days=1), active_until
-                    )
+                    move_at = self.random_instant(max(started, self.history_start) + timedelta(days=1), active_until)
                     target = rng.choice(siblings)
                     if move_at >= active_until or (ended is not None and move_at >= ended):
                         move_at = None
                 for sku in user_skus:
                     first_end = move_at if move_at else ended
-                    enrollments.append(
-                        self._enrollment(user_id, company["company_id"], sku, started, first_end)
-                    )
+                    enrollments.append(self._enrollment(user_id, company["company_id"], sku, started, first_end))
                     if move_at:
-                        enrollments.append(
-                            self._enrollment(user_id, target["company_id"], sku, move_at, ended)
-                        )
+                        enrollments.append(self._enrollment(user_id, target["company_id"], sku, move_at, ended))
                     if rng.random() < spec.duplicate_span_share:
                         dup_start = started + timedelta(days=rng.randint(1, 20))
-                        enrollments.append(
-                            self._enrollment(user_id, company["company_id"], sku, dup_start, first_end)
-                        )
+                        enrollments.append(self._enrollment(user_id, company["company_id"], sku, dup_start, first_end))
             yield users, enrollments
 
     def bad_rows(self) -> tuple[list[dict], list[dict]]:
@@ -274,8 +299,11 @@ class _Generator:
             start = _utc(month, 12)
             rows.append(
                 self._enrollment(
-                    "u-bad-0001", first_partner_company, "SAT",
-                    start + timedelta(days=9), start + timedelta(days=4),
+                    "u-bad-0001",
+                    first_partner_company,
+                    "SAT",
+                    start + timedelta(days=9),
+                    start + timedelta(days=4),
                 )
             )
             month = add_months(month, 1)
@@ -285,9 +313,7 @@ class _Generator:
         rows.append(self._enrollment(None, first_partner_company, "PHISH", always, None))
         rows.append(self._enrollment(GHOST_USER_ID, first_partner_company, "EMAIL", always, None))
         if self.dialect == "sqlite":
-            rows.append(
-                self._enrollment("u-bad-0004", first_partner_company, "SAT", "not-a-date", None)
-            )
+            rows.append(self._enrollment("u-bad-0004", first_partner_company, "SAT", "not-a-date", None))
         return users, rows
 
 

@@ -44,11 +44,15 @@ def register_demo_partners(admin, engine: sa.Engine) -> list[str]:
     """
     with engine.connect() as conn:
         partners = dict(conn.execute(sa.select(ps.partners.c.partner_id, ps.partners.c.name)).all())
-        connected = conn.execute(
-            sa.select(ps.gradient_connections.c.partner_id)
-            .where(ps.gradient_connections.c.state == "connected")
-            .order_by(ps.gradient_connections.c.partner_id)
-        ).scalars().all()
+        connected = (
+            conn.execute(
+                sa.select(ps.gradient_connections.c.partner_id)
+                .where(ps.gradient_connections.c.state == "connected")
+                .order_by(ps.gradient_connections.c.partner_id)
+            )
+            .scalars()
+            .all()
+        )
         services = conn.execute(sa.select(ps.services.c.name)).scalars().all()
         companies = conn.execute(
             sa.select(ps.companies.c.partner_id, ps.companies.c.name).order_by(ps.companies.c.company_id)
@@ -136,6 +140,7 @@ def serve_emulator(host: str, port: int, rate_limit: float, demo_partners: bool,
 
     vendor_key = settings.load_settings().vendor_api_key
     if demo_partners:
+
         def register() -> None:
             url = f"http://{host}:{port}"
             for _ in range(100):

@@ -471,14 +471,10 @@ class GradientClient:
                 self._pace_on_send = False
         self._stats.by_status[response.status_code] += 1
         if _is_retryable_status(response.status_code):
-            raise _RetryableStatus(
-                response.status_code, _retry_after_seconds(response), _gradient_message(response)
-            )
+            raise _RetryableStatus(response.status_code, _retry_after_seconds(response), _gradient_message(response))
         if response.is_success:
             if oversized:
-                raise _UnusableAnswer(
-                    response.status_code, _received(call, response, oversized=True), retryable=False
-                )
+                raise _UnusableAnswer(response.status_code, _received(call, response, oversized=True), retryable=False)
             problem = _answer_problem(call.answer, response)
             if problem is not None:
                 raise _UnusableAnswer(response.status_code, f"{problem}; {_received(call, response)}")
@@ -504,9 +500,7 @@ class GradientClient:
             delay,
         )
 
-    def _unavailable_error(
-        self, call: _Call, error: httpx.TransportError, attempts: int
-    ) -> GradientError:
+    def _unavailable_error(self, call: _Call, error: httpx.TransportError, attempts: int) -> GradientError:
         if isinstance(error, AnswerDeadlineExceeded):
             return _error(
                 GradientUnavailableError,
@@ -556,9 +550,7 @@ class PartnerSession:
         self._client = client
         self.partner_id = partner_id
         self._partner_key = partner_api_key
-        self._token = Secret(
-            partner_token(client._vendor_key.get_secret_value(), partner_api_key.get_secret_value())
-        )
+        self._token = Secret(partner_token(client._vendor_key.get_secret_value(), partner_api_key.get_secret_value()))
 
     def __repr__(self) -> str:
         return f"PartnerSession(partner_id={self.partner_id!r}, token={self._token!r})"
@@ -634,8 +626,7 @@ class PartnerSession:
     async def set_integration_status(self, status: str) -> dict[str, Any]:
         if status not in INTEGRATION_STATUSES:
             raise ValueError(
-                f"Unknown Gradient integration status {status!r}; "
-                f"use one of {sorted(INTEGRATION_STATUSES)}"
+                f"Unknown Gradient integration status {status!r}; use one of {sorted(INTEGRATION_STATUSES)}"
             )
         call = self._call("PATCH", f"/organization/status/{status}")
         body = _unwrap_data(await self._client._json(call))
@@ -694,9 +685,7 @@ class PartnerSession:
 
     async def update_account(self, account_id: str, **fields: Any) -> dict[str, Any]:
         """PATCH any of id, name, description of the account ``account_id``."""
-        call = self._call(
-            "PATCH", f"/organization/accounts/{_segment(account_id)}", body=_camel_fields(fields)
-        )
+        call = self._call("PATCH", f"/organization/accounts/{_segment(account_id)}", body=_camel_fields(fields))
         return _as_dict(call, _unwrap_data(await self._client._json(call)))
 
     async def set_unit_count(
@@ -785,9 +774,7 @@ def _is_retryable(error: BaseException) -> bool:
         return True
     if isinstance(error, _UnusableAnswer):
         return error.retryable
-    return isinstance(error, httpx.TransportError) and not isinstance(
-        error, _NOT_RETRIED_TRANSPORT_ERRORS
-    )
+    return isinstance(error, httpx.TransportError) and not isinstance(error, _NOT_RETRIED_TRANSPORT_ERRORS)
 
 
 def _retry_after_seconds(response: httpx.Response) -> float | None:
@@ -888,9 +875,7 @@ def _status_error(call: _Call, response: httpx.Response) -> GradientError:
     )
 
 
-def _error(
-    cls: type[GradientError], call: _Call, status_code: int | None, message: str
-) -> GradientError:
+def _error(cls: type[GradientError], call: _Call, status_code: int | None, message: str) -> GradientError:
     """An error carrying the call's method, path (no query) and partner id; never secrets."""
     return cls(
         message,
@@ -1040,9 +1025,7 @@ def _unwrap_data(body: Any) -> Any:
 def _newest_sku_named(call: _Call, vendor: dict[str, Any], name: str) -> dict[str, Any]:
     """The SKU named ``name``: latest ``createdAt``, ties (or no dates) broken by list order."""
     skus = vendor.get("skus") or []
-    matches = [
-        (i, sku) for i, sku in enumerate(skus) if isinstance(sku, dict) and sku.get("name") == name
-    ]
+    matches = [(i, sku) for i, sku in enumerate(skus) if isinstance(sku, dict) and sku.get("name") == name]
     if not matches:
         raise _error(
             GradientError,

@@ -34,15 +34,12 @@ def known_accounts(engine: sa.Engine, partner_id: str) -> dict[str, str]:
     state = ledger.partner_state(engine, partner_id)
     with engine.connect() as conn:
         rows = conn.execute(
-            sa.select(synced_accounts.c.account_id, synced_accounts.c.account_name, synced_accounts.c.synced_at)
-            .where(synced_accounts.c.partner_id == partner_id)
+            sa.select(synced_accounts.c.account_id, synced_accounts.c.account_name, synced_accounts.c.synced_at).where(
+                synced_accounts.c.partner_id == partner_id
+            )
         ).all()
     since = state.delivered_since if state else None
-    return {
-        r.account_id: r.account_name
-        for r in rows
-        if since is None or _utc(r.synced_at) >= since
-    }
+    return {r.account_id: r.account_name for r in rows if since is None or _utc(r.synced_at) >= since}
 
 
 def record_synced_accounts(
@@ -82,10 +79,14 @@ def record_synced_accounts(
 
 def account_changes_of(engine: sa.Engine, run_id: str) -> dict[str, AccountChanges]:
     """Per partner: accounts first synced and renamed by this run."""
-    query = sa.select(
-        synced_accounts.c.partner_id,
-        sa.func.sum(sa.case((synced_accounts.c.created_run_id == run_id, 1), else_=0)),
-        sa.func.sum(sa.case((synced_accounts.c.renamed_run_id == run_id, 1), else_=0)),
-    ).where(synced_accounts.c.run_id == run_id).group_by(synced_accounts.c.partner_id)
+    query = (
+        sa.select(
+            synced_accounts.c.partner_id,
+            sa.func.sum(sa.case((synced_accounts.c.created_run_id == run_id, 1), else_=0)),
+            sa.func.sum(sa.case((synced_accounts.c.renamed_run_id == run_id, 1), else_=0)),
+        )
+        .where(synced_accounts.c.run_id == run_id)
+        .group_by(synced_accounts.c.partner_id)
+    )
     with engine.connect() as conn:
         return {pid: AccountChanges(int(c or 0), int(r or 0)) for pid, c, r in conn.execute(query)}

@@ -76,8 +76,7 @@ def record(engine: sa.Engine, entries: Iterable[LedgerEntry], *, billing_timezon
     now = utcnow()
     entries = list(entries)
     rows = [
-        {**e.__dict__, "billing_timezone": e.billing_timezone or billing_timezone, "recorded_at": now}
-        for e in entries
+        {**e.__dict__, "billing_timezone": e.billing_timezone or billing_timezone, "recorded_at": now} for e in entries
     ]
     answered: dict[str, list[tuple[str, str]]] = {}
     for e in entries:
@@ -114,8 +113,15 @@ def record_unanswered(
         conn.execute(
             unanswered_count_calls.insert(),
             [
-                {"partner_id": partner_id, "account_id": a, "sku": s, "month": month, "value": v,
-                 "run_id": run_id, "sent_at": now}
+                {
+                    "partner_id": partner_id,
+                    "account_id": a,
+                    "sku": s,
+                    "month": month,
+                    "value": v,
+                    "run_id": run_id,
+                    "sent_at": now,
+                }
                 for a, s, v in calls
             ],
         )
@@ -146,9 +152,11 @@ class PartnerState:
 
 def partner_state(engine: sa.Engine, partner_id: str) -> PartnerState | None:
     with engine.connect() as conn:
-        row = conn.execute(
-            sa.select(partner_sync_state).where(partner_sync_state.c.partner_id == partner_id)
-        ).mappings().first()
+        row = (
+            conn.execute(sa.select(partner_sync_state).where(partner_sync_state.c.partner_id == partner_id))
+            .mappings()
+            .first()
+        )
     if row is None:
         return None
     return PartnerState(
@@ -214,9 +222,7 @@ def set_partner_status(
             conn.execute(partner_sync_state.insert(), [{"partner_id": partner_id, **values}])
         else:
             conn.execute(
-                partner_sync_state.update()
-                .where(partner_sync_state.c.partner_id == partner_id)
-                .values(**values)
+                partner_sync_state.update().where(partner_sync_state.c.partner_id == partner_id).values(**values)
             )
 
 
@@ -310,15 +316,19 @@ def record_dropped_accounts(
 def delivered_timezones(engine: sa.Engine, month: date) -> set[str]:
     """The billing time zones the month's delivered values were counted in (recorded since 0006)."""
     with engine.connect() as conn:
-        rows = conn.execute(
-            sa.select(ledger_entries.c.billing_timezone)
-            .where(
-                ledger_entries.c.month == month,
-                ledger_entries.c.outcome == DELIVERED,
-                ledger_entries.c.billing_timezone.is_not(None),
+        rows = (
+            conn.execute(
+                sa.select(ledger_entries.c.billing_timezone)
+                .where(
+                    ledger_entries.c.month == month,
+                    ledger_entries.c.outcome == DELIVERED,
+                    ledger_entries.c.billing_timezone.is_not(None),
+                )
+                .distinct()
             )
-            .distinct()
-        ).scalars().all()
+            .scalars()
+            .all()
+        )
     return set(rows)
 
 
@@ -475,8 +485,10 @@ def record_gradient_changes(engine: sa.Engine, run_id: str, partner_id: str, cha
         if changes:
             conn.execute(
                 table.insert(),
-                [{"run_id": run_id, "partner_id": partner_id, "seq": i, "change": c, "recorded_at": now}
-                 for i, c in enumerate(changes)],
+                [
+                    {"run_id": run_id, "partner_id": partner_id, "seq": i, "change": c, "recorded_at": now}
+                    for i, c in enumerate(changes)
+                ],
             )
 
 
@@ -515,7 +527,15 @@ def entries_for(engine: sa.Engine, month: date, partner_ids: Sequence[str] | Non
 
 
 LEDGER_COLUMNS = [
-    "partner", "account", "sku", "value", "outcome", "http_status", "detail", "recorded_at", "run_id",
+    "partner",
+    "account",
+    "sku",
+    "value",
+    "outcome",
+    "http_status",
+    "detail",
+    "recorded_at",
+    "run_id",
 ]
 TOTALS_COLUMNS = ["partner", "outcome", "pairs", "units"]
 
@@ -527,9 +547,15 @@ def month_ledger(engine: sa.Engine, month: date, partner_ids: Sequence[str] | No
     frame = pd.DataFrame(
         [
             {
-                "partner": r["partner_id"], "account": r["account_id"], "sku": r["sku"],
-                "value": r["value"], "outcome": r["outcome"], "http_status": r["http_status"],
-                "detail": r["detail"] or "", "recorded_at": _aware(r["recorded_at"]), "run_id": r["run_id"],
+                "partner": r["partner_id"],
+                "account": r["account_id"],
+                "sku": r["sku"],
+                "value": r["value"],
+                "outcome": r["outcome"],
+                "http_status": r["http_status"],
+                "detail": r["detail"] or "",
+                "recorded_at": _aware(r["recorded_at"]),
+                "run_id": r["run_id"],
             }
             for r in rows
         ],
@@ -595,8 +621,13 @@ def run_pairs(engine: sa.Engine, month: date, run_id: str) -> pd.DataFrame:
     return pd.DataFrame(
         [
             {
-                "partner": r["partner_id"], "account": r["account_id"], "sku": r["sku"], "value": r["value"],
-                "outcome": r["outcome"], "http_status": r["http_status"], "detail": r["detail"] or "",
+                "partner": r["partner_id"],
+                "account": r["account_id"],
+                "sku": r["sku"],
+                "value": r["value"],
+                "outcome": r["outcome"],
+                "http_status": r["http_status"],
+                "detail": r["detail"] or "",
             }
             for r in rows
         ],

@@ -214,11 +214,7 @@ async def sync_accounts(
             existing = {str(a["id"]): a for a in await session.get_accounts()}
             missing = [{"id": c, "name": n} for c, n in wanted.items() if c not in existing]
             created = len(await session.create_accounts(missing)) if missing else 0
-    renames = [
-        (cid, name)
-        for cid, name in wanted.items()
-        if cid in existing and existing[cid].get("name") != name
-    ]
+    renames = [(cid, name) for cid, name in wanted.items() if cid in existing and existing[cid].get("name") != name]
     await asyncio.gather(*(session.update_account(cid, name=name) for cid, name in renames))
     return AccountSync(existing=len(existing), created=created, renamed=len(renames), found=found)
 
@@ -260,10 +256,7 @@ def plan_push(
     """
     service_ids = service_ids or {}
     unanswered = unanswered or {}
-    wanted = {
-        (str(r.company_id), str(r.sku)): int(r.billable_users)
-        for r in counts.itertuples(index=False)
-    }
+    wanted = {(str(r.company_id), str(r.sku)): int(r.billable_users) for r in counts.itertuples(index=False)}
     for pair, held in delivered.items():
         if pair not in wanted and held.value != 0:
             wanted[pair] = 0
@@ -383,7 +376,9 @@ class _PartnerPush:
         service_id = self.service_ids.get(call.sku)
         if service_id is None:
             return self.entry(
-                call, FAILED, None,
+                call,
+                FAILED,
+                None,
                 f"service {call.sku} does not exist in Gradient (services sync failed or it is "
                 "not in SERVICES_SQL); re-run after the services sync succeeds",
             )
@@ -394,14 +389,14 @@ class _PartnerPush:
             return self.entry(call, FAILED, 401, "not sent: Gradient rejected the partner's key")
         if self.lock is not None and self.lock.lost:
             return self.entry(
-                call, FAILED, None,
+                call,
+                FAILED,
+                None,
                 "not sent: this run lost its push lease of the partner (the state database "
                 "could not be reached to renew it); re-run the month",
             )
         try:
-            result = await self.session.set_unit_count(
-                service_id, call.account_id, call.value, no_build=no_build
-            )
+            result = await self.session.set_unit_count(service_id, call.account_id, call.value, no_build=no_build)
         except GradientAuthError as exc:
             self.auth_error = exc
             return self.entry(call, FAILED, 401, str(exc))
@@ -500,9 +495,16 @@ def superseded_entries(
     )
     return [
         LedgerEntry(
-            partner_id=partner_id, month=month, account_id=str(r.company_id), sku=str(r.sku),
-            service_id=None, value=int(r.billable_users), outcome=SUPERSEDED, http_status=None,
-            detail=detail, run_id=run_id,
+            partner_id=partner_id,
+            month=month,
+            account_id=str(r.company_id),
+            sku=str(r.sku),
+            service_id=None,
+            value=int(r.billable_users),
+            outcome=SUPERSEDED,
+            http_status=None,
+            detail=detail,
+            run_id=run_id,
         )
         for r in counts.itertuples(index=False)
     ]
@@ -609,7 +611,7 @@ async def _check_gradient_side(
 
 NULL_COMPANY_FIX = (
     "COMPANIES_SQL returned a NULL company_id or company_name: the company is not sent to "
-    "Gradient (it would become an account named \"None\"); fix the product's companies row or "
+    'Gradient (it would become an account named "None"); fix the product\'s companies row or '
     "make COMPANIES_SQL return a non-null id and name for every company"
 )
 
@@ -749,10 +751,21 @@ async def push_partner_month(
             if held.waited_seconds >= 0.5:
                 log(f"{target.partner_id}: waited {held.waited_seconds:.1f} s for another run's push")
             return await _push_locked(
-                client, target, month, counts, service_ids, state_db, run_id, report, held,
-                force=force, accounts_error=accounts_error,
-                service_conflicts=service_conflicts or {}, log=log,
-                resend=resend, billing_timezone=billing_timezone,
+                client,
+                target,
+                month,
+                counts,
+                service_ids,
+                state_db,
+                run_id,
+                report,
+                held,
+                force=force,
+                accounts_error=accounts_error,
+                service_conflicts=service_conflicts or {},
+                log=log,
+                resend=resend,
+                billing_timezone=billing_timezone,
             )
     except locks.LockTimeout as exc:
         return _lock_timeout(report, exc, f"{month:%Y-%m} not pushed;", log)
@@ -788,8 +801,18 @@ async def _push_locked(
         report.refused = refused
         refused_rows = counts[counts.company_id.astype(str).isin(list(refused))]
         entries = [
-            LedgerEntry(target.partner_id, month, str(r.company_id), str(r.sku), service_ids.get(str(r.sku)),
-                        int(r.billable_users), FAILED, None, refused[str(r.company_id)], run_id)
+            LedgerEntry(
+                target.partner_id,
+                month,
+                str(r.company_id),
+                str(r.sku),
+                service_ids.get(str(r.sku)),
+                int(r.billable_users),
+                FAILED,
+                None,
+                refused[str(r.company_id)],
+                run_id,
+            )
             for r in refused_rows.itertuples(index=False)
         ]
         ledger.record(state_db, entries, billing_timezone=billing_timezone)
@@ -812,8 +835,18 @@ async def _push_locked(
     if accounts_error is not None:
         detail = f"not sent: the partner's accounts could not be synced in this run ({accounts_error})"
         entries = [
-            LedgerEntry(target.partner_id, month, c.account_id, c.sku, service_ids.get(c.sku),
-                        c.value, FAILED, None, detail, run_id)
+            LedgerEntry(
+                target.partner_id,
+                month,
+                c.account_id,
+                c.sku,
+                service_ids.get(c.sku),
+                c.value,
+                FAILED,
+                None,
+                detail,
+                run_id,
+            )
             for c in plan.to_send
         ]
         ledger.record(state_db, entries, billing_timezone=billing_timezone)
@@ -870,7 +903,11 @@ async def disconnect_partner(
             failure = exc
             outcome = f"could not tell Gradient: {exc}"
     ledger.set_partner_status(
-        state_db, connection.partner_id, INACTIVE, run_id=run_id, reset_delivered=True,
+        state_db,
+        connection.partner_id,
+        INACTIVE,
+        run_id=run_id,
+        reset_delivered=True,
         last_error=str(failure) if failure else None,
     )
     log(f"{connection.partner_id} disconnected: {outcome}; delivered state forgotten")

@@ -45,9 +45,7 @@ POLL_SECONDS = 0.2
 SERVICES_LOCK = "services"
 MAX_ADVISORY_CONNECTIONS = 8
 WATCH_SECONDS = 5.0
-_advisory_slots: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore] = (
-    weakref.WeakKeyDictionary()
-)
+_advisory_slots: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore] = weakref.WeakKeyDictionary()
 
 
 @functools.cache
@@ -225,9 +223,7 @@ class _LeaseLock:
             self.renewer.join()
         with self.engine.begin() as conn:
             conn.execute(
-                push_leases.delete().where(
-                    push_leases.c.lock_name == self.name, push_leases.c.holder == self.holder
-                )
+                push_leases.delete().where(push_leases.c.lock_name == self.name, push_leases.c.holder == self.holder)
             )
 
     def close(self) -> None:

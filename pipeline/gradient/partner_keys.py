@@ -111,8 +111,13 @@ def key_diagnosis(stored: Iterable[tuple[str, str | None]], encryption_keys: str
     out = []
     for partner_id, encrypted in stored:
         if not encrypted:
-            out.append(StoredKey(partner_id, None, "connected but no stored API key: the partner "
-                                                   "pastes its Gradient key in the product again"))
+            out.append(
+                StoredKey(
+                    partner_id,
+                    None,
+                    "connected but no stored API key: the partner pastes its Gradient key in the product again",
+                )
+            )
             continue
         opened_by = None
         for position, fernet in enumerate(fernets, start=1):
@@ -122,6 +127,13 @@ def key_diagnosis(stored: Iterable[tuple[str, str | None]], encryption_keys: str
                 continue
             opened_by = position
             break
-        out.append(StoredKey(partner_id, opened_by, "" if opened_by else
-                             f"no key in GRADIENT_KEY_ENCRYPTION_KEYS decrypts the stored API key: {UNDECRYPTABLE_FIX}"))
+        out.append(
+            StoredKey(
+                partner_id,
+                opened_by,
+                ""
+                if opened_by
+                else f"no key in GRADIENT_KEY_ENCRYPTION_KEYS decrypts the stored API key: {UNDECRYPTABLE_FIX}",
+            )
+        )
     return out

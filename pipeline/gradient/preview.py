@@ -106,8 +106,13 @@ def preview_partner(
     def call(account_id: str, sku: str, value: int) -> PlannedCall:
         held = delivered.get((account_id, sku))
         return PlannedCall(
-            partner_id, account_id, names.get(account_id, known.get(account_id, "")), sku, value,
-            held.value if held else None, held.month if held else None,
+            partner_id,
+            account_id,
+            names.get(account_id, known.get(account_id, "")),
+            sku,
+            value,
+            held.value if held else None,
+            held.month if held else None,
         )
 
     newest = ledger.newest_delivered_month(engine, partner_id)
@@ -151,7 +156,9 @@ def preview_month(
         own = accounts[accounts.partner_id == partner_id]
         out.append(
             preview_partner(
-                engine, partner_id, month,
+                engine,
+                partner_id,
+                month,
                 counts[counts.partner_id == partner_id],
                 [(str(r.company_id), str(r.company_name)) for r in own.itertuples(index=False)],
                 service_ids,
@@ -165,8 +172,13 @@ def calls_frame(previews: Sequence[PartnerPreview]) -> pd.DataFrame:
     """Every count call the previews would make, with what Gradient holds and the change."""
     rows = [
         {
-            "partner": c.partner_id, "account": c.account_id, "account_name": c.account_name, "sku": c.sku,
-            "value": c.value, "gradient_holds": c.held_value, "held_month": f"{c.held_month:%Y-%m}" if c.held_month else "",
+            "partner": c.partner_id,
+            "account": c.account_id,
+            "account_name": c.account_name,
+            "sku": c.sku,
+            "value": c.value,
+            "gradient_holds": c.held_value,
+            "held_month": f"{c.held_month:%Y-%m}" if c.held_month else "",
             "change": c.change,
         }
         for p in previews
@@ -194,8 +206,16 @@ def summary_frame(previews: Sequence[PartnerPreview]) -> pd.DataFrame:
             for p in previews
         ],
         columns=[
-            "partner", "outcome", "accounts_to_create", "accounts_to_rename", "counts_to_send",
-            "units_to_send", "already_delivered", "superseded", "superseded_by", "last_unmapped",
+            "partner",
+            "outcome",
+            "accounts_to_create",
+            "accounts_to_rename",
+            "counts_to_send",
+            "units_to_send",
+            "already_delivered",
+            "superseded",
+            "superseded_by",
+            "last_unmapped",
         ],
     )
 
@@ -263,7 +283,9 @@ def preview_targets(
         if partner_id not in known:
             problems.append(f"no connected partner {partner_id[:80]!r} (the product has no Gradient connection for it)")
         elif not known[partner_id].is_connected:
-            problems.append(f"no connected partner {partner_id[:80]!r} (its Gradient connection is {known[partner_id].state})")
+            problems.append(
+                f"no connected partner {partner_id[:80]!r} (its Gradient connection is {known[partner_id].state})"
+            )
     if problems:
         shown = ", ".join(connected[:20]) + (f" and {len(connected) - 20} more" if len(connected) > 20 else "")
         raise PreviewRequestError("; ".join(problems) + f". Connected: {shown or 'none'}.")

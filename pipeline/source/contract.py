@@ -68,9 +68,7 @@ def check_contract(
         kind = pd.api.types.infer_dtype(sample[column], skipna=True)
         if kind not in _TEXT_OK:
             violations.append(
-                ContractViolation(
-                    column, f"comes back as {kind}, not text — cast it to text in UTILIZATION_SQL"
-                )
+                ContractViolation(column, f"comes back as {kind}, not text — cast it to text in UTILIZATION_SQL")
             )
     timestamp_kinds = _TS_OK if dialect_name == "sqlite" else {"datetime", "datetime64", "empty", "date"}
     for column in TIMESTAMP_COLUMNS:
@@ -87,33 +85,62 @@ def check_contract(
     values = set(sample["billable"].dropna().unique().tolist())
     if kind not in _BOOL_OK or (kind in {"integer", "floating"} and not values <= {0, 1}):
         violations.append(
-            ContractViolation(
-                "billable", f"comes back as {kind}, not boolean — return true/false (1/0 on SQLite)"
-            )
+            ContractViolation("billable", f"comes back as {kind}, not boolean — return true/false (1/0 on SQLite)")
         )
     return violations
 
 
 # One value standing for each kind of column a driver declares (PostgreSQL OIDs, MySQL field types).
 _TEXT, _TIMESTAMP, _DATE, _BOOLEAN, _INTEGER, _FLOAT = (
-    "text", pd.Timestamp("2026-01-01", tz="UTC"), date(2026, 1, 1), True, 1, 1.5
+    "text",
+    pd.Timestamp("2026-01-01", tz="UTC"),
+    date(2026, 1, 1),
+    True,
+    1,
+    1.5,
 )
 _POSTGRESQL_TYPES = {
-    25: _TEXT, 1043: _TEXT, 1042: _TEXT, 19: _TEXT, 1184: _TIMESTAMP, 1114: _TIMESTAMP,
-    1082: _DATE, 16: _BOOLEAN, 20: _INTEGER, 21: _INTEGER, 23: _INTEGER, 700: _FLOAT,
-    701: _FLOAT, 1700: _FLOAT,
+    25: _TEXT,
+    1043: _TEXT,
+    1042: _TEXT,
+    19: _TEXT,
+    1184: _TIMESTAMP,
+    1114: _TIMESTAMP,
+    1082: _DATE,
+    16: _BOOLEAN,
+    20: _INTEGER,
+    21: _INTEGER,
+    23: _INTEGER,
+    700: _FLOAT,
+    701: _FLOAT,
+    1700: _FLOAT,
 }
 _MYSQL_TYPES = {
-    15: _TEXT, 253: _TEXT, 254: _TEXT, 249: _TEXT, 250: _TEXT, 251: _TEXT, 252: _TEXT,
-    12: _TIMESTAMP, 7: _TIMESTAMP, 10: _DATE, 16: _BOOLEAN, 1: _INTEGER, 2: _INTEGER,
-    3: _INTEGER, 8: _INTEGER, 9: _INTEGER, 4: _FLOAT, 5: _FLOAT, 0: _FLOAT, 246: _FLOAT,
+    15: _TEXT,
+    253: _TEXT,
+    254: _TEXT,
+    249: _TEXT,
+    250: _TEXT,
+    251: _TEXT,
+    252: _TEXT,
+    12: _TIMESTAMP,
+    7: _TIMESTAMP,
+    10: _DATE,
+    16: _BOOLEAN,
+    1: _INTEGER,
+    2: _INTEGER,
+    3: _INTEGER,
+    8: _INTEGER,
+    9: _INTEGER,
+    4: _FLOAT,
+    5: _FLOAT,
+    0: _FLOAT,
+    246: _FLOAT,
 }
 _SQLITE_TYPES = {"text": _TEXT, "integer": _INTEGER, "real": _FLOAT, "blob": b"", "null": None}
 
 
-def contract_sample(
-    conn: sa.Connection, query: SourceQuery, month: BillingMonth
-) -> tuple[list[str], pd.DataFrame]:
+def contract_sample(conn: sa.Connection, query: SourceQuery, month: BillingMonth) -> tuple[list[str], pd.DataFrame]:
     """The result's columns and a frame showing each column's kind (what ``check_contract``
     reads), built without decoding any row's values."""
     params = month_parameters(month, conn.dialect.name)
@@ -132,10 +159,14 @@ def contract_sample(
     selected = ", ".join(f"typeof({c}) AS {c}" for c in present)
     value = ", CASE WHEN typeof(billable) IN ('integer', 'real') THEN billable END AS billable_value"
     value = value if "billable" in present else ""
-    rows = conn.execute(
-        sa.text(f"SELECT {selected}{value} FROM (\n{query.sql}\n) AS utilization LIMIT {CONTRACT_SAMPLE_ROWS}"),
-        params,
-    ).mappings().all()
+    rows = (
+        conn.execute(
+            sa.text(f"SELECT {selected}{value} FROM (\n{query.sql}\n) AS utilization LIMIT {CONTRACT_SAMPLE_ROWS}"),
+            params,
+        )
+        .mappings()
+        .all()
+    )
     records = []
     for row in rows:
         record = {c: _SQLITE_TYPES.get(row[c]) for c in present}
@@ -158,15 +189,13 @@ def _sqlite_fits(column: str, value: object) -> bool:
     return isinstance(value, str)
 
 
-def check_source_contract(conn: sa.Connection, query: SourceQuery, month: BillingMonth) -> tuple[
-    list[str], pd.DataFrame, list[ContractViolation]
-]:
+def check_source_contract(
+    conn: sa.Connection, query: SourceQuery, month: BillingMonth
+) -> tuple[list[str], pd.DataFrame, list[ContractViolation]]:
     """Columns, kind sample and contract violations of the month's utilization query."""
     columns, sample = contract_sample(conn, query, month)
     violations = check_contract(columns, sample, conn.dialect.name)
     if conn.dialect.name.startswith("postgres") and "billable" in sample and not violations:
         if not all(isinstance(v, bool) for v in sample["billable"]):
-            violations.append(
-                ContractViolation("billable", "comes back as a number, not boolean — return true/false")
-            )
+            violations.append(ContractViolation("billable", "comes back as a number, not boolean — return true/false"))
     return columns, sample, violations

@@ -37,9 +37,7 @@ def extract_month(
     columns, sample, violations = check_source_contract(conn, query, month)
     rows = None
     if count_rows:
-        rows = int(conn.execute(
-            sa.text(f"SELECT COUNT(*) FROM (\n{query.sql}\n) AS utilization"), params
-        ).scalar_one())
+        rows = int(conn.execute(sa.text(f"SELECT COUNT(*) FROM (\n{query.sql}\n) AS utilization"), params).scalar_one())
     return MonthExtract(
         month=month,
         query=query,

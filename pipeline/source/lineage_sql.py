@@ -59,10 +59,7 @@ def tables_read(sql: str, dialect: str) -> list[str]:
     except SqlglotError as exc:
         raise UnreadableSQL(f"the query's scopes cannot be resolved ({exc})") from None
     names = {
-        _table_name(source)
-        for scope in scopes
-        for source in scope.sources.values()
-        if isinstance(source, exp.Table)
+        _table_name(source) for scope in scopes for source in scope.sources.values() if isinstance(source, exp.Table)
     }
     return sorted(names)
 

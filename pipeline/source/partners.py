@@ -111,9 +111,7 @@ class ServiceDefinition:
 
 def load_services(conn: sa.Connection, sql_path: str | None = None) -> list[ServiceDefinition]:
     query = SourceQuery.load(sql_path or reference_sql(conn.dialect.name, "services.sql"))
-    result = _run_contract_query(
-        conn, query, ("sku", "name", "description", "category", "subcategory"), "SERVICES_SQL"
-    )
+    result = _run_contract_query(conn, query, ("sku", "name", "description", "category", "subcategory"), "SERVICES_SQL")
     return [
         ServiceDefinition(
             sku=str(r["sku"]),

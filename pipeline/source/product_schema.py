@@ -20,9 +20,7 @@ metadata = sa.MetaData()
 
 MYSQL_DIALECTS = ("mysql", "mariadb")
 Timestamp = (
-    sa.DateTime(timezone=True)
-    .with_variant(sa.Text(), "sqlite")
-    .with_variant(mysql.DATETIME(fsp=6), *MYSQL_DIALECTS)
+    sa.DateTime(timezone=True).with_variant(sa.Text(), "sqlite").with_variant(mysql.DATETIME(fsp=6), *MYSQL_DIALECTS)
 )
 # Ids and short codes: TEXT elsewhere; MySQL needs a length to key, index or default them.
 Id = sa.Text().with_variant(sa.String(191), *MYSQL_DIALECTS)

@@ -41,9 +41,7 @@ def _copy_text(value: object) -> str:
     if value is None:
         return "\\N"
     text = value.isoformat() if isinstance(value, (date, datetime)) else str(value)
-    return (
-        text.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r")
-    )
+    return text.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r")
 
 
 BULK_CHUNK_ROWS = 50_000
@@ -60,7 +58,9 @@ def _column_values(columns: Columns, name: str, rows: int) -> Sequence[object]:
     return itertools.repeat(values, rows)  # type: ignore[return-value]
 
 
-def _driver_rows(conn: sa.Connection, table: sa.Table, columns: Columns, rows: int) -> tuple[str, Iterable[tuple]] | None:
+def _driver_rows(
+    conn: sa.Connection, table: sa.Table, columns: Columns, rows: int
+) -> tuple[str, Iterable[tuple]] | None:
     """The compiled INSERT and its rows, each value through its column type's bind processor,
     converted once per distinct value: SQLAlchemy's own executemany builds parameters row by
     row (cProfile: 80 % of storing 94 k counts in SQLite). None when the driver's paramstyle
@@ -103,7 +103,8 @@ def _copy_rows(conn: sa.Connection, table: sa.Table, columns: Columns, rows: int
     names = [c.name for c in table.columns]
     # a constant column is converted once, a sequence chunk by chunk
     sources: list[str | Iterator[object]] = [
-        iter(_column_values(columns, name, rows)) if isinstance(columns.get(name), _SEQUENCES)
+        iter(_column_values(columns, name, rows))
+        if isinstance(columns.get(name), _SEQUENCES)
         else _copy_text(columns.get(name))
         for name in names
     ]
@@ -113,7 +114,8 @@ def _copy_rows(conn: sa.Connection, table: sa.Table, columns: Columns, rows: int
         for start in range(0, rows, BULK_CHUNK_ROWS):
             size = min(BULK_CHUNK_ROWS, rows - start)
             texts = [
-                itertools.repeat(source, size) if isinstance(source, str)
+                itertools.repeat(source, size)
+                if isinstance(source, str)
                 else _copy_column(list(itertools.islice(source, size)))
                 for source in sources
             ]
@@ -134,7 +136,10 @@ def insert_columns(conn: sa.Connection, table: sa.Table, columns: Columns, rows:
     prepared = _driver_rows(conn, table, columns, rows)
     if prepared is None:
         names = [c.name for c in table.columns]
-        records = [dict(zip(names, line, strict=True)) for line in zip(*(_column_values(columns, n, rows) for n in names), strict=True)]
+        records = [
+            dict(zip(names, line, strict=True))
+            for line in zip(*(_column_values(columns, n, rows) for n in names), strict=True)
+        ]
         conn.execute(table.insert(), records)
         return
     statement, lines = prepared
@@ -167,8 +172,12 @@ class QuarantineWriter:
             return
         now = utcnow()
         records = [
-            {**{k: (None if pd.isna(v) else v) for k, v in row.items()},
-             "month": self.month, "run_id": self.run_id, "quarantined_at": now}
+            {
+                **{k: (None if pd.isna(v) else v) for k, v in row.items()},
+                "month": self.month,
+                "run_id": self.run_id,
+                "quarantined_at": now,
+            }
             for row in frame.to_dict("records")
         ]
         bulk_insert(self.conn, quarantined_rows, records)
@@ -414,9 +423,11 @@ class StoredCounts:
 
 def staged_count_rows(conn: sa.Connection, month: date, run_id: str) -> int:
     staged = staged_billable_counts
-    return int(conn.execute(
-        sa.select(sa.func.count()).select_from(staged).where(staged.c.month == month, staged.c.run_id == run_id)
-    ).scalar_one())
+    return int(
+        conn.execute(
+            sa.select(sa.func.count()).select_from(staged).where(staged.c.month == month, staged.c.run_id == run_id)
+        ).scalar_one()
+    )
 
 
 def promote_staged_counts(
@@ -443,9 +454,14 @@ def promote_staged_counts(
     with engine.begin() as conn:
         v = month_validations.c
         validation = conn.execute(
-            sa.select(v.run_id, v.counts_staged, v.counts_fingerprint, v.counts_partners, v.counts_companies,
-                      v.counts_billable_users)
-            .where(v.month == month)
+            sa.select(
+                v.run_id,
+                v.counts_staged,
+                v.counts_fingerprint,
+                v.counts_partners,
+                v.counts_companies,
+                v.counts_billable_users,
+            ).where(v.month == month)
         ).first()
         if validation is None or validation.run_id != run_id or validation.counts_staged is None:
             return None
@@ -457,16 +473,20 @@ def promote_staged_counts(
         conn.execute(
             counts.insert().from_select(
                 [*names, "computed_at"],
-                sa.select(*(staged.c[n] for n in names), sa.literal(now, counts.c.computed_at.type))
-                .where(staged.c.month == month, staged.c.run_id == run_id),
+                sa.select(*(staged.c[n] for n in names), sa.literal(now, counts.c.computed_at.type)).where(
+                    staged.c.month == month, staged.c.run_id == run_id
+                ),
             )
         )
         if validation.counts_fingerprint is None:
             summary = _stored_counts_summary(conn, month)
         else:
             summary = CountsSummary(
-                validation.counts_staged, validation.counts_partners, validation.counts_companies,
-                validation.counts_billable_users, validation.counts_fingerprint,
+                validation.counts_staged,
+                validation.counts_partners,
+                validation.counts_companies,
+                validation.counts_billable_users,
+                validation.counts_fingerprint,
             )
         computation = MonthComputation(
             month=month,
@@ -490,9 +510,11 @@ def promote_staged_counts(
 def count_stored_counts(engine: sa.Engine, month: date) -> int:
     """How many groups (rows of ``billable_counts``) the month has stored."""
     with engine.connect() as conn:
-        return int(conn.execute(
-            sa.select(sa.func.count()).select_from(billable_counts).where(billable_counts.c.month == month)
-        ).scalar_one())
+        return int(
+            conn.execute(
+                sa.select(sa.func.count()).select_from(billable_counts).where(billable_counts.c.month == month)
+            ).scalar_one()
+        )
 
 
 def load_billable_counts(engine: sa.Engine, month: date, limit: int | None = None) -> pd.DataFrame:
@@ -520,9 +542,7 @@ def load_billable_counts(engine: sa.Engine, month: date, limit: int | None = Non
 
 def load_month_computation(engine: sa.Engine, month: date) -> MonthComputation | None:
     with engine.connect() as conn:
-        row = conn.execute(
-            sa.select(month_computations).where(month_computations.c.month == month)
-        ).mappings().first()
+        row = conn.execute(sa.select(month_computations).where(month_computations.c.month == month)).mappings().first()
     return MonthComputation(**row) if row else None
 
 
@@ -535,11 +555,7 @@ def load_month_computations(engine: sa.Engine, months: Iterable[date] | None = N
 
 
 def load_quarantine(engine: sa.Engine, month: date, limit: int | None = None) -> pd.DataFrame:
-    query = (
-        sa.select(quarantined_rows)
-        .where(quarantined_rows.c.month == month)
-        .order_by(quarantined_rows.c.row_number)
-    )
+    query = sa.select(quarantined_rows).where(quarantined_rows.c.month == month).order_by(quarantined_rows.c.row_number)
     if limit:
         query = query.limit(limit)
     with engine.connect() as conn:
@@ -587,11 +603,16 @@ def save_month_validation(conn: sa.Connection, validation: MonthValidation) -> M
         summary = writer.staged_summary()
         if summary is not None and fields["counts_staged"] == writer.rows and validation.counts_fingerprint is None:
             fields.update(
-                counts_fingerprint=summary.fingerprint, counts_partners=summary.partners,
-                counts_companies=summary.companies, counts_billable_users=summary.billable_users,
+                counts_fingerprint=summary.fingerprint,
+                counts_partners=summary.partners,
+                counts_companies=summary.companies,
+                counts_billable_users=summary.billable_users,
             )
-    record = {**fields, "reason_counts": json.dumps(validation.reason_counts, sort_keys=True),
-              "known_skus": json.dumps(validation.known_skus)}
+    record = {
+        **fields,
+        "reason_counts": json.dumps(validation.reason_counts, sort_keys=True),
+        "known_skus": json.dumps(validation.known_skus),
+    }
     conn.execute(sa.delete(month_validations).where(month_validations.c.month == validation.month))
     conn.execute(month_validations.insert(), [record])
     return MonthValidation(**fields)
@@ -599,9 +620,7 @@ def save_month_validation(conn: sa.Connection, validation: MonthValidation) -> M
 
 def load_month_validation(engine: sa.Engine, month: date) -> MonthValidation | None:
     with engine.connect() as conn:
-        row = conn.execute(
-            sa.select(month_validations).where(month_validations.c.month == month)
-        ).mappings().first()
+        row = conn.execute(sa.select(month_validations).where(month_validations.c.month == month)).mappings().first()
     if row is None:
         return None
     record = dict(row)

@@ -94,18 +94,18 @@ def month_pass_sql(query: SourceQuery, dialect: str) -> str:
     order = "ORDER BY 1, 2, 3" if dialect == "sqlite" else ""
     return f"""
 SELECT
-    {', '.join(keys)},
+    {", ".join(keys)},
     {MASK},
-    {', '.join(shown)},
+    {", ".join(shown)},
     MAX(CASE WHEN {good} THEN company_name END) AS company_name,
     COUNT(DISTINCT CASE WHEN {good} AND {billable_true(dialect)} AND {overlap}
-        THEN {ident('user_id', dialect)} END) AS billable_users,
+        THEN {ident("user_id", dialect)} END) AS billable_users,
     SUM(CASE WHEN {good} AND {overlap} THEN 1 ELSE 0 END) AS rows_in_month,
     COUNT(*) AS row_count
 FROM (
 {flagged_sql(query.sql, dialect)}
 ) AS flagged
-GROUP BY {', '.join(str(i) for i in range(1, grouped + 1))}
+GROUP BY {", ".join(str(i) for i in range(1, grouped + 1))}
 {order}
 """
 
@@ -131,7 +131,7 @@ def _postgresql_month_pass_sql(query: SourceQuery) -> str:
 SELECT
     {shown_keys},
     row_mask | {key_mask} AS {MASK},
-    {display('company_name', dialect)} AS company_name,
+    {display("company_name", dialect)} AS company_name,
     CASE WHEN in_month THEN billable_users ELSE 0 END AS billable_users,
     CASE WHEN in_month THEN row_count ELSE 0 END AS rows_in_month,
     row_count
@@ -151,13 +151,11 @@ FROM (
 ) AS placed
 GROUP BY 1, 2, 3, row_mask, in_month
 ) AS grouped
-ORDER BY {', '.join(f'grouped.{c}' for c in GROUP_KEYS)}
+ORDER BY {", ".join(f"grouped.{c}" for c in GROUP_KEYS)}
 """
 
 
-def _postgresql_quarantined_rows_sql(
-    query: SourceQuery, narrowed: Collection[str], cut: Collection[str] = ()
-) -> str:
+def _postgresql_quarantined_rows_sql(query: SourceQuery, narrowed: Collection[str], cut: Collection[str] = ()) -> str:
     """PostgreSQL: the rows breaking a rule, each with its mask and its values as text, in a
     stable order. ``narrowed``: the group keys restricted to ``:bad_<key>`` (the keys of the
     groups the pass found breaking a rule; ``''`` stands for NULL too, as ``COPY`` CSV read
@@ -174,9 +172,9 @@ def _postgresql_quarantined_rows_sql(
     return f"""
 SELECT {shown}, {MASK}
 FROM (
-{flagged_sql(query.sql, 'postgresql')}
+{flagged_sql(query.sql, "postgresql")}
 ) AS flagged
-WHERE {' AND '.join(where)}
+WHERE {" AND ".join(where)}
 ORDER BY {order}
 """
 
@@ -212,9 +210,7 @@ def _quarantine_records(group: tuple, first_row_number: int) -> list[dict]:
     records = []
     for i, raw in enumerate(_quarantined_values(group)):
         reasons = describe(codes, raw)
-        records.append(
-            {"row_number": first_row_number + i, **raw, "reason_codes": ",".join(codes), "reasons": reasons}
-        )
+        records.append({"row_number": first_row_number + i, **raw, "reason_codes": ",".join(codes), "reasons": reasons})
     return records
 
 
@@ -223,7 +219,8 @@ def _sample_row(record: dict) -> dict:
     limit = QUARANTINE_SAMPLE_CHARS
     return {
         k: f"{v[:limit]}…(+{len(v) - limit} chars, whole in the quarantine table)"
-        if isinstance(v, str) and len(v) > limit else v
+        if isinstance(v, str) and len(v) > limit
+        else v
         for k, v in record.items()
     }
 
@@ -257,10 +254,17 @@ class _CopiedGroups:
             return
         data, self.rows = b"".join(self.rows), []
         try:
-            self.consume(pd.read_csv(
-                io.BytesIO(data), header=None, names=list(PASS_COLUMNS), dtype=_COPY_DTYPES,
-                keep_default_na=False, na_filter=False, encoding="utf-8",
-            ))
+            self.consume(
+                pd.read_csv(
+                    io.BytesIO(data),
+                    header=None,
+                    names=list(PASS_COLUMNS),
+                    dtype=_COPY_DTYPES,
+                    keep_default_na=False,
+                    na_filter=False,
+                    encoding="utf-8",
+                )
+            )
         except BaseException as error:
             self.error = error
 
@@ -269,8 +273,13 @@ class _CopiedGroups:
             raise self.error
 
 
-def _postgresql_copy(product: sa.Connection, statement: sa.TextClause, params: dict, chunk_rows: int,
-                     consume: Callable[[pd.DataFrame], None]) -> bool:
+def _postgresql_copy(
+    product: sa.Connection,
+    statement: sa.TextClause,
+    params: dict,
+    chunk_rows: int,
+    consume: Callable[[pd.DataFrame], None],
+) -> bool:
     """The pass through ``COPY (…) TO STDOUT``, consumed as it comes (``_CopiedGroups``);
     False (nothing run) unless the driver is psycopg2. A ``COPY`` keeps the parallel plan that a
     cursor loses. It takes no bind parameters: the statement is compiled for psycopg2 and its
@@ -296,8 +305,13 @@ _COPY_DTYPES = {
 }
 
 
-def _run_pass(product: sa.Connection, statement: sa.TextClause, params: dict, chunk_rows: int,
-              consume: Callable[[pd.DataFrame], None]) -> None:
+def _run_pass(
+    product: sa.Connection,
+    statement: sa.TextClause,
+    params: dict,
+    chunk_rows: int,
+    consume: Callable[[pd.DataFrame], None],
+) -> None:
     """Run the pass, handing its groups to ``consume`` ``chunk_rows`` at a time, as frames."""
     if family(product.dialect.name) == "postgresql":
         for name, value in POSTGRESQL_PASS_SETTINGS.items():
@@ -370,9 +384,14 @@ def _postgresql_quarantined_chunks(
             bind[f"bad_{key}"] = values or [""]
             if len(values) < len(every):
                 cut.append(key)
-    statement = sa.text(_postgresql_quarantined_rows_sql(query, narrowed, cut)).bindparams(
-        sa.bindparam("known_skus", expanding=True), *(sa.bindparam(f"bad_{key}", expanding=True) for key in narrowed)
-    ).execution_options(yield_per=chunk_rows)
+    statement = (
+        sa.text(_postgresql_quarantined_rows_sql(query, narrowed, cut))
+        .bindparams(
+            sa.bindparam("known_skus", expanding=True),
+            *(sa.bindparam(f"bad_{key}", expanding=True) for key in narrowed),
+        )
+        .execution_options(yield_per=chunk_rows)
+    )
     fetched: dict[tuple[str, str, str, int], int] = {}
     result = product.execute(statement, bind)
     try:
@@ -385,8 +404,14 @@ def _postgresql_quarantined_chunks(
                 fetched[key] = fetched.get(key, 0) + 1
                 codes = codes_of(mask)
                 tally.recorded += 1
-                records.append({"row_number": tally.recorded, **raw, "reason_codes": ",".join(codes),
-                                "reasons": describe(codes, raw)})
+                records.append(
+                    {
+                        "row_number": tally.recorded,
+                        **raw,
+                        "reason_codes": ",".join(codes),
+                        "reasons": describe(codes, raw),
+                    }
+                )
             yield records
     finally:
         result.close()
@@ -481,10 +506,16 @@ def validate_month(
 
     def record(tally: _Tally) -> MonthValidation:
         return MonthValidation(
-            month=month.month, rows_in=tally.rows, rows_valid=tally.valid,
+            month=month.month,
+            rows_in=tally.rows,
+            rows_valid=tally.valid,
             rows_quarantined=tally.rows - tally.valid,
-            reason_counts=dict(sorted(tally.reason_counts.items())), known_skus=skus,
-            query_sha256=query.sha256, run_id=run_id, validated_at=utcnow(), source_watermark=watermark,
+            reason_counts=dict(sorted(tally.reason_counts.items())),
+            known_skus=skus,
+            query_sha256=query.sha256,
+            run_id=run_id,
+            validated_at=utcnow(),
+            source_watermark=watermark,
         )
 
     _, _, violations = check_source_contract(product, query, month)

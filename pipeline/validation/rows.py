@@ -26,12 +26,10 @@ REASONS: dict[str, str] = {
     "user_missing": "the enrollment names no user (user_id is empty) — fix the enrollment",
     "billable_invalid": "billable is {billable!r}, not true/false — the user {user_id} is missing "
     "from the users table or has no billable flag",
-    "active_from_invalid": "active_from {active_from!r} is not a timestamp — store ISO-8601 with a "
-    "time zone",
+    "active_from_invalid": "active_from {active_from!r} is not a timestamp — store ISO-8601 with a time zone",
     "active_to_invalid": "active_to {active_to!r} is not a timestamp — store ISO-8601 with a time "
     "zone, or null while the user is still active",
-    "span_reversed": "the span ends ({active_to}) before it starts ({active_from}) — fix the "
-    "enrollment's dates",
+    "span_reversed": "the span ends ({active_to}) before it starts ({active_from}) — fix the enrollment's dates",
     "id_padded": "an id has leading or trailing spaces (partner {partner_id!r}, company "
     "{company_id!r}, sku {sku!r}, user {user_id!r}), a look-alike of another id — trim it in the "
     "product",
@@ -48,8 +46,17 @@ if RULE_NAMES != RULE_CODES:  # one vocabulary: the texts follow the rules, in t
     raise ImportError(f"REASONS {RULE_NAMES} do not match the rules {RULE_CODES}")
 
 QUARANTINE_COLUMNS = (
-    "row_number", "partner_id", "company_id", "company_name", "sku", "user_id",
-    "active_from", "active_to", "billable", "reason_codes", "reasons",
+    "row_number",
+    "partner_id",
+    "company_id",
+    "company_name",
+    "sku",
+    "user_id",
+    "active_from",
+    "active_to",
+    "billable",
+    "reason_codes",
+    "reasons",
 )
 
 

@@ -118,9 +118,14 @@ def _span_reversed(dialect: str) -> str:
 
 
 def _padded(dialect: str, columns: tuple[str, ...] = IDS) -> str:
-    return "(" + " OR ".join(
-        f"(({_starts_with_space(c, dialect)} OR {_ends_with_space(c, dialect)}) AND {_present(c, dialect)})" for c in columns
-    ) + ")"
+    return (
+        "("
+        + " OR ".join(
+            f"(({_starts_with_space(c, dialect)} OR {_ends_with_space(c, dialect)}) AND {_present(c, dialect)})"
+            for c in columns
+        )
+        + ")"
+    )
 
 
 def _control_characters(dialect: str, columns: tuple[str, ...] = KEY_COLUMNS) -> str:
@@ -214,7 +219,9 @@ def codes_of(mask: int) -> list[str]:
 
 def _mask(parts: list[tuple[int, str | None]]) -> str:
     """Bits summed from (bit, SQL true when broken) parts; parts without SQL are left out."""
-    return "\n    + ".join(f"(CASE WHEN {sql} THEN {1 << bit} ELSE 0 END)" for bit, sql in parts if sql is not None) or "0"
+    return (
+        "\n    + ".join(f"(CASE WHEN {sql} THEN {1 << bit} ELSE 0 END)" for bit, sql in parts if sql is not None) or "0"
+    )
 
 
 def reason_mask_sql(dialect: str) -> str:
@@ -258,10 +265,7 @@ def overlap_sql(dialect: str) -> str:
 def flagged_sql(query_sql: str, dialect: str) -> str:
     """The contract query with each row's ``reason_mask`` (see ``pipeline.validation.month`` for
     how PostgreSQL keeps it computed once per row)."""
-    return (
-        f"SELECT utilization.*,\n    {reason_mask_sql(dialect)} AS {MASK}\n"
-        f"FROM (\n{query_sql}\n) AS utilization"
-    )
+    return f"SELECT utilization.*,\n    {reason_mask_sql(dialect)} AS {MASK}\nFROM (\n{query_sql}\n) AS utilization"
 
 
 # A quarantined value longer than this is kept as its first MAX_SHOWN_CHARS characters and a
@@ -362,4 +366,3 @@ def text_of(value: object) -> str | None:
     if isinstance(value, (bytes, bytearray, memoryview)):
         value = bytes(value).decode("utf-8", errors="backslashreplace")
     return str(value).replace("\x00", "\\x00")
-

@@ -49,35 +49,77 @@ BASELINE_REVISION = "0001"
 BASELINE_TABLES: dict[str, frozenset[str]] = {
     "account_sync_failures": frozenset({"error", "partner_id", "recorded_at", "run_id"}),
     "billable_counts": frozenset(
-        {"billable_users", "company_id", "company_name", "computed_at", "month", "partner_id",
-         "run_id", "sku"}
+        {"billable_users", "company_id", "company_name", "computed_at", "month", "partner_id", "run_id", "sku"}
     ),
     "gradient_services": frozenset({"name", "service_id", "sku", "synced_at"}),
     "ledger_entries": frozenset(
-        {"account_id", "detail", "entry_id", "http_status", "month", "outcome", "partner_id",
-         "recorded_at", "run_id", "service_id", "sku", "value"}
+        {
+            "account_id",
+            "detail",
+            "entry_id",
+            "http_status",
+            "month",
+            "outcome",
+            "partner_id",
+            "recorded_at",
+            "run_id",
+            "service_id",
+            "sku",
+            "value",
+        }
     ),
     "month_computations": frozenset(
-        {"billable_users", "companies", "computed_at", "counts_fingerprint", "month", "partners",
-         "query_sha256", "rows_counted", "rows_in", "rows_quarantined", "run_id"}
+        {
+            "billable_users",
+            "companies",
+            "computed_at",
+            "counts_fingerprint",
+            "month",
+            "partners",
+            "query_sha256",
+            "rows_counted",
+            "rows_in",
+            "rows_quarantined",
+            "run_id",
+        }
     ),
     "month_loads": frozenset({"loaded_at", "month", "partners", "run_id"}),
     "month_validations": frozenset(
-        {"known_skus", "month", "query_sha256", "reason_counts", "rows_in", "rows_quarantined",
-         "rows_valid", "run_id", "validated_at"}
+        {
+            "known_skus",
+            "month",
+            "query_sha256",
+            "reason_counts",
+            "rows_in",
+            "rows_quarantined",
+            "rows_valid",
+            "run_id",
+            "validated_at",
+        }
     ),
     "partner_sync_state": frozenset(
-        {"delivered_since", "last_error", "onboarded_connection_at", "partner_id", "run_id",
-         "status", "updated_at"}
+        {"delivered_since", "last_error", "onboarded_connection_at", "partner_id", "run_id", "status", "updated_at"}
     ),
     "quarantined_rows": frozenset(
-        {"active_from", "active_to", "billable", "company_id", "company_name", "month",
-         "partner_id", "quarantined_at", "reason_codes", "reasons", "row_number", "run_id", "sku",
-         "user_id"}
+        {
+            "active_from",
+            "active_to",
+            "billable",
+            "company_id",
+            "company_name",
+            "month",
+            "partner_id",
+            "quarantined_at",
+            "reason_codes",
+            "reasons",
+            "row_number",
+            "run_id",
+            "sku",
+            "user_id",
+        }
     ),
     "run_failures": frozenset(
-        {"alerts_raised", "job_name", "message", "partition_key", "partners", "recorded_at",
-         "run_id"}
+        {"alerts_raised", "job_name", "message", "partition_key", "partners", "recorded_at", "run_id"}
     ),
 }
 # pg_advisory_xact_lock key of schema upgrades ("gbs-schema" as a number); per database.
@@ -89,9 +131,7 @@ class StateSchemaError(RuntimeError):
     """The state database cannot be brought to the models' schema; the message says why."""
 
 
-def alembic_config(
-    connection: sa.Connection | None = None, metadata: sa.MetaData | None = None
-) -> Config:
+def alembic_config(connection: sa.Connection | None = None, metadata: sa.MetaData | None = None) -> Config:
     """Alembic's configuration in code; migrating needs the connection and the models."""
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS_DIR))
