@@ -323,6 +323,24 @@ def test_retry_after_is_the_minimum_wait() -> None:
     assert script.seen[1].at - script.seen[0].at >= 0.99
 
 
+def test_retry_after_is_read_in_both_forms() -> None:
+    from datetime import UTC, datetime, timedelta
+    from email.utils import format_datetime
+
+    from pipeline.gradient.client import RETRY_AFTER_CAP_SECONDS, _retry_after_seconds
+
+    now = datetime(2026, 12, 7, 12, 0, 0, tzinfo=UTC)
+
+    def after(value: str) -> float | None:
+        return _retry_after_seconds(httpx.Response(429, headers={"Retry-After": value}), now)
+
+    assert after("7") == 7.0
+    assert after(format_datetime(now + timedelta(seconds=42), usegmt=True)) == 42.0
+    assert after(format_datetime(now - timedelta(seconds=5), usegmt=True)) == 0.0  # already past
+    assert after(format_datetime(now + timedelta(hours=3), usegmt=True)) == RETRY_AFTER_CAP_SECONDS
+    assert after("soon") is None and after("-3") is None
+
+
 # --- accounts, clients, vendor, services, alerts -----------------------------------------
 
 

@@ -13,6 +13,7 @@ cannot run fails the test; elsewhere it is skipped with the reason.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 import socket
@@ -36,6 +37,8 @@ from assets import load_preview
 from assets import month_end as me
 from gradient_emulator import EmulatorAdmin, EmulatorServer
 from pipeline.automation.jobs import TAG_OUTCOME, monthly_billing_job, run_tags
+from pipeline.billing import statements
+from tests import hostile
 from pipeline.demo.data import DemoSpec, load_demo_data
 from pipeline.demo.run import register_demo_partners
 from pipeline.source import product_schema as ps
@@ -148,6 +151,21 @@ def superseded_instance(tmp_path, monkeypatch):
             for month in ("2026-09-01", "2026-10-01"):
                 assert check_status(instance, "month_not_superseded", month) == "FAILED"
                 assert check_status(instance, "every_pair_mapped", month) == "SUCCEEDED"
+        # September's statements, as partner_statements writes them, for the browser to open
+        with engine_for(env["PRODUCT_DB_URL"]).connect() as conn:
+            names, _ = statements.partner_names(conn, None)
+        made = list(statements.iter_partner_statements(engine_for(env["STATE_DB_URL"]), date(2026, 9, 1), names))
+        for statement in made:
+            statements.write_html(statement, tmp_path / "statements" / "2026-09")
+        # ... and one whose partner and companies carry the hostile corpus (ids and names as a
+        # vendor's customers can type them)
+        rows = made[0].rows.copy()
+        rows["company_id"] = [hostile.STORABLE_IDS[i % len(hostile.STORABLE_IDS)] for i in range(len(rows))]
+        rows["company_name"] = [(*hostile.HTML, *hostile.SLACK, *hostile.RTL_EMOJI)[i % 11] for i in range(len(rows))]
+        statements.write_html(
+            dataclasses.replace(made[0], partner_id="../x", partner_name=hostile.HTML[0], rows=rows),
+            tmp_path / "statements" / "hostile",
+        )
         yield home, env
 
 
@@ -229,7 +247,7 @@ def see(page, text: str, name: str, exact: bool = True) -> None:
         raise
 
 
-def test_the_ui_tells_delivered_superseded_and_preview_apart(chromium, webserver, browser):
+def test_the_ui_tells_delivered_superseded_and_preview_apart(chromium, webserver, browser, tmp_path):
     page = browser.new_page(viewport={"width": 1600, "height": 1100})
     page.set_default_timeout(UI_TIMEOUT_MS)
 
@@ -244,6 +262,12 @@ def test_the_ui_tells_delivered_superseded_and_preview_apart(chromium, webserver
     for asset in ("gradient_accounts", "gradient_ledger"):
         see(page, asset, "asset-graph")
     shot(page, "1-asset-graph")
+
+    # lineage from the vendor's tables: the reference schema's tables upstream of the extract
+    page.goto(f"{webserver}/assets/utilization_extract?view=lineage")
+    for table in ("service_enrollments", "companies", "users"):
+        see(page, table, "source-lineage")
+    shot(page, "1b-source-tables")
 
     # the Partitions tab: November materialized, the superseded months not
     page.goto(f"{webserver}/assets/gradient_unit_counts?view=partitions")
@@ -283,3 +307,28 @@ def test_the_ui_tells_delivered_superseded_and_preview_apart(chromium, webserver
     page.goto(f"{webserver}/runs")
     see(page, "gbs/outcome", "runs", exact=False)
     shot(page, "6-runs")
+
+    # what a partner reads for a superseded month: its name, a banner saying nothing was
+    # pushed, users apart from units, and what Gradient holds instead of a "sent" value
+    superseded = sorted((tmp_path / "statements" / "2026-09").glob("*.html"))
+    assert superseded
+    page.goto(superseded[0].as_uri())
+    for text in ("Usage statement 2026-09", "Billable users in 2026-09", "Units in Gradient",
+                 "Gradient holds now", "This month was not pushed to Gradient"):
+        see(page, text, "statement", exact=False)
+    body = page.inner_text("body")
+    assert "(for 2026-11)" in body and "Sent to Gradient" not in body
+    shot(page, "7-superseded-statement")
+
+    # a statement of the hostile corpus: every value shown as text, nothing runs or links
+    dialogs: list[str] = []
+    page.on("dialog", lambda dialog: (dialogs.append(dialog.message), dialog.dismiss()))
+    (hostile_page,) = (tmp_path / "statements" / "hostile").glob("*.html")
+    assert hostile_page.parent == tmp_path / "statements" / "hostile"  # "../x" stayed inside
+    page.goto(hostile_page.as_uri())
+    see(page, hostile.HTML[0], "hostile-statement", exact=False)
+    body = page.inner_text("body")
+    for text in (hostile.HTML[1], hostile.STORABLE_IDS[0], hostile.STORABLE_IDS[1]):
+        assert text in body, text
+    assert dialogs == [] and page.locator("img").count() == 0 and page.locator("script").count() == 0
+    shot(page, "8-hostile-statement")

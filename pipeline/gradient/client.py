@@ -52,8 +52,9 @@ import sys
 from collections import Counter
 from contextlib import aclosing
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from decimal import Decimal
+from email.utils import parsedate_to_datetime
 from types import TracebackType
 from typing import Any, Literal
 from urllib.parse import quote
@@ -777,15 +778,22 @@ def _is_retryable(error: BaseException) -> bool:
     return isinstance(error, httpx.TransportError) and not isinstance(error, _NOT_RETRIED_TRANSPORT_ERRORS)
 
 
-def _retry_after_seconds(response: httpx.Response) -> float | None:
-    """A numeric ``Retry-After`` (seconds), capped; the HTTP-date form is ignored."""
+def _retry_after_seconds(response: httpx.Response, now: datetime | None = None) -> float | None:
+    """``Retry-After`` in either of its forms (RFC 9110: delay-seconds or an HTTP-date), as
+    seconds from ``now``, capped; None when absent or unreadable."""
     raw = response.headers.get("Retry-After")
     if raw is None:
         return None
     try:
         seconds = float(raw.strip())
     except ValueError:
-        return None
+        try:
+            when = parsedate_to_datetime(raw.strip())
+        except (TypeError, ValueError, IndexError):
+            return None
+        if when.tzinfo is None:  # an HTTP-date is GMT; a zone-less one is read as such
+            when = when.replace(tzinfo=UTC)
+        seconds = max(0.0, (when - (now or datetime.now(UTC))).total_seconds())
     if not math.isfinite(seconds) or seconds < 0:
         return None
     return min(seconds, RETRY_AFTER_CAP_SECONDS)
