@@ -249,7 +249,14 @@ def test_resend_sends_every_pair_whatever_the_ledger_says(world):
     assert resent.success, failure_text(resent)
     assert counts_of(world, org("p-001")) == held
     assert len(world.count_calls()) == len(held)
-    assert materialization_metadata(resent, "gradient_unit_counts")["resend"] is True
+    # a push of chosen partners claims no month: its metadata is on an observation
+    (observed,) = [
+        e.asset_observation_data.asset_observation
+        for e in resent.all_events
+        if e.event_type_value == "ASSET_OBSERVATION"
+        and e.asset_observation_data.asset_observation.asset_key.path[-1] == "gradient_unit_counts"
+    ]
+    assert observed.metadata["resend"].value is True
 
 
 @pytest.mark.parametrize("kind", ["maintenance_page", "empty_answer"])

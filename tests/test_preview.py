@@ -192,8 +192,8 @@ def test_preview_checks_its_arguments_first_and_writes_nothing(env, gradient):
         runs_before = len(instance.get_runs())
     for args, error in (
         (("--month", "2026-10", "--partner", "p-999"), "no connected partner 'p-999'"),
-        (("--month", "2099-01"), "2099-01 has not closed yet"),
-        (("--month", "2001-01"), "is before the first billing month"),
+        (("--month", "2099-01"), "2099-01 is not closed yet"),
+        (("--month", "2001-01"), "2001-01 is before FIRST_BILLING_MONTH"),
     ):
         refused = invoke("preview", *args)
         assert refused.exit_code != 0 and error in refused.output, refused.output
