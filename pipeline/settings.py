@@ -457,7 +457,10 @@ class Settings(BaseSettings):
         )
         if problem:
             raise ValueError(problem)
-        if self.product_db_url is not None and self.first_billing_month is None:
+        # The embedded default's own product database (the demo points PRODUCT_DB_URL at it) is
+        # no deployment: it keeps the year-back default.
+        embedded = f"sqlite:///{self.data_dir / 'product.db'}"
+        if self.product_db_url not in (None, embedded) and self.first_billing_month is None:
             raise ValueError(
                 "FIRST_BILLING_MONTH is not set but PRODUCT_DB_URL is (a deployment): set it to the "
                 "first month to bill, e.g. FIRST_BILLING_MONTH=2025-01, so the month partitions "

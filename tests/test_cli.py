@@ -127,6 +127,8 @@ def test_backfill_runs_each_month_and_says_which_were_superseded(env, monkeypatc
 def test_demo_runs_end_to_end_and_prints_per_partner_outcomes(env, monkeypatch):
     for name in ("PRODUCT_DB_URL", "STATE_DB_URL", "GRADIENT_KEY_ENCRYPTION_KEYS", "QUARANTINE_THRESHOLD"):
         monkeypatch.delenv(name)
+    # as on a fresh machine: nothing says which month is first (the demo needs no setting)
+    monkeypatch.delenv("FIRST_BILLING_MONTH", raising=False)
     # the demo points GRADIENT_BASE_URL at its own emulator: have pytest restore it afterwards
     monkeypatch.setenv("GRADIENT_BASE_URL", "http://127.0.0.1:9")
     result = invoke("demo", "--months", "1")

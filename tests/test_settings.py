@@ -162,6 +162,9 @@ def test_a_deployment_must_fix_its_first_billing_month(env, monkeypatch):
     # the embedded demo (no PRODUCT_DB_URL) keeps its year-back default
     monkeypatch.delenv("PRODUCT_DB_URL")
     assert load_settings().first_billing_month is None
+    # ... and so does the demo, which points PRODUCT_DB_URL at the embedded database itself
+    monkeypatch.setenv("PRODUCT_DB_URL", f"sqlite:///{load_settings().data_dir / 'product.db'}")
+    assert load_settings().first_billing_month is None
 
 
 def test_the_schedule_clock_follows_the_billing_timezone_unless_given(env, monkeypatch):
