@@ -106,3 +106,20 @@ def test_backfill_progress_changes_when_a_run_finishes_a_step() -> None:
     assert progress(status(1)) == progress(status(1))
     assert progress(status(1)) != progress(status(2))
     assert progress(status(2)) != progress(status(2, "SUCCESS"))
+
+
+@pytest.mark.parametrize(
+    ("backfill", "partitions", "succeeded"),
+    [
+        ("COMPLETED_SUCCESS", {"2026-09-01": "SUCCESS", "2026-10-01": "SUCCESS"}, True),
+        # a superseded month is recorded, not materialized: Dagster calls the backfill failed
+        ("COMPLETED_FAILED", {"2026-09-01": "SUCCESS", "2026-10-01": "SUCCESS"}, True),
+        ("COMPLETED_FAILED", {"2026-09-01": "FAILURE", "2026-10-01": "SUCCESS"}, False),
+        ("COMPLETED_SUCCESS", {"2026-09-01": None, "2026-10-01": "SUCCESS"}, False),
+        ("CANCELED", {"2026-09-01": "SUCCESS"}, False),
+        ("FAILED", {}, False),
+    ],
+)
+def test_a_backfill_succeeded_when_every_months_run_did(backfill, partitions, succeeded):
+    status = {"status": backfill, "partitions": partitions, "runs": [], "assets": {}, "error": None, "id": "b"}
+    assert dagster_api.backfill_succeeded(status) is succeeded

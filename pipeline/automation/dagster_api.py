@@ -401,6 +401,15 @@ def wait_on_progress(
     return state
 
 
+def backfill_succeeded(status: BackfillStatus) -> bool:
+    """Whether every month of a finished backfill ran through. Every partition's newest run
+    must have succeeded; ``COMPLETED_FAILED`` then only means that some month was recorded
+    without being materialized in ``gradient_unit_counts`` (superseded: Gradient holds a newer
+    month), which is the outcome the backfill was asked for, not a failure."""
+    runs_ok = bool(status["partitions"]) and all(s == "SUCCESS" for s in status["partitions"].values())
+    return runs_ok and status["status"] in {"COMPLETED", "COMPLETED_SUCCESS", "COMPLETED_FAILED"}
+
+
 def backfill_progress(status: BackfillStatus) -> Hashable:
     """What changes as a backfill advances: its status, each run's status and finished steps."""
     run_states = tuple(sorted((r["runId"], r["status"], r["stepsSucceeded"]) for r in status["runs"]))
