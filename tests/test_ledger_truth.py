@@ -86,6 +86,24 @@ def test_void_reason_tells_another_org_integration_or_status_from_a_regenerated_
     assert void_reason(_Recorded(), GradientSide("org-a", "int-a", "pending", new)) is None
 
 
+def test_only_an_answer_forgets_an_unanswered_call(tmp_path):
+    from pipeline.gradient.ledger import LedgerEntry
+    from pipeline.resources import StateDatabase
+
+    state = StateDatabase(url=f"sqlite:///{tmp_path / 'state.db'}").engine()
+    ledger.record_unanswered(state, "p-1", OCT, [("c1", "SAT", 5), ("c2", "SAT", 7), ("c3", "SAT", 9)], "crashed")
+
+    def entry(account: str, outcome: str, status: int | None, detail: str = "") -> LedgerEntry:
+        return LedgerEntry("p-1", OCT, account, "SAT", "svc", 0, outcome, status, detail, "rerun")
+
+    ledger.record(state, [
+        entry("c1", ledger.DELIVERED, 201),  # Gradient holds the new value
+        entry("c2", ledger.FAILED, 503),  # sent, effect unknown: still possibly held
+        entry("c3", ledger.FAILED, None, "not sent: Gradient rejected the partner's key (401)"),
+    ])
+    assert ledger.unanswered_pairs(state, "p-1") == {("c2", "SAT"): 7, ("c3", "SAT"): 9}
+
+
 # --------------------------------------------------------------------------- through the assets
 
 

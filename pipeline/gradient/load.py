@@ -386,7 +386,9 @@ class _PartnerPush:
         if problem is not None:
             return self.entry(call, FAILED, None, f"not sent: {problem}")
         if self.auth_error is not None:
-            return self.entry(call, FAILED, 401, "not sent: Gradient rejected the partner's key")
+            # no HTTP status: nothing went out, so this says nothing of what Gradient holds (an
+            # earlier unanswered value of the pair stays possibly held)
+            return self.entry(call, FAILED, None, "not sent: Gradient rejected the partner's key (401)")
         if self.lock is not None and self.lock.lost:
             return self.entry(
                 call,
